@@ -1,0 +1,1 @@
+"""Kernel sources (installed as ``exodus.cuda``); read at run time by exodus.backends."""

@@ -1,0 +1,95 @@
+// exodus — __global__ drivers: one thread per (batch, neuron), the time loop inside.
+//
+// Tensors are (B, T, N) contiguous, element (b, t, n) at b*T*N + t*N + n, so
+// neighbouring threads (neighbouring n) touch neighbouring addresses at every t.
+// Per-neuron parameters alpha, theta are (N,); states v0 and the per-neuron
+// parameter-gradient partials are (B, N) (summed over the batch by the caller).
+// The launch plan (names, grid, block, argument list) is built by
+// exodus/backends/launch.py, shared by the cupy backend and the host emulation.
+#include "neuron.cuh"
+
+#define EXODUS_THREAD_INDEX ((index_t)blockIdx.x * (index_t)blockDim.x + (index_t)threadIdx.x)
+
+extern "C" __global__ void exodus_lif_forward(
+    const scalar_t* __restrict__ x, const acc_t* __restrict__ alpha, const acc_t* __restrict__ theta,
+    const acc_t* __restrict__ v0, scalar_t* __restrict__ spikes, scalar_t* __restrict__ v_out,
+    acc_t* __restrict__ h_out, index_t B, index_t T, index_t N, int reset, int max_spikes,
+    int has_vmin, acc_t v_min, int norm_input) {
+  const index_t tid = EXODUS_THREAD_INDEX;
+  if (tid >= B * N) return;
+  const index_t b = tid / N, n = tid - b * N;
+  LifConfig c = {reset, max_spikes, has_vmin, norm_input, v_min, 0, 0, acc_t(1), acc_t(0), acc_t(0), acc_t(0)};
+  const acc_t a_n = alpha[n], th_n = theta[n];
+  acc_t v = v0[tid];
+  index_t i = b * T * N + n;
+  for (index_t t = 0; t < T; ++t, i += N) {
+    acc_t s;
+    h_out[i] = lif_forward_step(c, to_acc(x[i]), a_n, th_n, v, s);
+    spikes[i] = from_acc(s);
+    v_out[i] = from_acc(v);
+  }
+}
+
+// grad_spikes / grad_v may be null (that output did not reach the loss).
+extern "C" __global__ void exodus_lif_backward(
+    const acc_t* __restrict__ h, const scalar_t* __restrict__ grad_spikes,
+    const scalar_t* __restrict__ grad_v, const acc_t* __restrict__ alpha,
+    const acc_t* __restrict__ theta, const acc_t* __restrict__ v0, scalar_t* __restrict__ grad_x,
+    acc_t* __restrict__ grad_v0, acc_t* __restrict__ grad_alpha, acc_t* __restrict__ grad_theta,
+    index_t B, index_t T, index_t N, int reset, int max_spikes, int has_vmin, acc_t v_min,
+    int norm_input, int gradient, int surrogate, acc_t grad_scale, acc_t p0, acc_t p1, acc_t p2) {
+  const index_t tid = EXODUS_THREAD_INDEX;
+  if (tid >= B * N) return;
+  const index_t b = tid / N, n = tid - b * N;
+  LifConfig c = {reset, max_spikes, has_vmin, norm_input, v_min, gradient, surrogate, grad_scale, p0, p1, p2};
+  const acc_t a_n = alpha[n], th_n = theta[n];
+  acc_t lambda = acc_t(0), g_alpha = acc_t(0), g_theta = acc_t(0);
+  if (T > 0) {
+    index_t i = b * T * N + (T - 1) * N + n;
+    acc_t h_t = h[i];
+    for (index_t t = T - 1; t >= 0; --t, i -= N) {
+      const acc_t h_prev = t > 0 ? h[i - N] : acc_t(0);
+      const acc_t v_prev = t > 0 ? membrane_from_h(c, h_prev, th_n) : v0[tid];
+      const acc_t ga = grad_spikes ? to_acc(grad_spikes[i]) : acc_t(0);
+      const acc_t gv = grad_v ? to_acc(grad_v[i]) : acc_t(0);
+      lambda = lif_backward_step(c, h_t, v_prev, ga, gv, lambda, a_n, th_n, g_alpha, g_theta);
+      grad_x[i] = from_acc(c.norm_input ? (acc_t(1) - a_n) * lambda : lambda);
+      h_t = h_prev;
+    }
+  }
+  grad_v0[tid] = a_n * lambda;
+  grad_alpha[tid] = g_alpha;
+  grad_theta[tid] = g_theta;
+}
+
+extern "C" __global__ void exodus_leaky_forward(
+    const scalar_t* __restrict__ x, const acc_t* __restrict__ alpha, const acc_t* __restrict__ v0,
+    scalar_t* __restrict__ v_out, index_t B, index_t T, index_t N, int norm_input) {
+  const index_t tid = EXODUS_THREAD_INDEX;
+  if (tid >= B * N) return;
+  const index_t b = tid / N, n = tid - b * N;
+  const acc_t a_n = alpha[n];
+  acc_t v = v0[tid];
+  index_t i = b * T * N + n;
+  for (index_t t = 0; t < T; ++t, i += N) v_out[i] = from_acc(leaky_forward_step(to_acc(x[i]), a_n, norm_input, v));
+}
+
+extern "C" __global__ void exodus_leaky_backward(
+    const scalar_t* __restrict__ v_out, const scalar_t* __restrict__ grad_v,
+    const acc_t* __restrict__ alpha, const acc_t* __restrict__ v0, scalar_t* __restrict__ grad_x,
+    acc_t* __restrict__ grad_v0, acc_t* __restrict__ grad_alpha, index_t B, index_t T, index_t N,
+    int norm_input) {
+  const index_t tid = EXODUS_THREAD_INDEX;
+  if (tid >= B * N) return;
+  const index_t b = tid / N, n = tid - b * N;
+  const acc_t a_n = alpha[n];
+  acc_t lambda = acc_t(0), g_alpha = acc_t(0);
+  index_t i = b * T * N + (T - 1) * N + n;
+  for (index_t t = T - 1; t >= 0; --t, i -= N) {
+    const acc_t v_prev = t > 0 ? to_acc(v_out[i - N]) : v0[tid];
+    lambda = leaky_backward_step(to_acc(v_out[i]), v_prev, to_acc(grad_v[i]), lambda, a_n, norm_input, g_alpha);
+    grad_x[i] = from_acc(norm_input ? (acc_t(1) - a_n) * lambda : lambda);
+  }
+  grad_v0[tid] = a_n * lambda;
+  grad_alpha[tid] = g_alpha;
+}

@@ -1,0 +1,122 @@
+// exodus — per-neuron, per-time-step rules of the LIF / IAF / ExpLeak neurons.
+//
+// These __host__ __device__ functions are the single source of the neuron math
+// (DESIGN.md §1 and §2); the GPU drivers (kernels.cu) and the CPU drivers
+// (cpu_drivers.cpp) only loop over them. The plain-PyTorch twin used as the
+// oracle is exodus/reference.py.
+//
+// Forward (DESIGN §1), per neuron, state v = v_{t-1}:
+//   u_t = x_t,  or (1 - alpha) x_t with norm_input
+//   h_t = alpha v_{t-1} + u_t                                   pre-reset membrane
+//   a_t = 1[h_t >= theta] * min(floor(h_t / theta), m)          (m = 1: single spike)
+//   r_t = h_t - theta a_t  (subtract)  |  h_t (1 - 1[a_t > 0])  (zero)
+//   v_t = max(r_t, v_min)                                       (with v_min)
+//
+// Exact backward (DESIGN §2), one reverse scan with lambda_T = 0:
+//   mu_t     = gv_t + alpha lambda_{t+1}                         dL/dv_t
+//   lambda_t = ga_t sigma_t + kappa_t rho_t mu_t                 dL/dh_t
+// with kappa_t = 1[r_t > v_min], rho_t = dr_t/dh_t; and the parameter sums
+//   dL/dalpha += lambda_t v_{t-1}  (- lambda_t x_t with norm_input)
+//   dL/dtheta += -ga_t sigma_t + kappa_t mu_t dr_t/dtheta.
+// SLAYER mode detaches the reset (rho = 1 | 1 - 1[a>0], dr/dtheta = -a | 0) and scales sigma.
+#pragma once
+#include "common.cuh"
+#include "surrogates.cuh"
+
+struct LifConfig {
+  int reset;        // ResetMode
+  int max_spikes;   // 1: single spike per bin, k > 1: at most k, 0: unlimited
+  int has_vmin;     // lower bound on the post-reset membrane
+  int norm_input;   // u = (1 - alpha) x
+  acc_t v_min;
+  int gradient;     // GradientMode (backward only)
+  int surrogate;    // SurrogateKind (backward only)
+  acc_t grad_scale; // SLAYER mode only
+  acc_t p0, p1, p2; // surrogate parameters (see surrogates.cuh)
+};
+
+EXODUS_HD acc_t input_current(acc_t x, acc_t alpha, int norm_input) {
+  return norm_input ? (acc_t(1) - alpha) * x : x;
+}
+
+// a_t = S(h_t): number of spikes emitted in the bin.
+EXODUS_HD acc_t spike_count(acc_t h, acc_t theta, int max_spikes) {
+  if (max_spikes == 1) return h >= theta ? acc_t(1) : acc_t(0);
+  acc_t count = EXODUS_MATH(floor)(h / theta);
+  if (max_spikes > 1 && count > acc_t(max_spikes)) count = acc_t(max_spikes);
+  return h >= theta ? count : acc_t(0);
+}
+
+// r_t: membrane after the reset.
+EXODUS_HD acc_t reset_membrane(acc_t h, acc_t theta, acc_t a, int reset) {
+  return reset == RESET_SUBTRACT ? h - theta * a : (a > acc_t(0) ? acc_t(0) : h);
+}
+
+// v_t = max(r_t, v_min); a NaN membrane stays NaN.
+EXODUS_HD acc_t bound_membrane(acc_t r, int has_vmin, acc_t v_min) {
+  return (has_vmin && r <= v_min) ? v_min : r;
+}
+
+// Post-reset membrane v_t as a function of the saved pre-reset membrane h_t.
+EXODUS_HD acc_t membrane_from_h(const LifConfig& c, acc_t h, acc_t theta) {
+  const acc_t a = spike_count(h, theta, c.max_spikes);
+  return bound_membrane(reset_membrane(h, theta, a, c.reset), c.has_vmin, c.v_min);
+}
+
+// One forward step. `v` holds v_{t-1} on entry and v_t on exit; returns h_t, writes a_t.
+EXODUS_HD acc_t lif_forward_step(const LifConfig& c, acc_t x, acc_t alpha, acc_t theta, acc_t& v,
+                                 acc_t& spikes) {
+  const acc_t h = alpha * v + input_current(x, alpha, c.norm_input);
+  spikes = spike_count(h, theta, c.max_spikes);
+  v = bound_membrane(reset_membrane(h, theta, spikes, c.reset), c.has_vmin, c.v_min);
+  return h;
+}
+
+// Input x_t recovered from the saved h_t and v_{t-1} (needed for dL/dalpha with norm_input only).
+EXODUS_HD acc_t input_from_membranes(acc_t h, acc_t v_prev, acc_t alpha) {
+  const acc_t gain = acc_t(1) - alpha;
+  return gain != acc_t(0) ? (h - alpha * v_prev) / gain : acc_t(0);
+}
+
+// One step of the reverse scan. Returns lambda_t = dL/dh_t given lambda_{t+1};
+// accumulates dL/dalpha and dL/dtheta for this neuron.
+EXODUS_HD acc_t lif_backward_step(const LifConfig& c, acc_t h, acc_t v_prev, acc_t grad_spikes,
+                                  acc_t grad_v, acc_t lambda_next, acc_t alpha, acc_t theta,
+                                  acc_t& grad_alpha, acc_t& grad_theta) {
+  acc_t sigma = surrogate_sigma(c.surrogate, h, theta, c.p0, c.p1, c.p2);
+  if (c.gradient == GRADIENT_SLAYER) sigma *= c.grad_scale;
+  const acc_t a = spike_count(h, theta, c.max_spikes);
+  const acc_t r = reset_membrane(h, theta, a, c.reset);
+  const acc_t kappa = (!c.has_vmin || r > c.v_min) ? acc_t(1) : acc_t(0);
+  const acc_t no_spike = a > acc_t(0) ? acc_t(0) : acc_t(1);
+  const acc_t mu = grad_v + alpha * lambda_next;
+
+  acc_t rho, dr_dtheta;
+  if (c.gradient == GRADIENT_EXODUS) {
+    rho = c.reset == RESET_SUBTRACT ? acc_t(1) - theta * sigma : no_spike - h * sigma;
+    dr_dtheta = c.reset == RESET_SUBTRACT ? theta * sigma - a : h * sigma;
+  } else {  // SLAYER: the reset is detached
+    rho = c.reset == RESET_SUBTRACT ? acc_t(1) : no_spike;
+    dr_dtheta = c.reset == RESET_SUBTRACT ? -a : acc_t(0);
+  }
+  const acc_t lambda = grad_spikes * sigma + kappa * rho * mu;
+  grad_theta += kappa * mu * dr_dtheta - grad_spikes * sigma;
+  grad_alpha += lambda * v_prev;
+  if (c.norm_input) grad_alpha -= lambda * input_from_membranes(h, v_prev, alpha);
+  return lambda;
+}
+
+// ExpLeak / synaptic current: v_t = alpha v_{t-1} + u_t (no spike, no reset).
+EXODUS_HD acc_t leaky_forward_step(acc_t x, acc_t alpha, int norm_input, acc_t& v) {
+  v = alpha * v + input_current(x, alpha, norm_input);
+  return v;
+}
+
+// Reverse step of the leaky integrator: lambda_t = gv_t + alpha lambda_{t+1}.
+EXODUS_HD acc_t leaky_backward_step(acc_t v, acc_t v_prev, acc_t grad_v, acc_t lambda_next,
+                                    acc_t alpha, int norm_input, acc_t& grad_alpha) {
+  const acc_t lambda = grad_v + alpha * lambda_next;
+  grad_alpha += lambda * v_prev;
+  if (norm_input) grad_alpha -= lambda * input_from_membranes(v, v_prev, alpha);
+  return lambda;
+}

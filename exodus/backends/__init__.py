@@ -1,0 +1,42 @@
+"""Backends that run the neuron scans.
+
+* ``cupy``  — GPU kernels (cuda/kernels.cu) compiled by NVRTC, CUDA tensors only.
+* ``cpu``   — the same step functions compiled for the host (cuda/cpu_drivers.cpp).
+* ``torch`` — the plain-PyTorch reference (exodus/reference.py), autograd = BPTT.
+
+``resolve(name, device)`` turns "auto" into the fastest one that works here.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import cpu, cupy
+
+BACKENDS = ("auto", "cupy", "cpu", "torch")
+
+
+def resolve(name: str, device: torch.device) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
+    if name == "cupy":
+        if device.type != "cuda":
+            raise ValueError("backend='cupy' needs CUDA tensors; this input is on " + str(device))
+        if not cupy.available():
+            raise ValueError("backend='cupy' needs CuPy and a CUDA device: pip install exodus-snn[cuda12] "
+                             "(or [cuda13])")
+        return name
+    if name == "cpu":
+        if device.type != "cpu":
+            raise ValueError(f"backend='cpu' needs CPU tensors; this input is on {device}")
+        if not cpu.available():
+            raise ValueError("backend='cpu' is unavailable: " + str(cpu._error))
+        return name
+    if name == "torch":
+        return name
+    if device.type == "cuda":
+        return "cupy" if cupy.available() else "torch"
+    if device.type == "cpu":
+        if cpu.available():
+            return "cpu"
+        cpu.warn_unavailable()
+    return "torch"

@@ -1,0 +1,88 @@
+"""Launch plans of the __global__ drivers in cuda/kernels.cu.
+
+A plan names the kernel, the 1-D grid and block, and the typed argument list in
+the kernel's parameter order. The cupy backend launches it on the GPU; the host
+emulation (exodus.backends.emulation) runs the same kernel on the CPU from the
+same plan; the CPU backend calls its tiled drivers (cuda/cpu_drivers.cpp, same
+parameter order plus a thread count) from the same argument list.
+Argument kinds: "ptr" (a tensor or None), "i64", "i32", "acc" (float in the math dtype).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+BLOCK_SIZE = 128
+
+
+@dataclass(frozen=True)
+class LifOptions:
+    """Integer/float options of the LIF kernels (codes as in cuda/common.cuh)."""
+
+    reset: int = 0            # 0 subtract, 1 zero
+    max_spikes: int = 1       # 1 single, k > 1 at most k, 0 unlimited
+    has_vmin: bool = False
+    v_min: float = 0.0
+    norm_input: bool = False
+    gradient: int = 0         # 0 exodus, 1 slayer
+    surrogate: int = 0
+    grad_scale: float = 1.0
+    surrogate_params: tuple[float, float, float] = (0.5, 1.0, 0.0)
+
+
+@dataclass
+class LaunchPlan:
+    kernel: str
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+    args: list[tuple[str, Any]]
+
+
+def _plan(kernel: str, threads: int, args: list[tuple[str, Any]]) -> LaunchPlan:
+    grid = max(1, (threads + BLOCK_SIZE - 1) // BLOCK_SIZE)
+    return LaunchPlan(kernel, (grid, 1, 1), (BLOCK_SIZE, 1, 1), args)
+
+
+def _dims(x: torch.Tensor) -> list[tuple[str, Any]]:
+    B, T, N = x.shape
+    return [("i64", B), ("i64", T), ("i64", N)]
+
+
+def lif_forward_plan(x, alpha, theta, v0, spikes, v, h, o: LifOptions) -> LaunchPlan:
+    B, _, N = x.shape
+    return _plan("exodus_lif_forward", B * N, [
+        ("ptr", x), ("ptr", alpha), ("ptr", theta), ("ptr", v0),
+        ("ptr", spikes), ("ptr", v), ("ptr", h), *_dims(x),
+        ("i32", o.reset), ("i32", o.max_spikes), ("i32", int(o.has_vmin)), ("acc", o.v_min),
+        ("i32", int(o.norm_input)),
+    ])
+
+
+def lif_backward_plan(h, grad_spikes: Optional[torch.Tensor], grad_v: Optional[torch.Tensor], alpha, theta,
+                      v0, grad_x, grad_v0, grad_alpha, grad_theta, o: LifOptions) -> LaunchPlan:
+    B, _, N = h.shape
+    p0, p1, p2 = o.surrogate_params
+    return _plan("exodus_lif_backward", B * N, [
+        ("ptr", h), ("ptr", grad_spikes), ("ptr", grad_v), ("ptr", alpha), ("ptr", theta), ("ptr", v0),
+        ("ptr", grad_x), ("ptr", grad_v0), ("ptr", grad_alpha), ("ptr", grad_theta), *_dims(h),
+        ("i32", o.reset), ("i32", o.max_spikes), ("i32", int(o.has_vmin)), ("acc", o.v_min),
+        ("i32", int(o.norm_input)), ("i32", o.gradient), ("i32", o.surrogate), ("acc", o.grad_scale),
+        ("acc", p0), ("acc", p1), ("acc", p2),
+    ])
+
+
+def leaky_forward_plan(x, alpha, v0, v, norm_input: bool) -> LaunchPlan:
+    B, _, N = x.shape
+    return _plan("exodus_leaky_forward", B * N, [
+        ("ptr", x), ("ptr", alpha), ("ptr", v0), ("ptr", v), *_dims(x), ("i32", int(norm_input)),
+    ])
+
+
+def leaky_backward_plan(v, grad_v, alpha, v0, grad_x, grad_v0, grad_alpha, norm_input: bool) -> LaunchPlan:
+    B, _, N = v.shape
+    return _plan("exodus_leaky_backward", B * N, [
+        ("ptr", v), ("ptr", grad_v), ("ptr", alpha), ("ptr", v0), ("ptr", grad_x), ("ptr", grad_v0),
+        ("ptr", grad_alpha), *_dims(v), ("i32", int(norm_input)),
+    ])

@@ -1,0 +1,102 @@
+"""The kernel sources in ``cuda/`` and the native build cache shared by the backends."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import tempfile
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
+
+# Storage type -> (C type of the storage, C type of the math) for -DEXODUS_SCALAR / -DEXODUS_ACC.
+GPU_TYPES = {
+    torch.float32: ("float", "float"),
+    torch.float64: ("double", "double"),
+    torch.float16: ("exodus_half", "float"),
+    torch.bfloat16: ("exodus_bfloat16", "float"),
+}
+
+
+def cuda_dir() -> Path:
+    """Directory holding the kernel sources (``exodus/cuda`` in a wheel, ``cuda/`` in a checkout)."""
+    return Path(str(resources.files("exodus.cuda")))
+
+
+@lru_cache(maxsize=None)
+def inline_source(name: str) -> str:
+    """Source of ``cuda/<name>`` with its local ``#include "..."`` files pasted in (once each)."""
+    seen: set[str] = set()
+
+    def expand(file: str) -> list[str]:
+        lines = []
+        for line in (cuda_dir() / file).read_text().splitlines():
+            match = _INCLUDE.match(line)
+            if match is None:
+                lines.append(line)
+            elif match.group(1) not in seen:
+                seen.add(match.group(1))
+                lines.extend(expand(match.group(1)))
+        return lines
+
+    seen.add(name)
+    return "\n".join(expand(name)) + "\n"
+
+
+def type_defines(dtype: torch.dtype) -> list[str]:
+    scalar, acc = GPU_TYPES[dtype]
+    return [f"-DEXODUS_SCALAR={scalar}", f"-DEXODUS_ACC={acc}"]
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("EXODUS_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "exodus")
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def compiler() -> str:
+    return os.environ.get("CXX") or "c++"
+
+
+@lru_cache(maxsize=None)
+def _compiler_id(cxx: str) -> str:
+    try:
+        return subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as error:
+        raise BuildError(f"no working C++ compiler ({cxx!r}): {error}") from error
+
+
+def build_shared_library(source: str, flags: list[str], stem: str) -> Path:
+    """Compile ``cuda/<source>`` (includes inlined) into a cached shared library.
+
+    The cache key covers the inlined source, the flags, the compiler and the
+    machine; the library is written to a temporary file and renamed into place, so
+    concurrent processes (DDP workers) never load a half-written file.
+    """
+    cxx = compiler()
+    text = inline_source(source)
+    key = hashlib.sha256("\0".join([text, cxx, _compiler_id(cxx), os.uname().machine, *flags]).encode()).hexdigest()[:16]
+    target = cache_dir() / f"{stem}-{key}.so"
+    if target.exists():
+        return target
+    with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+        src = Path(tmp) / source.replace(".cu", ".cpp") if source.endswith(".cu") else Path(tmp) / source
+        src.write_text(text)
+        out = Path(tmp) / "lib.so"
+        cmd = [cxx, "-x", "c++", str(src), "-o", str(out), "-shared", "-fPIC", "-std=c++17", *flags]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise BuildError(f"compiling {source} failed:\n{' '.join(cmd)}\n{result.stderr[-4000:]}")
+        os.replace(out, target)
+    return target
