@@ -15,28 +15,35 @@ from . import cpu, cupy
 BACKENDS = ("auto", "cupy", "cpu", "torch")
 
 
+@torch.compiler.assume_constant_result
+def _available(kind: str) -> bool:
+    """Whether a native backend works here (builds the CPU kernels at first call).
+    A constant for torch.compile, so resolving the backend never breaks a graph."""
+    return cpu.available() if kind == "cpu" else cupy.available()
+
+
 def resolve(name: str, device: torch.device) -> str:
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
     if name == "cupy":
         if device.type != "cuda":
             raise ValueError("backend='cupy' needs CUDA tensors; this input is on " + str(device))
-        if not cupy.available():
+        if not _available("cupy"):
             raise ValueError("backend='cupy' needs CuPy and a CUDA device: pip install exodus-snn[cuda12] "
                              "(or [cuda13])")
         return name
     if name == "cpu":
         if device.type != "cpu":
             raise ValueError(f"backend='cpu' needs CPU tensors; this input is on {device}")
-        if not cpu.available():
+        if not _available("cpu"):
             raise ValueError("backend='cpu' is unavailable: " + str(cpu._error))
         return name
     if name == "torch":
         return name
     if device.type == "cuda":
-        return "cupy" if cupy.available() else "torch"
+        return "cupy" if _available("cupy") else "torch"
     if device.type == "cpu":
-        if cpu.available():
+        if _available("cpu"):
             return "cpu"
         cpu.warn_unavailable()
     return "torch"
