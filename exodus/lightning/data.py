@@ -1,0 +1,120 @@
+"""The interface every exodus DataModule implements (offline tasks and tonic datasets).
+
+A ``SpikeDataModule`` knows its shapes right after ``__init__`` (before ``prepare_data`` /
+``setup``), because ``exodus-train`` links them into the model when both are instantiated:
+
+    data.input_shape  -> model.input_shape     features per time step, e.g. (700,) or (2, 32, 32)
+    data.num_classes  -> model.num_classes
+
+Batches are ``(x, y)``: x float32 (batch, time, *input_shape), y int64 (batch,).
+Subclasses implement ``setup(stage)`` and assign ``self.train_set``, ``self.val_set`` and
+``self.test_set`` (any map-style ``torch.utils.data.Dataset`` returning ``(x, y)`` with x of
+shape (time, *input_shape)); the loaders are built here. Training batches are shuffled with
+an order that depends only on (seed, epoch), so a run resumed from a checkpoint sees the same
+batches as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterable, Iterator, Optional
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+__all__ = ["SpikeDataModule", "EpochShuffleSampler", "require_files"]
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Random permutation of range(size) drawn from (seed, epoch) only.
+
+    Lightning calls ``set_epoch`` at the start of every training epoch, so the order of
+    epoch k is the same whether or not the run was interrupted before it."""
+
+    def __init__(self, size: int, seed: int):
+        self.size = int(size)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def require_files(paths: Iterable[str], what: str, how_to_fix: str) -> None:
+    """Raise FileNotFoundError naming every missing path, the dataset and the fix
+    (e.g. "set data.root to the folder holding ..., or data.download: true")."""
+    missing = [str(p) for p in paths if not os.path.exists(p)]
+    if missing:
+        listing = "\n  ".join(missing)
+        raise FileNotFoundError(f"{what}: missing file(s)\n  {listing}\n{how_to_fix}")
+
+
+class SpikeDataModule(pl.LightningDataModule):
+    """Base DataModule of exodus. Args:
+        root: folder of the dataset files (offline tasks: where a cache may be written; unused if None).
+        batch_size: samples per batch.
+        num_workers: DataLoader worker processes (0 = load in the main process).
+        seed: seed of the data (generation of synthetic tasks, splits, shuffling order).
+    """
+
+    train_set: Optional[Dataset] = None
+    val_set: Optional[Dataset] = None
+    test_set: Optional[Dataset] = None
+
+    def __init__(self, root: str = "data", batch_size: int = 32, num_workers: int = 0, seed: int = 0):
+        super().__init__()
+        if int(batch_size) < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        if int(num_workers) < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+        self.root = root
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.seed = int(seed)
+
+    # ------------------------------------------------------------------ shapes (known after __init__)
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Features per time step, e.g. (700,) or (2, 32, 32)."""
+        raise NotImplementedError
+
+    @property
+    def num_classes(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def time_steps(self) -> int:
+        """Time steps per sample (the longest one if samples vary and are padded)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ loaders
+    collate_fn: Optional[Callable] = None
+
+    def _loader(self, dataset: Optional[Dataset], split: str, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() did not create the {split} set "
+                               f"(self.{split}_set is None)")
+        sampler = EpochShuffleSampler(len(dataset), self.seed) if shuffle else None
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, shuffle=False,
+                          num_workers=self.num_workers, collate_fn=self.collate_fn,
+                          persistent_workers=self.num_workers > 0, drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, "train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, "val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, "test", shuffle=False)
+
+    def describe(self) -> str:
+        return (f"{type(self).__name__}(input_shape={self.input_shape}, num_classes={self.num_classes}, "
+                f"time_steps={self.time_steps}, root={self.root!r})")
