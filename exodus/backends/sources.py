@@ -23,9 +23,19 @@ GPU_TYPES = {
 }
 
 
+@lru_cache(maxsize=None)
 def cuda_dir() -> Path:
     """Directory holding the kernel sources (``exodus/cuda`` in a wheel, ``cuda/`` in a checkout)."""
-    return Path(str(resources.files("exodus.cuda")))
+    try:
+        path = Path(str(resources.files("exodus.cuda")))
+        if (path / "neuron.cuh").exists():
+            return path
+    except (ModuleNotFoundError, TypeError):
+        pass
+    path = Path(__file__).resolve().parents[2] / "cuda"  # source checkout imported from its root
+    if not (path / "neuron.cuh").exists():
+        raise FileNotFoundError("exodus kernel sources (cuda/*.cuh) not found; reinstall exodus-snn")
+    return path
 
 
 @lru_cache(maxsize=None)
