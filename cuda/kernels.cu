@@ -14,7 +14,7 @@ extern "C" __global__ void exodus_lif_forward(
     const scalar_t* __restrict__ x, const acc_t* __restrict__ alpha, const acc_t* __restrict__ theta,
     const acc_t* __restrict__ v0, scalar_t* __restrict__ spikes, scalar_t* __restrict__ v_out,
     acc_t* __restrict__ h_out, index_t B, index_t T, index_t N, int reset, int max_spikes,
-    int has_vmin, acc_t v_min, int norm_input) {
+    int has_vmin, acc_t v_min, int norm_input, int v_trace) {
   const index_t tid = EXODUS_THREAD_INDEX;
   if (tid >= B * N) return;
   const index_t b = tid / N, n = tid - b * N;
@@ -26,18 +26,22 @@ extern "C" __global__ void exodus_lif_forward(
     acc_t s;
     h_out[i] = lif_forward_step(c, to_acc(x[i]), a_n, th_n, v, s);
     spikes[i] = from_acc(s);
-    v_out[i] = from_acc(v);
+    if (v_trace) v_out[i] = from_acc(v);
   }
+  if (!v_trace) v_out[tid] = from_acc(v);
 }
 
-// grad_spikes / grad_v may be null (that output did not reach the loss).
+// v_out is the membrane trace (B, T, N) with v_trace, else only the final membrane (B, N).
+// The backward's grad_v has the same layout. grad_spikes / grad_v may be null (that output
+// did not reach the loss).
 extern "C" __global__ void exodus_lif_backward(
     const acc_t* __restrict__ h, const scalar_t* __restrict__ grad_spikes,
     const scalar_t* __restrict__ grad_v, const acc_t* __restrict__ alpha,
     const acc_t* __restrict__ theta, const acc_t* __restrict__ v0, scalar_t* __restrict__ grad_x,
     acc_t* __restrict__ grad_v0, acc_t* __restrict__ grad_alpha, acc_t* __restrict__ grad_theta,
     index_t B, index_t T, index_t N, int reset, int max_spikes, int has_vmin, acc_t v_min,
-    int norm_input, int gradient, int surrogate, acc_t grad_scale, acc_t p0, acc_t p1, acc_t p2) {
+    int norm_input, int v_trace, int gradient, int surrogate, acc_t grad_scale, acc_t p0, acc_t p1,
+    acc_t p2) {
   const index_t tid = EXODUS_THREAD_INDEX;
   if (tid >= B * N) return;
   const index_t b = tid / N, n = tid - b * N;
@@ -51,7 +55,7 @@ extern "C" __global__ void exodus_lif_backward(
       const acc_t h_prev = t > 0 ? h[i - N] : acc_t(0);
       const acc_t v_prev = t > 0 ? membrane_from_h(c, h_prev, th_n) : v0[tid];
       const acc_t ga = grad_spikes ? to_acc(grad_spikes[i]) : acc_t(0);
-      const acc_t gv = grad_v ? to_acc(grad_v[i]) : acc_t(0);
+      const acc_t gv = !grad_v ? acc_t(0) : v_trace ? to_acc(grad_v[i]) : t == T - 1 ? to_acc(grad_v[tid]) : acc_t(0);
       lambda = lif_backward_step(c, h_t, v_prev, ga, gv, lambda, a_n, th_n, g_alpha, g_theta);
       grad_x[i] = from_acc(c.norm_input ? (acc_t(1) - a_n) * lambda : lambda);
       h_t = h_prev;

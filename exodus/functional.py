@@ -145,40 +145,47 @@ def _launch(plan, backend: str, storage_dtype: torch.dtype, acc: torch.dtype, de
         raise ValueError(f"the fused ops run on backend 'cpu' or 'cupy', not {backend!r}")
 
 
-def _options(reset, max_spikes, has_vmin, v_min, norm_input, gradient, surrogate, grad_scale, surrogate_params):
-    return launch.LifOptions(reset, max_spikes, has_vmin, v_min, norm_input, gradient, surrogate, grad_scale,
-                             tuple(surrogate_params))
+def _options(reset, max_spikes, has_vmin, v_min, norm_input, v_trace, gradient, surrogate, grad_scale,
+             surrogate_params):
+    return launch.LifOptions(reset, max_spikes, has_vmin, v_min, norm_input, v_trace, gradient, surrogate,
+                             grad_scale, tuple(surrogate_params))
 
 
 @torch.library.custom_op("exodus::lif_scan", mutates_args=())
 def lif_scan(x: Tensor, alpha: Tensor, theta: Tensor, v0: Tensor, reset: int, max_spikes: int, has_vmin: bool,
-             v_min: float, norm_input: bool, gradient: int, surrogate: int, grad_scale: float,
+             v_min: float, norm_input: bool, v_trace: bool, gradient: int, surrogate: int, grad_scale: float,
              surrogate_params: list[float], backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """Fused LIF scan. x (B, T, N) contiguous; alpha, theta (N,), v0 (B, N) in the math dtype.
-    Returns spikes, v (B, T, N) in x's dtype and h (B, T, N) in the math dtype (saved for backward)."""
-    o = _options(reset, max_spikes, has_vmin, v_min, norm_input, gradient, surrogate, grad_scale, surrogate_params)
+    Returns spikes (B, T, N) and v — the trace (B, T, N) with v_trace, else the final membrane (B, N) —
+    in x's dtype, and h (B, T, N) in the math dtype (saved for backward)."""
+    o = _options(reset, max_spikes, has_vmin, v_min, norm_input, v_trace, gradient, surrogate, grad_scale,
+                 surrogate_params)
     acc = acc_dtype(x.dtype)
     xs = _storage(x, backend)
-    spikes, v = torch.empty_like(xs), torch.empty_like(xs)
+    B, T, N = xs.shape
+    spikes = torch.empty_like(xs)
+    v = torch.empty_like(xs) if v_trace else xs.new_empty((B, N))
     h = torch.empty(xs.shape, dtype=acc, device=x.device)
-    if xs.numel() > 0:
+    if B * N > 0:
         _launch(launch.lif_forward_plan(xs, alpha, theta, v0, spikes, v, h, o), backend, xs.dtype, acc, x.device)
     return spikes.to(x.dtype), v.to(x.dtype), h
 
 
 @lif_scan.register_fake
-def _(x, alpha, theta, v0, reset, max_spikes, has_vmin, v_min, norm_input, gradient, surrogate, grad_scale,
-      surrogate_params, backend):
-    return torch.empty_like(x), torch.empty_like(x), x.new_empty(x.shape, dtype=acc_dtype(x.dtype))
+def _(x, alpha, theta, v0, reset, max_spikes, has_vmin, v_min, norm_input, v_trace, gradient, surrogate,
+      grad_scale, surrogate_params, backend):
+    v = torch.empty_like(x) if v_trace else x.new_empty((x.shape[0], x.shape[2]))
+    return torch.empty_like(x), v, x.new_empty(x.shape, dtype=acc_dtype(x.dtype))
 
 
 @torch.library.custom_op("exodus::lif_scan_backward", mutates_args=())
 def lif_scan_backward(grad_spikes: Optional[Tensor], grad_v: Optional[Tensor], h: Tensor, alpha: Tensor,
                       theta: Tensor, v0: Tensor, reset: int, max_spikes: int, has_vmin: bool, v_min: float,
-                      norm_input: bool, gradient: int, surrogate: int, grad_scale: float,
+                      norm_input: bool, v_trace: bool, gradient: int, surrogate: int, grad_scale: float,
                       surrogate_params: list[float], backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Reverse scan of DESIGN.md §2. Returns dL/dx (B, T, N), dL/dv0 (B, N), dL/dalpha (N,), dL/dtheta (N,)."""
-    o = _options(reset, max_spikes, has_vmin, v_min, norm_input, gradient, surrogate, grad_scale, surrogate_params)
+    o = _options(reset, max_spikes, has_vmin, v_min, norm_input, v_trace, gradient, surrogate, grad_scale,
+                 surrogate_params)
     acc = h.dtype
     out_dtype = (grad_spikes if grad_spikes is not None else grad_v).dtype
     gs = None if grad_spikes is None else _storage(grad_spikes, backend).contiguous()
@@ -209,9 +216,9 @@ def _lif_setup_context(ctx, inputs, output):
 def _lif_backward(ctx, grad_spikes, grad_v, grad_h):
     h, alpha, theta, v0 = ctx.saved_tensors
     if grad_spikes is None and grad_v is None:
-        return (None,) * 14
+        return (None,) * 15
     grad_x, grad_v0, grad_alpha, grad_theta = lif_scan_backward(grad_spikes, grad_v, h, alpha, theta, v0, *ctx.options)
-    return (grad_x, grad_alpha, grad_theta, grad_v0) + (None,) * 10
+    return (grad_x, grad_alpha, grad_theta, grad_v0) + (None,) * 11
 
 
 lif_scan.register_autograd(_lif_backward, setup_context=_lif_setup_context)
@@ -298,6 +305,7 @@ def lif(
     norm_input: bool = False,
     gradient: str = "exodus",
     grad_scale: float = 1.0,
+    v_trace: bool = True,
     backend: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """LIF scan (IAF with alpha = 1), DESIGN.md §1.
@@ -305,7 +313,8 @@ def lif(
     x: input current, (batch, time, *features). alpha = exp(-1/tau_mem) in [0, 1] and
     threshold > 0: numbers or tensors broadcastable to the features. v0: membrane before
     the first step, (batch, *features), default 0. Returns (spikes, v), both
-    (batch, time, *features) in x's dtype: spike counts and post-reset membrane.
+    (batch, time, *features) in x's dtype: spike counts and post-reset membrane. With
+    v_trace=False, v is only the final membrane (batch, *features) (one output stream less).
     gradient: "exodus" (exact), "slayer" (reset detached, surrogate x grad_scale) or
     "bptt" (autograd through the reference loop).
     """
@@ -323,14 +332,23 @@ def lif(
     _check_v0("v0", v0, x)
     chosen = backends.resolve(backend, x.device)
     if gradient == "bptt" or chosen == "torch":
-        return reference.lif_ref(x, alpha, theta, v0, reset=reset, v_min=v_min, max_spikes_per_bin=max_spikes_per_bin,
-                                 surrogate=surrogate, norm_input=norm_input, gradient=gradient, grad_scale=grad_scale)
+        spikes, v = reference.lif_ref(x, alpha, theta, v0, reset=reset, v_min=v_min,
+                                      max_spikes_per_bin=max_spikes_per_bin, surrogate=surrogate,
+                                      norm_input=norm_input, gradient=gradient, grad_scale=grad_scale)
+        if not v_trace:
+            v = v[:, -1] if x.shape[1] > 0 else _initial_state(v0, x)
+        return spikes, v
     x3, (alpha_n, theta_n), v0n = _flatten(x, alpha, v0, theta)
     spikes, v, _ = lif_scan(x3, alpha_n, theta_n, v0n, RESETS[reset], max_spikes, v_min is not None,
-                            0.0 if v_min is None else float(v_min), bool(norm_input),
+                            0.0 if v_min is None else float(v_min), bool(norm_input), bool(v_trace),
                             1 if gradient == "slayer" else 0, surrogate.kind, float(grad_scale),
                             list(surrogate.params()), chosen)
-    return spikes.view(x.shape), v.view(x.shape)
+    return spikes.view(x.shape), v.view(x.shape if v_trace else (x.shape[0], *x.shape[2:]))
+
+
+def _initial_state(v0: Optional[Tensor], x: Tensor) -> Tensor:
+    shape = (x.shape[0], *x.shape[2:])
+    return x.new_zeros(shape) if v0 is None else v0.to(x.dtype).expand(shape).clone()
 
 
 def leaky(x: Tensor, alpha, v0: Optional[Tensor] = None, *, norm_input: bool = False,

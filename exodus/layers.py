@@ -153,8 +153,12 @@ class LIF(_StatefulNeuron):
         spikes, v = F.lif(current, self.alpha().to(x.device), self.threshold.to(x.device), self._state("v", x),
                           reset=self.reset, v_min=self.v_min, max_spikes_per_bin=self.max_spikes_per_bin,
                           surrogate=self.surrogate, norm_input=self.norm_input, gradient=self.gradient,
-                          grad_scale=self.grad_scale, **options)
-        self.v = v[:, -1] if v.shape[1] > 0 else self._initial("v", x)
+                          grad_scale=self.grad_scale, v_trace=self.record_states, **options)
+        if self.record_states:  # v is the trace
+            v_last = v[:, -1] if v.shape[1] > 0 else self._initial("v", x)
+        else:  # v is the final membrane already
+            v_last = v
+        self.v = v_last
         if self.record_states:
             self.recordings = {"v": v} if self.tau_syn is None else {"v": v, "i": current}
         return spikes

@@ -26,6 +26,7 @@ class LifOptions:
     has_vmin: bool = False
     v_min: float = 0.0
     norm_input: bool = False
+    v_trace: bool = True      # v output is the trace (B, T, N); else only the final v (B, N)
     gradient: int = 0         # 0 exodus, 1 slayer
     surrogate: int = 0
     grad_scale: float = 1.0
@@ -56,7 +57,7 @@ def lif_forward_plan(x, alpha, theta, v0, spikes, v, h, o: LifOptions) -> Launch
         ("ptr", x), ("ptr", alpha), ("ptr", theta), ("ptr", v0),
         ("ptr", spikes), ("ptr", v), ("ptr", h), *_dims(x),
         ("i32", o.reset), ("i32", o.max_spikes), ("i32", int(o.has_vmin)), ("acc", o.v_min),
-        ("i32", int(o.norm_input)),
+        ("i32", int(o.norm_input)), ("i32", int(o.v_trace)),
     ])
 
 
@@ -68,7 +69,7 @@ def lif_backward_plan(h, grad_spikes: Optional[torch.Tensor], grad_v: Optional[t
         ("ptr", h), ("ptr", grad_spikes), ("ptr", grad_v), ("ptr", alpha), ("ptr", theta), ("ptr", v0),
         ("ptr", grad_x), ("ptr", grad_v0), ("ptr", grad_alpha), ("ptr", grad_theta), *_dims(h),
         ("i32", o.reset), ("i32", o.max_spikes), ("i32", int(o.has_vmin)), ("acc", o.v_min),
-        ("i32", int(o.norm_input)), ("i32", o.gradient), ("i32", o.surrogate), ("acc", o.grad_scale),
+        ("i32", int(o.norm_input)), ("i32", int(o.v_trace)), ("i32", o.gradient), ("i32", o.surrogate), ("acc", o.grad_scale),
         ("acc", p0), ("acc", p1), ("acc", p2),
     ])
 
