@@ -1,0 +1,303 @@
+"""``SpikingClassifier``: a feed-forward spiking network built from plain init arguments.
+
+Architecture (input x: (batch, time, *input_shape)):
+
+    [conv front-end, for frames (C, H, W)]  Conv2d -> AvgPool2d -> neuron     per entry of conv_channels
+    [hidden layers]                         Linear -> neuron                  per entry of hidden
+    readout                                 Linear -> spiking neuron (readout="spike_count")
+                                                   or ExpLeak    ("max_membrane" / "mean_membrane")
+
+Every synaptic map runs SLAYER-style on all time steps at once (batch and time folded into one
+dimension), then each neuron layer runs one fused scan over time. The logits are the spike counts,
+or the max / mean of the readout membrane, over the last ``readout_steps`` steps (all by default);
+the loss is cross-entropy.
+
+All arguments are plain numbers, strings and lists, so the model is built the same way from a
+YAML config (``exodus-train``), a dict (``SpikingClassifier(**config)``) or a checkpoint.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Optional, Sequence
+
+import pytorch_lightning as pl
+import torch
+import torchmetrics
+from torch import Tensor, nn
+
+from .. import surrogate as surrogates
+from ..functional import GRADIENTS, RESETS
+from ..layers import IAF, LIF, ExpLeak
+
+__all__ = ["SpikingClassifier", "NEURONS", "READOUTS"]
+
+NEURONS = ("lif", "iaf")
+READOUTS = ("spike_count", "max_membrane", "mean_membrane")
+
+
+def _choice(key: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"model.{key}: unknown value {value!r}; choose one of {tuple(choices)}")
+
+
+def make_surrogate(name: str, args: Optional[dict] = None) -> surrogates.Surrogate:
+    """exodus.surrogate class by name (e.g. "FastSigmoid") with keyword arguments."""
+    cls = getattr(surrogates, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, surrogates.Surrogate) and cls is not surrogates.Surrogate):
+        names = [n for n in surrogates.__all__ if n != "Surrogate"]
+        raise ValueError(f"model.surrogate: unknown surrogate {name!r}; choose one of {names}")
+    try:
+        return cls(**(args or {}))
+    except TypeError as error:
+        raise ValueError(f"model.surrogate_args {args!r} do not fit {name}: {error}") from None
+
+
+class SpikingClassifier(pl.LightningModule):
+    """Feed-forward SNN classifier. Shapes: x (batch, time, *input_shape), y (batch,) int.
+
+    Args:
+        input_shape: features per time step, e.g. (700,) or (2, 32, 32) (exodus-train links it from data).
+        num_classes: number of classes (linked from data).
+        hidden: sizes of the spiking hidden layers.
+        conv_channels: output channels of the convolutional front-end (input must be (C, H, W)); [] = none.
+        conv_kernel: convolution kernel size (padding keeps the size).
+        conv_pool: average-pooling factor after each convolution (1 = none).
+        neuron: "lif" or "iaf" (used in every spiking layer).
+        tau_mem, tau_syn: membrane / synaptic time constants in steps (tau_syn None = no synapse).
+        threshold, reset, v_min, max_spikes_per_bin: neuron parameters, see exodus.LIF.
+        surrogate, surrogate_args: a class of exodus.surrogate by name and its keyword arguments.
+        gradient: "exodus", "slayer" or "bptt", applied to every spiking layer.
+        grad_scale: surrogate scale of the "slayer" gradient.
+        train_tau, train_threshold: learn one tau_mem / threshold per neuron.
+        readout: "spike_count", "max_membrane" or "mean_membrane".
+        readout_tau: membrane time constant of the ExpLeak readout (steps).
+        readout_steps: read the logits from the last k steps only (None = all steps).
+        weight_gain: multiplies the default (Kaiming-uniform) initial weights of every layer.
+        lr, weight_decay: Adam settings (the CLI's --optimizer / --lr_scheduler override them).
+        backend: exodus backend ("auto", "cpu", "cupy", "torch").
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int] = (40,),
+        num_classes: int = 10,
+        hidden: Sequence[int] = (128,),
+        conv_channels: Sequence[int] = (),
+        conv_kernel: int = 3,
+        conv_pool: int = 2,
+        neuron: str = "lif",
+        tau_mem: float = 20.0,
+        tau_syn: Optional[float] = None,
+        threshold: float = 1.0,
+        reset: str = "subtract",
+        v_min: Optional[float] = None,
+        max_spikes_per_bin: Optional[int] = 1,
+        surrogate: str = "SingleExponential",
+        surrogate_args: Optional[dict] = None,
+        gradient: str = "exodus",
+        grad_scale: float = 1.0,
+        train_tau: bool = False,
+        train_threshold: bool = False,
+        readout: str = "max_membrane",
+        readout_tau: float = 20.0,
+        readout_steps: Optional[int] = None,
+        weight_gain: float = 1.0,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        input_shape = tuple(int(s) for s in input_shape)
+        hidden, conv_channels = [int(h) for h in hidden], [int(c) for c in conv_channels]
+        self.save_hyperparameters({**locals_to_hparams(locals()), "input_shape": list(input_shape),
+                                   "hidden": hidden, "conv_channels": conv_channels})
+        _choice("neuron", neuron, NEURONS)
+        _choice("readout", readout, READOUTS)
+        _choice("gradient", gradient, GRADIENTS)
+        _choice("reset", reset, RESETS)
+        if num_classes < 2:
+            raise ValueError(f"model.num_classes must be >= 2, got {num_classes}")
+        if any(s < 1 for s in (*hidden, *conv_channels)) or not input_shape or min(input_shape) < 1:
+            raise ValueError(f"model.hidden, model.conv_channels and model.input_shape need positive sizes, got "
+                             f"{hidden}, {conv_channels}, {input_shape}")
+        if readout_steps is not None and readout_steps < 1:
+            raise ValueError(f"model.readout_steps must be >= 1 or null (all steps), got {readout_steps}")
+        self.input_shape = input_shape
+        self.num_classes = num_classes
+        self.readout = readout
+        self.readout_steps = readout_steps
+        self.lr, self.weight_decay = lr, weight_decay
+
+        surrogate_fn = make_surrogate(surrogate, surrogate_args)
+        neuron_args = dict(tau_syn=tau_syn, threshold=threshold, reset=reset, v_min=v_min,
+                           max_spikes_per_bin=max_spikes_per_bin, surrogate=surrogate_fn, gradient=gradient,
+                           grad_scale=grad_scale, train_threshold=train_threshold, backend=backend)
+        if neuron == "lif":
+            neuron_args.update(tau_mem=tau_mem, train_tau=train_tau)
+        elif train_tau:
+            raise ValueError("model.train_tau needs model.neuron: lif (IAF has no membrane time constant)")
+
+        def spiking(shape) -> nn.Module:
+            per_neuron = train_tau or train_threshold
+            cls = LIF if neuron == "lif" else IAF
+            return cls(shape=tuple(shape) if per_neuron else None, **neuron_args)
+
+        self.layers = nn.ModuleDict()      # name -> nn.ModuleDict(synapse=..., neuron=...)
+        features = input_shape
+        if conv_channels:
+            if len(input_shape) != 3:
+                raise ValueError(f"model.conv_channels {conv_channels} needs frames: input_shape (channels, height, "
+                                 f"width), but the data gives input_shape {input_shape}. Remove model.conv_channels "
+                                 f"for this dataset.")
+            channels, height, width = input_shape
+            for i, out in enumerate(conv_channels):
+                pool = nn.AvgPool2d(conv_pool) if conv_pool > 1 else nn.Identity()
+                synapse = nn.Sequential(nn.Conv2d(channels, out, conv_kernel, padding=conv_kernel // 2), pool)
+                height, width = (height // conv_pool, width // conv_pool) if conv_pool > 1 else (height, width)
+                if height < 1 or width < 1:
+                    raise ValueError(f"model.conv_pool {conv_pool} shrinks the {input_shape[1:]} frames to nothing "
+                                     f"after {i + 1} conv layers; use fewer conv_channels or a smaller conv_pool")
+                channels, features = out, (out, height, width)
+                self.layers[f"conv{i}"] = nn.ModuleDict(dict(synapse=synapse, neuron=spiking(features)))
+        size = math.prod(features)
+        for i, width in enumerate(hidden):
+            self.layers[f"hidden{i}"] = nn.ModuleDict(dict(synapse=nn.Linear(size, width), neuron=spiking((width,))))
+            size = width
+        readout_neuron = (spiking((num_classes,)) if readout == "spike_count"
+                          else ExpLeak(tau_mem=readout_tau, backend=backend))
+        self.layers["readout"] = nn.ModuleDict(dict(synapse=nn.Linear(size, num_classes), neuron=readout_neuron))
+        if weight_gain != 1.0:
+            with torch.no_grad():
+                for layer in self.layers.values():
+                    for module in layer["synapse"].modules():
+                        if isinstance(module, (nn.Linear, nn.Conv2d)):
+                            module.weight.mul_(weight_gain)
+
+        self.metrics = nn.ModuleDict({split: torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
+                                      for split in ("train_acc", "val_acc", "test_acc")})
+        self.firing_rates: dict[str, Tensor] = {}
+        self._step_start: Optional[float] = None
+
+    # ------------------------------------------------------------------ forward
+    def check_input(self, x: Tensor) -> None:
+        """Raise a ValueError that names the config keys when x does not fit the model."""
+        if not isinstance(x, Tensor) or not torch.is_floating_point(x):
+            raise TypeError(f"the model expects float spike tensors (batch, time, *input_shape), got "
+                            f"{type(x).__name__} {getattr(x, 'dtype', '')}")
+        if tuple(x.shape[2:]) != self.input_shape:
+            raise ValueError(
+                f"batch of shape {tuple(x.shape)} does not fit model.input_shape {self.input_shape}: batches must be "
+                f"(batch, time, *input_shape). exodus-train links model.input_shape to data.input_shape, so the "
+                f"DataModule produces other shapes than its input_shape says (check its data.* settings); when "
+                f"building the model by hand, pass input_shape={tuple(x.shape[2:])}.")
+        if self.readout_steps is not None and x.shape[1] < self.readout_steps:
+            raise ValueError(f"model.readout_steps ({self.readout_steps}) exceeds the {x.shape[1]} time steps of the "
+                             f"data; lower model.readout_steps")
+
+    def reset_states(self) -> None:
+        for layer in self.layers.values():
+            layer["neuron"].reset_states()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (batch, time, *input_shape) -> readout trace (batch, time, num_classes):
+        spikes for readout="spike_count", else the ExpLeak membrane."""
+        self.check_input(x)
+        self.reset_states()     # samples are independent
+        batch, steps = x.shape[:2]
+        h = x
+        for name, layer in self.layers.items():
+            if name.startswith("conv"):
+                current = layer["synapse"](h.flatten(0, 1)).unflatten(0, (batch, steps))
+            else:
+                current = layer["synapse"](h.flatten(2))        # nn.Linear maps all time steps at once
+            h = layer["neuron"](current)
+            if name != "readout" or self.readout == "spike_count":
+                self.firing_rates[name] = h.detach().mean()
+        return h
+
+    def logits(self, trace: Tensor) -> Tensor:
+        """Readout trace (batch, time, classes) -> logits (batch, classes) over the last readout_steps."""
+        if self.readout_steps is not None:
+            trace = trace[:, -self.readout_steps:]
+        if self.readout == "spike_count":
+            return trace.sum(1)
+        if self.readout == "max_membrane":
+            return trace.max(1).values
+        return trace.mean(1)
+
+    # ------------------------------------------------------------------ steps
+    def _shared_step(self, batch, split: str) -> Tensor:
+        x, y = batch
+        if y.dim() != 1 or y.shape[0] != x.shape[0]:
+            raise ValueError(f"labels must be (batch,) = ({x.shape[0]},), got shape {tuple(y.shape)}")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+            raise ValueError(f"label {int(y.max())} outside [0, model.num_classes={self.num_classes}); "
+                             f"model.num_classes is linked from data.num_classes — the DataModule's labels and "
+                             f"num_classes disagree")
+        logits = self.logits(self(x))
+        loss = nn.functional.cross_entropy(logits, y)
+        accuracy = self.metrics[f"{split}_acc"]
+        accuracy(logits.detach(), y)
+        on_step = split == "train"
+        self.log(f"{split}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log(f"{split}_acc", accuracy, on_step=False, on_epoch=True, prog_bar=split != "test", batch_size=len(y))
+        if split == "train":
+            for name, rate in self.firing_rates.items():
+                self.log(f"rate/{name}", rate, on_step=True, on_epoch=False, batch_size=len(y))
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "test")
+
+    def predict_step(self, batch, batch_idx: int) -> Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self.logits(self(x)).argmax(1)
+
+    # ------------------------------------------------------------------ hooks: shapes, timing, gradient norms
+    def on_fit_start(self) -> None:
+        self._check_datamodule()
+
+    def on_validation_start(self) -> None:
+        self._check_datamodule()
+
+    def on_test_start(self) -> None:
+        self._check_datamodule()
+
+    def _check_datamodule(self) -> None:
+        data = getattr(self.trainer, "datamodule", None)
+        if data is None:
+            return
+        for key, model_value in (("input_shape", self.input_shape), ("num_classes", self.num_classes)):
+            data_value = getattr(data, key, None)
+            if data_value is not None and (tuple(data_value) if key == "input_shape" else data_value) != model_value:
+                raise ValueError(f"data.{key} is {data_value} but model.{key} is {model_value} (e.g. a checkpoint "
+                                 f"trained on another task, or a model built by hand): make them equal")
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self._step_start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self._step_start is not None:
+            self.log("step_time", time.perf_counter() - self._step_start, on_step=True, on_epoch=False,
+                     batch_size=len(batch[1]))
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        for name, layer in self.layers.items():
+            grads = [p.grad.detach().flatten() for p in layer.parameters() if p.grad is not None]
+            if grads:
+                self.log(f"grad_norm/{name}", torch.cat(grads).norm(), on_step=True, on_epoch=False)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+def locals_to_hparams(frame_locals: dict) -> dict:
+    """Init arguments of SpikingClassifier from its locals() (drops self and the class cell)."""
+    return {k: v for k, v in frame_locals.items() if k not in ("self", "__class__")}

@@ -1,0 +1,292 @@
+"""Offline temporal tasks: generated from a seed, no download, same firing rate in every class.
+
+* ``spike_timing_task`` / ``SpikeTimingData`` — spatio-temporal spike-pattern classification in
+  the spirit of Randman (Zenke & Vogels 2021): every input neuron fires exactly one spike per
+  sample; each class is a random smooth manifold of spike-time patterns; samples are points on
+  their class's manifold, plus Gaussian spike-time jitter and class-independent Poisson noise
+  spikes. Spike counts carry no class information — only the timing does.
+* ``temporal_order_task`` / ``TemporalOrderData`` — temporal memory: two input groups A and B
+  each fire one burst during a cue period; the class is which group fired first. A delay of
+  noise follows; the answer is read out in a response window at the end
+  (``model.readout_steps``). Both groups fire the same number of spikes in both classes.
+* ``rate_baseline`` — multinomial logistic regression on spike counts (optionally in coarse time
+  bins), the evidence that a rate-only decoder is at chance on these tasks.
+
+Everything is a pure function of the seed: the class manifolds come from ``seed``, the
+train / val / test samples from independent streams derived from it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.utils.data import TensorDataset
+
+from .data import SpikeDataModule
+
+__all__ = [
+    "spike_timing_task", "temporal_order_task", "rate_baseline",
+    "SpikeTimingData", "TemporalOrderData",
+]
+
+_SPLITS = {"train": 1, "val": 2, "test": 3}
+
+
+def _generator(seed: int, stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed) * 7919 + 104729 * int(stream) + 17)
+
+
+def _add_noise(raster: Tensor, rate: float, generator: torch.Generator) -> Tensor:
+    """Class-independent Bernoulli background spikes with probability ``rate`` per neuron-step."""
+    if rate <= 0:
+        return raster
+    noise = torch.rand(raster.shape, generator=generator) < rate
+    return torch.clamp(raster + noise.to(raster.dtype), max=1.0)
+
+
+def _place_spikes(times: Tensor, time_steps: int) -> Tensor:
+    """times (samples, neurons) in steps (rounded, clipped to [0, T-1]) -> binary raster (samples, T, neurons)."""
+    samples, neurons = times.shape
+    steps = times.round().clamp(0, time_steps - 1).long()
+    raster = torch.zeros(samples, time_steps, neurons)
+    raster.scatter_(1, steps.unsqueeze(1), 1.0)
+    return raster
+
+
+# ----------------------------------------------------------------------------- task (a)
+
+def _manifold_coefficients(num_classes: int, neurons: int, manifold_dim: int, frequencies: int,
+                           smoothness: float, generator: torch.Generator):
+    """Random Fourier coefficients of one smooth map [0,1]^D -> [0,1]^neurons per class.
+    Amplitude of frequency k decays as k^-smoothness."""
+    shape = (num_classes, neurons, manifold_dim, frequencies)
+    amplitude = torch.rand(shape, generator=generator)
+    amplitude = amplitude * torch.arange(1, frequencies + 1, dtype=torch.float32).pow(-smoothness)
+    phase = torch.rand(shape, generator=generator)
+    frequency = torch.rand(shape, generator=generator) * torch.arange(1, frequencies + 1, dtype=torch.float32)
+    return amplitude, frequency, phase
+
+
+def _manifold(z: Tensor, labels: Tensor, coefficients) -> Tensor:
+    """z (samples, D) in [0,1], labels (samples,) -> raw manifold values (samples, neurons)."""
+    amplitude, frequency, phase = (c[labels] for c in coefficients)        # (S, N, D, K)
+    angle = 2 * math.pi * (frequency * z[:, None, :, None] + phase)
+    return (amplitude * torch.sin(angle)).sum(dim=(2, 3))
+
+
+def spike_timing_task(samples: int, *, num_classes: int = 10, neurons: int = 40, time_steps: int = 60,
+                      spike_window: Optional[int] = None, manifold_dim: int = 1, frequencies: int = 3,
+                      smoothness: float = 1.0, jitter: float = 1.0, noise_rate: float = 0.002,
+                      seed: int = 0, split: str = "train") -> tuple[Tensor, Tensor]:
+    """Randman-style spike-timing classification.
+
+    Each class c is a smooth random map f_c: [0,1]^manifold_dim -> [0,1]^neurons; a sample of class
+    c draws z ~ U[0,1]^manifold_dim and every input neuron n fires once at
+    t_n = f_c(z)_n * (spike_window - 1) + N(0, jitter^2) (rounded, clipped to the sample),
+    then Bernoulli(noise_rate) noise spikes are added everywhere. Classes are balanced.
+
+    Returns x float32 (samples, time_steps, neurons) in {0, 1} and y int64 (samples,).
+    The manifolds depend only on ``seed``; ``split`` selects an independent sample stream.
+    """
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {tuple(_SPLITS)}, got {split!r}")
+    spike_window = time_steps if spike_window is None else spike_window
+    if not 1 <= spike_window <= time_steps:
+        raise ValueError(f"spike_window ({spike_window}) must lie in [1, time_steps={time_steps}]")
+    if num_classes < 2 or neurons < 1 or manifold_dim < 1 or frequencies < 1:
+        raise ValueError("need num_classes >= 2, neurons >= 1, manifold_dim >= 1, frequencies >= 1")
+    coefficients = _manifold_coefficients(num_classes, neurons, manifold_dim, frequencies, smoothness,
+                                          _generator(seed, 0))
+    # Normalise every (class, neuron) map to [0, 1] over a dense sample of the manifold.
+    probe = torch.rand(2048, manifold_dim, generator=_generator(seed, 4))
+    lows, highs = [], []
+    for c in range(num_classes):
+        values = _manifold(probe, torch.full((len(probe),), c), coefficients)
+        lows.append(values.min(0).values)
+        highs.append(values.max(0).values)
+    low, high = torch.stack(lows), torch.stack(highs)                        # (C, N)
+
+    g = _generator(seed, _SPLITS[split])
+    labels = torch.arange(samples) % num_classes
+    labels = labels[torch.randperm(samples, generator=g)]
+    z = torch.rand(samples, manifold_dim, generator=g)
+    unit = (_manifold(z, labels, coefficients) - low[labels]) / (high[labels] - low[labels]).clamp_min(1e-6)
+    times = unit.clamp(0, 1) * (spike_window - 1) + jitter * torch.randn(unit.shape, generator=g)
+    raster = _add_noise(_place_spikes(times, time_steps), noise_rate, g)
+    return raster, labels
+
+
+# ----------------------------------------------------------------------------- task (b)
+
+def temporal_order_task(samples: int, *, group_size: int = 10, distractors: int = 10, cue_steps: int = 30,
+                        min_gap: int = 5, burst_width: float = 1.0, delay_steps: int = 30,
+                        response_steps: int = 10, noise_rate: float = 0.01, seed: int = 0,
+                        split: str = "train") -> tuple[Tensor, Tensor]:
+    """Which of two input groups fired first?  Class 0: A before B, class 1: B before A.
+
+    Inputs: neurons [0, group_size) are group A, [group_size, 2 group_size) group B, the remaining
+    ``distractors`` neurons fire only noise. During the cue period (``cue_steps``) each group
+    fires one burst — every neuron of the group spikes once near the burst time (Gaussian spread
+    ``burst_width`` steps) — at two onsets at least ``min_gap`` steps apart. Then ``delay_steps``
+    and ``response_steps`` of Bernoulli(noise_rate) noise on all neurons (noise is present during
+    the cue too). The answer should be read in the last ``response_steps`` steps.
+
+    Returns x float32 (samples, cue + delay + response steps, 2 group_size + distractors) and
+    y int64 (samples,).
+    """
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {tuple(_SPLITS)}, got {split!r}")
+    if cue_steps < min_gap + 2 or min_gap < 1:
+        raise ValueError(f"need min_gap >= 1 and cue_steps >= min_gap + 2, got {cue_steps=}, {min_gap=}")
+    time_steps = cue_steps + delay_steps + response_steps
+    neurons = 2 * group_size + distractors
+    g = _generator(seed, 10 + _SPLITS[split])
+    labels = torch.arange(samples) % 2
+    labels = labels[torch.randperm(samples, generator=g)]
+    # onsets: first burst at `first`, second one `gap` later, both inside the cue period
+    gap = min_gap + (torch.rand(samples, generator=g) * (cue_steps - 1 - min_gap + 1)).floor()
+    first = (torch.rand(samples, generator=g) * (cue_steps - gap)).floor()
+    onset_a = torch.where(labels == 0, first, first + gap)
+    onset_b = torch.where(labels == 0, first + gap, first)
+    spread = burst_width * torch.randn(samples, 2 * group_size, generator=g)
+    times = torch.cat([onset_a[:, None].expand(-1, group_size), onset_b[:, None].expand(-1, group_size)], 1)
+    times = (times + spread).clamp(0, cue_steps - 1)
+    raster = torch.zeros(samples, time_steps, neurons)
+    raster[:, :, : 2 * group_size] = _place_spikes(times, time_steps)
+    return _add_noise(raster, noise_rate, g), labels
+
+
+# ----------------------------------------------------------------------------- rate baseline
+
+def rate_baseline(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, *, time_bins: int = 1,
+                  epochs: int = 300, lr: float = 0.05, weight_decay: float = 1e-4, seed: int = 0) -> float:
+    """Test accuracy of multinomial logistic regression on spike counts.
+
+    x: (samples, time, *features) spike rasters. ``time_bins = 1`` counts every input neuron's
+    spikes over the whole sample (a rate-only decoder); ``time_bins > 1`` counts them in that many
+    equal time bins (a coarse-timing decoder, for contrast). Features are standardised with the
+    training statistics; full-batch L-BFGS-free training with Adam, deterministic under ``seed``.
+    """
+    def features(x: Tensor) -> Tensor:
+        x = x.reshape(x.shape[0], x.shape[1], -1).float()
+        bins = torch.tensor_split(x, time_bins, dim=1)
+        return torch.cat([b.sum(1) for b in bins], dim=1)
+
+    f_train, f_test = features(x_train), features(x_test)
+    mean, std = f_train.mean(0), f_train.std(0).clamp_min(1e-6)
+    f_train, f_test = (f_train - mean) / std, (f_test - mean) / std
+    classes = int(max(y_train.max(), y_test.max())) + 1
+    g = torch.Generator().manual_seed(seed)
+    weight = (0.01 * torch.randn(f_train.shape[1], classes, generator=g)).requires_grad_()
+    bias = torch.zeros(classes, requires_grad=True)
+    optimizer = torch.optim.Adam([weight, bias], lr=lr, weight_decay=weight_decay)
+    with torch.enable_grad():
+        for _ in range(epochs):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(f_train @ weight + bias, y_train)
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        return float(((f_test @ weight + bias).argmax(1) == y_test).float().mean())
+
+
+# ----------------------------------------------------------------------------- DataModules
+
+class _GeneratedData(SpikeDataModule):
+    """Generates the three splits in ``setup`` (cheap: a few MB, well under a second)."""
+
+    def __init__(self, root: Optional[str] = None, batch_size: int = 64, num_workers: int = 0, seed: int = 0,
+                 train_samples: int = 2000, val_samples: int = 500, test_samples: int = 500):
+        super().__init__(root=root, batch_size=batch_size, num_workers=num_workers, seed=seed)
+        for name, value in (("train_samples", train_samples), ("val_samples", val_samples),
+                            ("test_samples", test_samples)):
+            if int(value) < 1:
+                raise ValueError(f"data.{name} must be >= 1, got {value}")
+        self.sizes = {"train": int(train_samples), "val": int(val_samples), "test": int(test_samples)}
+
+    def generate(self, split: str) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        for split in ("train", "val", "test"):
+            if getattr(self, f"{split}_set") is None:
+                setattr(self, f"{split}_set", TensorDataset(*self.generate(split)))
+
+    def rate_baseline(self, time_bins: int = 1) -> float:
+        """rate_baseline() trained on the train split, evaluated on the test split."""
+        (x_tr, y_tr), (x_te, y_te) = self.generate("train"), self.generate("test")
+        return rate_baseline(x_tr, y_tr, x_te, y_te, time_bins=time_bins, seed=self.seed)
+
+
+class SpikeTimingData(_GeneratedData):
+    """DataModule of ``spike_timing_task`` (Randman-style; same rates in all classes).
+
+    Args: see ``spike_timing_task``; ``root`` is accepted for a uniform interface and unused
+    (nothing is downloaded or written). Inputs (batch, time_steps, neurons)."""
+
+    def __init__(self, root: Optional[str] = None, batch_size: int = 64, num_workers: int = 0, seed: int = 0,
+                 train_samples: int = 2000, val_samples: int = 500, test_samples: int = 500,
+                 num_classes: int = 10, neurons: int = 40, time_steps: int = 60, spike_window: Optional[int] = None,
+                 manifold_dim: int = 1, frequencies: int = 3, smoothness: float = 1.0, jitter: float = 1.0,
+                 noise_rate: float = 0.002):
+        super().__init__(root, batch_size, num_workers, seed, train_samples, val_samples, test_samples)
+        self.task = dict(num_classes=num_classes, neurons=neurons, time_steps=time_steps, spike_window=spike_window,
+                         manifold_dim=manifold_dim, frequencies=frequencies, smoothness=smoothness, jitter=jitter,
+                         noise_rate=noise_rate)
+        spike_timing_task(1, seed=seed, **self.task)   # validate arguments now
+
+    def generate(self, split: str) -> tuple[Tensor, Tensor]:
+        return spike_timing_task(self.sizes[split], seed=self.seed, split=split, **self.task)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.task["neurons"],)
+
+    @property
+    def num_classes(self) -> int:
+        return self.task["num_classes"]
+
+    @property
+    def time_steps(self) -> int:
+        return self.task["time_steps"]
+
+
+class TemporalOrderData(_GeneratedData):
+    """DataModule of ``temporal_order_task`` (2 classes: A first / B first).
+
+    Args: see ``temporal_order_task``; ``root`` is unused. Inputs (batch, time_steps,
+    2 group_size + distractors); read the answer in the last ``response_steps`` steps
+    (set ``model.readout_steps`` to it)."""
+
+    def __init__(self, root: Optional[str] = None, batch_size: int = 64, num_workers: int = 0, seed: int = 0,
+                 train_samples: int = 2000, val_samples: int = 500, test_samples: int = 500,
+                 group_size: int = 10, distractors: int = 10, cue_steps: int = 30, min_gap: int = 5,
+                 burst_width: float = 1.0, delay_steps: int = 30, response_steps: int = 10,
+                 noise_rate: float = 0.01):
+        super().__init__(root, batch_size, num_workers, seed, train_samples, val_samples, test_samples)
+        self.task = dict(group_size=group_size, distractors=distractors, cue_steps=cue_steps, min_gap=min_gap,
+                         burst_width=burst_width, delay_steps=delay_steps, response_steps=response_steps,
+                         noise_rate=noise_rate)
+        temporal_order_task(1, seed=seed, **self.task)   # validate arguments now
+
+    def generate(self, split: str) -> tuple[Tensor, Tensor]:
+        return temporal_order_task(self.sizes[split], seed=self.seed, split=split, **self.task)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (2 * self.task["group_size"] + self.task["distractors"],)
+
+    @property
+    def num_classes(self) -> int:
+        return 2
+
+    @property
+    def time_steps(self) -> int:
+        t = self.task
+        return t["cue_steps"] + t["delay_steps"] + t["response_steps"]
+
+    @property
+    def response_steps(self) -> int:
+        return self.task["response_steps"]
