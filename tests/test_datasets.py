@@ -84,10 +84,9 @@ def camera_reference(x, y, p, t_us, time_steps, bin_us, size, factor=1):
     return counts
 
 
-@pytest.fixture
-def shd_root(tmp_path):
+def make_shd(root):
     """Tiny SHD: 24 train / 6 test samples, spikes up to 1.2 s (some past the 1 s window),
-    one empty train sample. Returns (root, {split: [(times, units, label)]})."""
+    one empty train sample. Returns {split: [(times, units, label)]}."""
     rng = np.random.default_rng(1)
     content = {}
     for split, n in (("train", 24), ("test", 6)):
@@ -95,11 +94,16 @@ def shd_root(tmp_path):
         if split == "train":
             samples[3] = (np.zeros(0, np.float16), np.zeros(0, np.uint16))
         labels = rng.integers(0, 20, n)
-        write_heidelberg(tmp_path / "SHD" / f"shd_{split}.h5", [s[0] for s in samples],
+        write_heidelberg(root / "SHD" / f"shd_{split}.h5", [s[0] for s in samples],
                          [s[1] for s in samples], labels, rng.integers(0, 12, n),
                          [f"digit-{i}" for i in range(20)])
         content[split] = [(t, u, int(label)) for (t, u), label in zip(samples, labels)]
-    return tmp_path, content
+    return content
+
+
+@pytest.fixture
+def shd_root(tmp_path):
+    return tmp_path, make_shd(tmp_path)
 
 
 def subset_indices(dataset):
@@ -196,16 +200,21 @@ def test_disk_cache_is_reused_and_keyed_by_binning(shd_root, monkeypatch):
     assert len(os.listdir(root / "cache" / "SHD")) == 4
 
 
-def test_ssc_uses_its_valid_split(tmp_path):
+def make_ssc(root):
     rng = np.random.default_rng(2)
     content = {}
     for split, n in (("train", 5), ("valid", 3), ("test", 4)):
         samples = [random_audio_sample(rng, 0.5) for _ in range(n)]
         labels = rng.integers(0, 35, n)
-        write_heidelberg(tmp_path / "SSC" / f"ssc_{split}.h5", [s[0] for s in samples],
+        write_heidelberg(root / "SSC" / f"ssc_{split}.h5", [s[0] for s in samples],
                          [s[1] for s in samples], labels, rng.integers(0, 100, n),
                          [f"word-{i}" for i in range(35)])
         content[split] = list(zip(samples, labels))
+    return content
+
+
+def test_ssc_uses_its_valid_split(tmp_path):
+    content = make_ssc(tmp_path)
     data = ds.SSC(root=str(tmp_path), batch_size=2, time_steps=25, dt_ms=20.0, cache="none")
     assert data.input_shape == (700,) and data.num_classes == 35
     data.setup("fit")
@@ -220,7 +229,8 @@ def test_ssc_uses_its_valid_split(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # N-MNIST
 # ---------------------------------------------------------------------------------------------
-def test_nmnist_reads_bin_files_and_bins_them(tmp_path):
+def make_nmnist(root):
+    """Train: 2 recordings per digit, Test: 1, in Train|Test/<digit>/<id>.bin."""
     rng = np.random.default_rng(3)
     content = {}
     for folder in ("Train", "Test"):
@@ -230,9 +240,14 @@ def test_nmnist_reads_bin_files_and_bins_them(tmp_path):
                 n = int(rng.integers(50, 400))
                 t = np.sort(rng.integers(0, 330_000, n))  # 23-bit field; some after the window
                 x, y, p = rng.integers(0, 34, n), rng.integers(0, 34, n), rng.integers(0, 2, n)
-                path = tmp_path / "NMNIST" / folder / str(digit) / f"{digit:02d}{k:03d}.bin"
+                path = root / "NMNIST" / folder / str(digit) / f"{digit:02d}{k:03d}.bin"
                 write_nmnist_bin(path, x, y, p, t)
                 content[folder].append((x, y, p, t, digit))
+    return content
+
+
+def test_nmnist_reads_bin_files_and_bins_them(tmp_path):
+    content = make_nmnist(tmp_path)
     data = ds.NMNIST(root=str(tmp_path), batch_size=4, time_steps=30, dt_ms=10.0, val_fraction=0.2,
                      cache="disk")
     assert data.input_shape == (2, 34, 34) and data.num_classes == 10
@@ -255,21 +270,27 @@ def test_nmnist_reads_bin_files_and_bins_them(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # DVS Gesture
 # ---------------------------------------------------------------------------------------------
-def test_dvsgesture_reads_tonic_npy_layout_with_downsampling(tmp_path):
+def make_dvsgesture(root):
+    """tonic's layout: ibmGesture{Train,Test}/user<NN>_<lighting>/<label>.npy, rows (x, y, p, t in ms)."""
     rng = np.random.default_rng(4)
     content = {}
     for folder, users in (("ibmGestureTrain", ("user01_fluorescent", "user02_led")),
                           ("ibmGestureTest", ("user24_natural",))):
         content[folder] = []
-        for user in users:  # tonic names each file <label>.npy: one recording per gesture per user
+        for user in users:  # one recording per gesture per user
             for label in (0, 4, 10):
                 n = int(rng.integers(100, 500))
                 t_ms = np.sort(rng.integers(0, 700, n))
                 x, y, p = rng.integers(0, 128, n), rng.integers(0, 128, n), rng.integers(0, 2, n)
-                os.makedirs(tmp_path / "DVSGesture" / folder / user, exist_ok=True)
-                np.save(tmp_path / "DVSGesture" / folder / user / f"{label}.npy",
+                os.makedirs(root / "DVSGesture" / folder / user, exist_ok=True)
+                np.save(root / "DVSGesture" / folder / user / f"{label}.npy",
                         np.stack([x, y, p, t_ms], axis=1).astype(np.int64))
                 content[folder].append((x, y, p, t_ms * 1000, label))
+    return content
+
+
+def test_dvsgesture_reads_tonic_npy_layout_with_downsampling(tmp_path):
+    content = make_dvsgesture(tmp_path)
     data = ds.DVSGesture(root=str(tmp_path), batch_size=3, time_steps=12, dt_ms=50.0, downsample=4,
                          val_fraction=0.0, cache="none")
     assert data.input_shape == (2, 32, 32) and data.num_classes == 11
@@ -343,3 +364,38 @@ def test_events_to_frames_on_empty_and_unsorted_events():
     assert frames[0, 0, 0, 2] == 1 and frames[0, 0, 0, 4] == 1  # t = 5, 99
     assert frames[1, 1, 0, 3] == 1 and frames[2, 1, 0, 1] == 1  # t = 120, 250
     assert frames.sum() == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# shipped configs: one training and one validation batch through exodus-train
+# ---------------------------------------------------------------------------------------------
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs")
+
+
+@pytest.mark.parametrize("config, make, cls, fit", [
+    ("shd.yaml", make_shd, ds.SHD, True),
+    ("ssc.yaml", make_ssc, ds.SSC, False),
+    ("nmnist.yaml", make_nmnist, ds.NMNIST, True),
+    ("dvs_gesture.yaml", make_dvsgesture, ds.DVSGesture, False),
+])
+def test_shipped_config_runs(tmp_path, monkeypatch, config, make, cls, fit):
+    """Every config parses, links the data shapes into the model and runs a batch; the SHD and
+    N-MNIST ones run one training + one validation batch through the Trainer."""
+    cli_module = pytest.importorskip("exodus.lightning.cli")
+    make(tmp_path)
+    monkeypatch.chdir(tmp_path)  # logs and checkpoints land in tmp_path/runs
+    cli = cli_module.build(["--config", os.path.join(CONFIGS, config), "--data.root", str(tmp_path),
+                            "--data.num_workers", "0", "--trainer.accelerator", "cpu",
+                            "--trainer.fast_dev_run", "true", "--trainer.enable_progress_bar", "false"])
+    data, model = cli.datamodule, cli.model
+    assert type(data) is cls
+    assert model.input_shape == data.input_shape and model.num_classes == data.num_classes
+    if fit:
+        cli.trainer.fit(model, datamodule=data)
+        logged = cli.trainer.callback_metrics
+        assert torch.isfinite(logged["train_loss"]) and torch.isfinite(logged["val_loss"])
+    else:
+        data.setup("fit")
+        x, y = next(iter(data.train_dataloader()))
+        logits = model.logits(model(x))
+        assert logits.shape == (len(y), data.num_classes) and torch.isfinite(logits).all()
