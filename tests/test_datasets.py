@@ -332,6 +332,29 @@ def test_missing_files_name_the_file_and_the_source(tmp_path):
         ds.DVSGesture(root=str(tmp_path)).prepare_data()
 
 
+def test_downloaded_but_not_extracted_archive_is_pointed_out(tmp_path):
+    os.makedirs(tmp_path / "SHD")
+    (tmp_path / "SHD" / "shd_train.h5.zip").write_bytes(b"PK")
+    with pytest.raises(FileNotFoundError, match=r"Found .*shd_train\.h5\.zip: extract it there"):
+        ds.SHD(root=str(tmp_path)).prepare_data()
+
+
+def test_unreadable_or_incomplete_hdf5_files_are_named(tmp_path):
+    os.makedirs(tmp_path / "SHD")
+    (tmp_path / "SHD" / "shd_train.h5").write_bytes(b"PK\x03\x04 zipped, not HDF5")
+    (tmp_path / "SHD" / "shd_test.h5").write_bytes(b"")
+    with pytest.raises(ValueError, match="shd_train.h5 is not a readable HDF5 file"):
+        ds.SHD(root=str(tmp_path), cache="none").setup("fit")
+    rng = np.random.default_rng(6)
+    samples = [random_audio_sample(rng, 0.5) for _ in range(2)]
+    write_heidelberg(tmp_path / "SHD" / "shd_train.h5", [s[0] for s in samples],
+                     [s[1] for s in samples], [1, 2], [0, 1], ["k"])
+    with h5py.File(tmp_path / "SHD" / "shd_train.h5", "a") as f:
+        del f["extra/speaker"]
+    with pytest.raises(ValueError, match=r"lacks the HDF5 dataset\(s\) \['extra/speaker'\]"):
+        ds.SHD(root=str(tmp_path), cache="none").setup("fit")
+
+
 def test_files_of_another_dataset_are_rejected(tmp_path):
     rng = np.random.default_rng(5)
     for split in ("train", "test"):  # SSC-like labels (up to 34) under SHD's names

@@ -219,12 +219,19 @@ class _TonicDataModule(SpikeDataModule):
     def _tonic_dataset(self, split: str):
         raise NotImplementedError
 
+    def _archive(self, path: str) -> str:
+        """The downloaded archive that extracts to ``path``."""
+        return path + ".zip"
+
     def check_files(self) -> None:
         """Raise FileNotFoundError naming the missing files and where to get them."""
+        archives = [self._archive(path) for path in self._expected_files()
+                    if not os.path.exists(path) and os.path.exists(self._archive(path))]
+        unextracted = (f"Found {', '.join(archives)}: extract it there. " if archives else "")
         require_files(
             self._expected_files(), f"{self.name} dataset (data.root={self.root!r})",
-            f"Get them from {self.source}, extract them so that the paths above exist (tonic's "
-            f"layout), or set data.root to the folder that holds {self.name}/. "
+            f"{unextracted}Get them from {self.source}, extract them so that the paths above exist "
+            f"(tonic's layout), or set data.root to the folder that holds {self.name}/. "
             f"exodus never downloads datasets.")
 
     def prepare_data(self) -> None:
@@ -257,8 +264,11 @@ class _TonicDataModule(SpikeDataModule):
         return tonic.DiskCachedDataset(dataset, cache_path=cache_path, transform=self.to_tensor,
                                        target_transform=int)
 
-    def _check_labels(self, dataset, split: str) -> None:
-        labels = np.asarray(getattr(dataset, "targets", []) or [], dtype=np.int64)
+    def _check_source(self, split: str) -> None:
+        """Hook: validate the files of one split before tonic opens them."""
+
+    def _check_labels(self, labels, split: str) -> None:
+        labels = np.asarray(labels, dtype=np.int64)
         if labels.size and (labels.min() < 0 or labels.max() >= self.n_classes):
             raise ValueError(
                 f"{self.name} {split} split under {self.location} has labels in "
@@ -271,8 +281,10 @@ class _TonicDataModule(SpikeDataModule):
         self.check_files()
         raw = {}
         for split in self.splits:
+            self._check_source(split)
             raw[split] = self._tonic_dataset(split)
-            self._check_labels(raw[split], split)
+            if raw[split].targets:  # tonic fills targets from folder / file names
+                self._check_labels(raw[split].targets, split)
             if len(raw[split]) == 0:
                 raise FileNotFoundError(f"{self.name} {split} split under {self.location} has no samples")
         wrapped = {split: self._wrap(dataset, split) for split, dataset in raw.items()}
@@ -313,14 +325,20 @@ class _HeidelbergDataModule(_TonicDataModule):
     def _expected_files(self) -> list[str]:
         return [self._h5(split) for split in self.splits]
 
-    def _check_labels(self, dataset, split: str) -> None:
-        with h5py.File(self._h5(split), "r") as file:
-            missing = [key for key in ("spikes/times", "spikes/units", "labels") if key not in file]
+    def _check_source(self, split: str) -> None:
+        path = self._h5(split)
+        try:
+            file = h5py.File(path, "r")
+        except OSError as error:
+            raise ValueError(f"{path} is not a readable HDF5 file ({error}); replace it with the "
+                             f"unzipped file from {self.source}") from None
+        with file:
+            keys = ("spikes/times", "spikes/units", "labels", "extra/keys", "extra/speaker")
+            missing = [key for key in keys if key not in file]
             if missing:
-                raise ValueError(f"{self._h5(split)} lacks the HDF5 dataset(s) {missing}: not a "
-                                 f"{self.name} file")
-            dataset.targets = file["labels"][()].tolist()
-        super()._check_labels(dataset, split)
+                raise ValueError(f"{path} lacks the HDF5 dataset(s) {missing}: not a {self.name} file "
+                                 f"(expected {list(keys)})")
+            self._check_labels(file["labels"][()], split)
 
 
 class SHD(_HeidelbergDataModule):
@@ -404,6 +422,9 @@ class NMNIST(_TonicDataModule):
     def _expected_files(self) -> list[str]:
         return [os.path.join(self.location, folder) for folder in ("Train", "Test")]
 
+    def _archive(self, path: str) -> str:
+        return os.path.join(self.location, os.path.basename(path).lower() + ".zip")
+
     def check_files(self) -> None:
         super().check_files()
         for folder in self._expected_files():
@@ -448,6 +469,9 @@ class DVSGesture(_TonicDataModule):
 
     def _expected_files(self) -> list[str]:
         return [os.path.join(self.location, folder) for folder in ("ibmGestureTrain", "ibmGestureTest")]
+
+    def _archive(self, path: str) -> str:
+        return path + ".tar.gz"
 
     def check_files(self) -> None:
         super().check_files()
