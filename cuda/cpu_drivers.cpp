@@ -7,6 +7,15 @@
 // option branches. Tiles are spread over `num_threads` OpenMP threads.
 //
 // Compiled by exodus/backends/cpu.py with -DEXODUS_SCALAR=<float|double>.
+#include <cmath>
+#if defined(EXODUS_LIBMVEC)
+// Let the vectoriser call glibc's vector math (libmvec) for the surrogates' exp; results
+// differ from scalar exp by at most a few ulp (backward pass only, see docs/math.md).
+extern "C" {
+__attribute__((simd("notinbranch"))) float expf(float) noexcept;
+__attribute__((simd("notinbranch"))) double exp(double) noexcept;
+}
+#endif
 #include "neuron.cuh"
 
 #include <algorithm>
@@ -107,6 +116,38 @@ extern "C" void exodus_cpu_lif_forward(const scalar_t* x, const acc_t* alpha, co
   });
 }
 
+// The backward specialises on what decides its control flow: surrogate kind, gradient
+// mode and reset (24 variants); spike mode, v_min and norm_input stay runtime values that
+// the compiler turns into selects.
+template <int KIND, bool SLAYER, bool SUBTRACT>
+struct BackwardSpecialised {
+  static LifConfig apply(LifConfig c) {
+    c.surrogate = KIND;
+    c.gradient = SLAYER ? GRADIENT_SLAYER : GRADIENT_EXODUS;
+    c.reset = SUBTRACT ? RESET_SUBTRACT : RESET_ZERO;
+    return c;
+  }
+};
+
+template <int KIND, typename F>
+void with_kind_from(int kind, F&& f) {
+  if constexpr (KIND <= SURROGATE_ATAN) {
+    if (kind == KIND) f(std::integral_constant<int, KIND>{});
+    else with_kind_from<KIND + 1>(kind, f);
+  }
+}
+
+template <typename F>
+void dispatch_backward(const LifConfig& c, F&& f) {
+  with_kind_from<0>(c.surrogate, [&](auto kind) {
+    with_bool(c.gradient == GRADIENT_SLAYER, [&](auto slayer) {
+      with_bool(c.reset == RESET_SUBTRACT, [&](auto subtract) {
+        f(BackwardSpecialised<decltype(kind)::value, decltype(slayer)::value, decltype(subtract)::value>{});
+      });
+    });
+  });
+}
+
 extern "C" void exodus_cpu_lif_backward(
     const acc_t* h, const scalar_t* grad_spikes, const scalar_t* grad_v, const acc_t* alpha,
     const acc_t* theta, const acc_t* v0, scalar_t* grad_x, acc_t* grad_v0, acc_t* grad_alpha,
@@ -114,25 +155,38 @@ extern "C" void exodus_cpu_lif_backward(
     acc_t v_min, int norm_input, int v_trace, int gradient, int surrogate, acc_t grad_scale, acc_t p0,
     acc_t p1, acc_t p2, int num_threads) {
   const LifConfig config = {reset, max_spikes, has_vmin, norm_input, v_min, gradient, surrogate, grad_scale, p0, p1, p2};
-  dispatch_options(config, [&](auto spec) {
+  dispatch_backward(config, [&](auto spec) {
     for_each_tile(B, N, num_threads, [&](index_t b, index_t n0, index_t len) {
       const LifConfig c = decltype(spec)::apply(config);  // local: its constant fields fold away
       std::vector<acc_t> lambda(len, acc_t(0)), g_alpha(len, acc_t(0)), g_theta(len, acc_t(0));
+      std::vector<acc_t> v_prev(len);
+      const std::vector<scalar_t> zeros(len, from_acc(acc_t(0)));
+      const acc_t* a = alpha + n0;
+      const acc_t* th = theta + n0;
       for (index_t t = T - 1; t >= 0; --t) {
         const index_t row = (b * T + t) * N + n0;
+        // Rows of this step; absent gradients read a row of zeros, so the inner loop has no branches.
+        const scalar_t* gs = grad_spikes ? grad_spikes + row : zeros.data();
+        const scalar_t* gv = !grad_v ? zeros.data()
+                             : v_trace ? grad_v + row
+                             : t == T - 1 ? grad_v + b * N + n0 : zeros.data();
+        if (t > 0) {
+          const acc_t* h_prev = h + row - N;
+          for (index_t k = 0; k < len; ++k) v_prev[k] = membrane_from_h(c, h_prev[k], th[k]);
+        } else {
+          for (index_t k = 0; k < len; ++k) v_prev[k] = v0[b * N + n0 + k];
+        }
+        const acc_t* h_t = h + row;
+        scalar_t* gx = grad_x + row;
+#pragma omp simd
         for (index_t k = 0; k < len; ++k) {
-          const acc_t v_prev = t > 0 ? membrane_from_h(c, h[row - N + k], theta[n0 + k]) : v0[b * N + n0 + k];
-          const acc_t ga = grad_spikes ? to_acc(grad_spikes[row + k]) : acc_t(0);
-          const acc_t gv = !grad_v ? acc_t(0)
-                           : v_trace ? to_acc(grad_v[row + k])
-                           : t == T - 1 ? to_acc(grad_v[b * N + n0 + k]) : acc_t(0);
-          lambda[k] = lif_backward_step(c, h[row + k], v_prev, ga, gv, lambda[k], alpha[n0 + k],
-                                        theta[n0 + k], g_alpha[k], g_theta[k]);
-          grad_x[row + k] = from_acc(c.norm_input ? (acc_t(1) - alpha[n0 + k]) * lambda[k] : lambda[k]);
+          lambda[k] = lif_backward_step(c, h_t[k], v_prev[k], to_acc(gs[k]), to_acc(gv[k]), lambda[k], a[k],
+                                        th[k], g_alpha[k], g_theta[k]);
+          gx[k] = from_acc(c.norm_input ? (acc_t(1) - a[k]) * lambda[k] : lambda[k]);
         }
       }
       for (index_t k = 0; k < len; ++k) {
-        grad_v0[b * N + n0 + k] = alpha[n0 + k] * lambda[k];
+        grad_v0[b * N + n0 + k] = a[k] * lambda[k];
         grad_alpha[b * N + n0 + k] = g_alpha[k];
         grad_theta[b * N + n0 + k] = g_theta[k];
       }

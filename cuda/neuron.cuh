@@ -102,7 +102,7 @@ EXODUS_HD acc_t lif_backward_step(const LifConfig& c, acc_t h, acc_t v_prev, acc
   const acc_t lambda = grad_spikes * sigma + kappa * rho * mu;
   grad_theta += kappa * mu * dr_dtheta - grad_spikes * sigma;
   grad_alpha += lambda * v_prev;
-  if (c.norm_input) grad_alpha -= lambda * input_from_membranes(h, v_prev, alpha);
+  grad_alpha -= c.norm_input ? lambda * input_from_membranes(h, v_prev, alpha) : acc_t(0);
   return lambda;
 }
 
@@ -117,6 +117,6 @@ EXODUS_HD acc_t leaky_backward_step(acc_t v, acc_t v_prev, acc_t grad_v, acc_t l
                                     acc_t alpha, int norm_input, acc_t& grad_alpha) {
   const acc_t lambda = grad_v + alpha * lambda_next;
   grad_alpha += lambda * v_prev;
-  if (norm_input) grad_alpha -= lambda * input_from_membranes(v, v_prev, alpha);
+  grad_alpha -= norm_input ? lambda * input_from_membranes(v, v_prev, alpha) : acc_t(0);
   return lambda;
 }
