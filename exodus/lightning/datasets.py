@@ -342,11 +342,11 @@ class _HeidelbergDataModule(_TonicDataModule):
 
 
 class SHD(_HeidelbergDataModule):
-    """Spiking Heidelberg Digits: 20 classes, 700 input channels, 8156 train / 2264 test samples.
+    """Spiking Heidelberg Digits: 20 classes (digits 0-9, English and German), 700 input channels.
 
     Files: root/SHD/shd_train.h5, root/SHD/shd_test.h5 (unzipped from zenkelab.org/datasets).
-    time_steps x dt_ms: binning window from t = 0 (default 100 x 14 ms covers the longest
-    recordings, 1.4 s). val_fraction: share of the training files held out for validation
+    time_steps x dt_ms: binning window from t = 0 (default 100 x 14 ms = 1.4 s, the window of
+    Zenke's SHD tutorial). val_fraction: share of the training files held out for validation
     (seeded); 0 validates on the test set. cache: "disk" | "memory" | "none".
     binarize: clamp counts per bin to 1.
     """
@@ -401,7 +401,7 @@ class NMNIST(_TonicDataModule):
 
     Files: root/NMNIST/Train/<digit>/*.bin and root/NMNIST/Test/<digit>/*.bin (extract
     train.zip / test.zip from https://www.garrickorchard.com/datasets/n-mnist). Input shape
-    (2, 34, 34). Default binning 32 x 10 ms covers the three saccades (~310 ms).
+    (2, 34, 34). Default binning 32 x 10 ms covers the three saccades (3 x ~105 ms).
     first_saccade_only: keep events with t < 100 ms (tonic's option).
     """
 
