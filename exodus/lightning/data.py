@@ -10,8 +10,9 @@ Batches are ``(x, y)``: x float32 (batch, time, *input_shape), y int64 (batch,).
 Subclasses implement ``setup(stage)`` and assign ``self.train_set``, ``self.val_set`` and
 ``self.test_set`` (any map-style ``torch.utils.data.Dataset`` returning ``(x, y)`` with x of
 shape (time, *input_shape)); the loaders are built here. Training batches are shuffled with
-an order that depends only on (seed, epoch), so a run resumed from a checkpoint sees the same
-batches as an uninterrupted one.
+an order that depends only on (seed, epoch), and the position inside an epoch is saved in
+checkpoints, so a run resumed from any checkpoint (even mid-epoch) sees the same batches as an
+uninterrupted one.
 """
 from __future__ import annotations
 
@@ -22,29 +23,61 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["SpikeDataModule", "EpochShuffleSampler", "require_files"]
+__all__ = ["SpikeDataModule", "EpochShuffleSampler", "ResumableLoader", "require_files"]
 
 
 class EpochShuffleSampler(Sampler[int]):
     """Random permutation of range(size) drawn from (seed, epoch) only.
 
     Lightning calls ``set_epoch`` at the start of every training epoch, so the order of
-    epoch k is the same whether or not the run was interrupted before it."""
+    epoch k is the same whether or not the run was interrupted before it. ``resume_at(epoch,
+    samples)`` makes the next pass over that epoch start after its first ``samples`` indices
+    (restoring a checkpoint saved in the middle of an epoch)."""
 
     def __init__(self, size: int, seed: int):
         self.size = int(size)
         self.seed = int(seed)
         self.epoch = 0
+        self._resume: Optional[tuple[int, int]] = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def resume_at(self, epoch: int, samples: int) -> None:
+        self._resume = (int(epoch), int(samples))
+
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        order = torch.randperm(self.size, generator=generator).tolist()
+        if self._resume is not None:
+            epoch, samples = self._resume
+            self._resume = None
+            if epoch == self.epoch:
+                order = order[samples:]
+        return iter(order)
 
     def __len__(self) -> int:
         return self.size
+
+
+class ResumableLoader(DataLoader):
+    """DataLoader whose position inside an epoch is saved in Lightning checkpoints.
+
+    Lightning stores ``state_dict()`` of stateful training loaders in the checkpoint and calls
+    ``load_state_dict`` before iterating again; the batches already trained on in the interrupted
+    epoch are then skipped, so a resumed run sees exactly the batches of an uninterrupted one.
+    The count comes from the trainer's progress (the loader itself runs ahead by prefetching)."""
+
+    def __init__(self, *args, progress: Optional[Callable[[], int]] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._progress = progress
+
+    def state_dict(self) -> dict:
+        batches = self._progress() if self._progress is not None else 0
+        return {"epoch": self.sampler.epoch, "samples": batches * self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.resume_at(state["epoch"], state["samples"])
 
 
 def require_files(paths: Iterable[str], what: str, how_to_fix: str) -> None:
@@ -101,10 +134,19 @@ class SpikeDataModule(pl.LightningDataModule):
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() did not create the {split} set "
                                f"(self.{split}_set is None)")
-        sampler = EpochShuffleSampler(len(dataset), self.seed) if shuffle else None
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, shuffle=False,
-                          num_workers=self.num_workers, collate_fn=self.collate_fn,
-                          persistent_workers=self.num_workers > 0, drop_last=False)
+        options = dict(batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=self.collate_fn,
+                       persistent_workers=self.num_workers > 0, drop_last=False)
+        if not shuffle:
+            return DataLoader(dataset, shuffle=False, **options)
+        return ResumableLoader(dataset, sampler=EpochShuffleSampler(len(dataset), self.seed),
+                               progress=self._trained_batches, **options)
+
+    def _trained_batches(self) -> int:
+        """Training batches finished in the current epoch (0 outside a fit)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, "train", shuffle=True)
