@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 import torch
 from pytorch_lightning.cli import LightningCLI
 
-from .data import SpikeDataModule
+from .data import ConfigError, MissingDataError, SpikeDataModule
 from .model import SpikingClassifier
 
 __all__ = ["ExodusCLI", "main", "build"]
@@ -124,6 +124,8 @@ def _cli(args: Optional[Sequence[str]], run: bool) -> ExodusCLI:
     _import_data_modules()
     _check_data_class(args)
     warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden.*")
+    # Lightning 2.6 with torch >= 2.10 warns about its own use of torch's pytree API; not actionable.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
     return ExodusCLI(
         SpikingClassifier,
         SpikeDataModule,
@@ -143,8 +145,27 @@ def build(args: Sequence[str]) -> ExodusCLI:
 
 
 def main(args: Optional[Sequence[str]] = None) -> None:
-    """Entry point of ``exodus-train`` (fit / validate / test / predict)."""
-    _cli(args, run=True)
+    """Entry point of ``exodus-train`` (fit / validate / test / predict). Configuration mistakes
+    (ConfigError, MissingDataError) are printed without a traceback; EXODUS_DEBUG=1 shows it."""
+    try:
+        _cli(args, run=True)
+    except Exception as error:
+        cause = _configuration_error(error)
+        if cause is None or os.environ.get("EXODUS_DEBUG"):
+            raise
+        raise SystemExit(f"exodus-train: error: {cause}\n(set EXODUS_DEBUG=1 to see the traceback)") from None
+
+
+def _configuration_error(error: BaseException) -> Optional[BaseException]:
+    """The ConfigError / MissingDataError behind ``error`` (jsonargparse wraps errors raised while
+    instantiating the classes), or None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (ConfigError, MissingDataError)):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 if __name__ == "__main__":

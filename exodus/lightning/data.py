@@ -23,7 +23,18 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["SpikeDataModule", "EpochShuffleSampler", "ResumableLoader", "require_files"]
+__all__ = ["SpikeDataModule", "EpochShuffleSampler", "ResumableLoader", "require_files", "ConfigError",
+           "MissingDataError"]
+
+
+class ConfigError(ValueError):
+    """A setting that does not fit; the message names the config key to change.
+    ``exodus-train`` prints it without a traceback."""
+
+
+class MissingDataError(FileNotFoundError):
+    """Dataset files are missing; the message lists them and says how to get them.
+    ``exodus-train`` prints it without a traceback."""
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -81,12 +92,12 @@ class ResumableLoader(DataLoader):
 
 
 def require_files(paths: Iterable[str], what: str, how_to_fix: str) -> None:
-    """Raise FileNotFoundError naming every missing path, the dataset and the fix
+    """Raise MissingDataError (a FileNotFoundError) naming every missing path, the dataset and the fix
     (e.g. "set data.root to the folder holding ..., or data.download: true")."""
     missing = [str(p) for p in paths if not os.path.exists(p)]
     if missing:
         listing = "\n  ".join(missing)
-        raise FileNotFoundError(f"{what}: missing file(s)\n  {listing}\n{how_to_fix}")
+        raise MissingDataError(f"{what}: missing file(s)\n  {listing}\n{how_to_fix}")
 
 
 class SpikeDataModule(pl.LightningDataModule):
@@ -104,9 +115,9 @@ class SpikeDataModule(pl.LightningDataModule):
     def __init__(self, root: str = "data", batch_size: int = 32, num_workers: int = 0, seed: int = 0):
         super().__init__()
         if int(batch_size) < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
         if int(num_workers) < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
         self.root = root
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)

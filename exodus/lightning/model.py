@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from .. import surrogate as surrogates
 from ..functional import GRADIENTS, RESETS
 from ..layers import IAF, LIF, ExpLeak
+from .data import ConfigError
 
 __all__ = ["SpikingClassifier", "NEURONS", "READOUTS"]
 
@@ -38,7 +39,7 @@ READOUTS = ("spike_count", "max_membrane", "mean_membrane")
 
 def _choice(key: str, value, choices) -> None:
     if value not in choices:
-        raise ValueError(f"model.{key}: unknown value {value!r}; choose one of {tuple(choices)}")
+        raise ConfigError(f"model.{key}: unknown value {value!r}; choose one of {tuple(choices)}")
 
 
 def make_surrogate(name: str, args: Optional[dict] = None) -> surrogates.Surrogate:
@@ -46,11 +47,11 @@ def make_surrogate(name: str, args: Optional[dict] = None) -> surrogates.Surroga
     cls = getattr(surrogates, name, None)
     if not (isinstance(cls, type) and issubclass(cls, surrogates.Surrogate) and cls is not surrogates.Surrogate):
         names = [n for n in surrogates.__all__ if n != "Surrogate"]
-        raise ValueError(f"model.surrogate: unknown surrogate {name!r}; choose one of {names}")
+        raise ConfigError(f"model.surrogate: unknown surrogate {name!r}; choose one of {names}")
     try:
         return cls(**(args or {}))
     except TypeError as error:
-        raise ValueError(f"model.surrogate_args {args!r} do not fit {name}: {error}") from None
+        raise ConfigError(f"model.surrogate_args {args!r} do not fit {name}: {error}") from None
 
 
 class SpikingClassifier(pl.LightningModule):
@@ -117,12 +118,12 @@ class SpikingClassifier(pl.LightningModule):
         _choice("gradient", gradient, GRADIENTS)
         _choice("reset", reset, RESETS)
         if num_classes < 2:
-            raise ValueError(f"model.num_classes must be >= 2, got {num_classes}")
+            raise ConfigError(f"model.num_classes must be >= 2, got {num_classes}")
         if any(s < 1 for s in (*hidden, *conv_channels)) or not input_shape or min(input_shape) < 1:
-            raise ValueError(f"model.hidden, model.conv_channels and model.input_shape need positive sizes, got "
+            raise ConfigError(f"model.hidden, model.conv_channels and model.input_shape need positive sizes, got "
                              f"{hidden}, {conv_channels}, {input_shape}")
         if readout_steps is not None and readout_steps < 1:
-            raise ValueError(f"model.readout_steps must be >= 1 or null (all steps), got {readout_steps}")
+            raise ConfigError(f"model.readout_steps must be >= 1 or null (all steps), got {readout_steps}")
         self.input_shape = input_shape
         self.num_classes = num_classes
         self.readout = readout
@@ -136,7 +137,7 @@ class SpikingClassifier(pl.LightningModule):
         if neuron == "lif":
             neuron_args.update(tau_mem=tau_mem, train_tau=train_tau)
         elif train_tau:
-            raise ValueError("model.train_tau needs model.neuron: lif (IAF has no membrane time constant)")
+            raise ConfigError("model.train_tau needs model.neuron: lif (IAF has no membrane time constant)")
 
         def spiking(shape) -> nn.Module:
             per_neuron = train_tau or train_threshold
@@ -147,7 +148,7 @@ class SpikingClassifier(pl.LightningModule):
         features = input_shape
         if conv_channels:
             if len(input_shape) != 3:
-                raise ValueError(f"model.conv_channels {conv_channels} needs frames: input_shape (channels, height, "
+                raise ConfigError(f"model.conv_channels {conv_channels} needs frames: input_shape (channels, height, "
                                  f"width), but the data gives input_shape {input_shape}. Remove model.conv_channels "
                                  f"for this dataset.")
             channels, height, width = input_shape
@@ -156,7 +157,7 @@ class SpikingClassifier(pl.LightningModule):
                 synapse = nn.Sequential(nn.Conv2d(channels, out, conv_kernel, padding=conv_kernel // 2), pool)
                 height, width = (height // conv_pool, width // conv_pool) if conv_pool > 1 else (height, width)
                 if height < 1 or width < 1:
-                    raise ValueError(f"model.conv_pool {conv_pool} shrinks the {input_shape[1:]} frames to nothing "
+                    raise ConfigError(f"model.conv_pool {conv_pool} shrinks the {input_shape[1:]} frames to nothing "
                                      f"after {i + 1} conv layers; use fewer conv_channels or a smaller conv_pool")
                 channels, features = out, (out, height, width)
                 self.layers[f"conv{i}"] = nn.ModuleDict(dict(synapse=synapse, neuron=spiking(features)))
@@ -186,13 +187,13 @@ class SpikingClassifier(pl.LightningModule):
             raise TypeError(f"the model expects float spike tensors (batch, time, *input_shape), got "
                             f"{type(x).__name__} {getattr(x, 'dtype', '')}")
         if tuple(x.shape[2:]) != self.input_shape:
-            raise ValueError(
+            raise ConfigError(
                 f"batch of shape {tuple(x.shape)} does not fit model.input_shape {self.input_shape}: batches must be "
                 f"(batch, time, *input_shape). exodus-train links model.input_shape to data.input_shape, so the "
                 f"DataModule produces other shapes than its input_shape says (check its data.* settings); when "
                 f"building the model by hand, pass input_shape={tuple(x.shape[2:])}.")
         if self.readout_steps is not None and x.shape[1] < self.readout_steps:
-            raise ValueError(f"model.readout_steps ({self.readout_steps}) exceeds the {x.shape[1]} time steps of the "
+            raise ConfigError(f"model.readout_steps ({self.readout_steps}) exceeds the {x.shape[1]} time steps of the "
                              f"data; lower model.readout_steps")
 
     def reset_states(self) -> None:
@@ -232,7 +233,7 @@ class SpikingClassifier(pl.LightningModule):
         if y.dim() != 1 or y.shape[0] != x.shape[0]:
             raise ValueError(f"labels must be (batch,) = ({x.shape[0]},), got shape {tuple(y.shape)}")
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
-            raise ValueError(f"label {int(y.max())} outside [0, model.num_classes={self.num_classes}); "
+            raise ConfigError(f"label {int(y.max())} outside [0, model.num_classes={self.num_classes}); "
                              f"model.num_classes is linked from data.num_classes — the DataModule's labels and "
                              f"num_classes disagree")
         logits = self.logits(self(x))
@@ -277,7 +278,7 @@ class SpikingClassifier(pl.LightningModule):
         for key, model_value in (("input_shape", self.input_shape), ("num_classes", self.num_classes)):
             data_value = getattr(data, key, None)
             if data_value is not None and (tuple(data_value) if key == "input_shape" else data_value) != model_value:
-                raise ValueError(f"data.{key} is {data_value} but model.{key} is {model_value} (e.g. a checkpoint "
+                raise ConfigError(f"data.{key} is {data_value} but model.{key} is {model_value} (e.g. a checkpoint "
                                  f"trained on another task, or a model built by hand): make them equal")
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:

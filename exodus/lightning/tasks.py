@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-from .data import SpikeDataModule
+from .data import ConfigError, SpikeDataModule
 
 __all__ = [
     "spike_timing_task", "temporal_order_task", "rate_baseline",
@@ -194,6 +194,14 @@ def rate_baseline(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tens
 
 # ----------------------------------------------------------------------------- DataModules
 
+def _validate(generate) -> None:
+    """Check the task arguments at construction time, naming the config section."""
+    try:
+        generate()
+    except ValueError as error:
+        raise ConfigError(f"data.init_args: {error}") from None
+
+
 class _GeneratedData(SpikeDataModule):
     """Generates the three splits in ``setup`` (cheap: a few MB, well under a second)."""
 
@@ -203,7 +211,7 @@ class _GeneratedData(SpikeDataModule):
         for name, value in (("train_samples", train_samples), ("val_samples", val_samples),
                             ("test_samples", test_samples)):
             if int(value) < 1:
-                raise ValueError(f"data.{name} must be >= 1, got {value}")
+                raise ConfigError(f"data.{name} must be >= 1, got {value}")
         self.sizes = {"train": int(train_samples), "val": int(val_samples), "test": int(test_samples)}
 
     def generate(self, split: str) -> tuple[Tensor, Tensor]:
@@ -235,7 +243,7 @@ class SpikeTimingData(_GeneratedData):
         self.task = dict(num_classes=num_classes, neurons=neurons, time_steps=time_steps, spike_window=spike_window,
                          manifold_dim=manifold_dim, frequencies=frequencies, smoothness=smoothness, jitter=jitter,
                          noise_rate=noise_rate)
-        spike_timing_task(1, seed=seed, **self.task)   # validate arguments now
+        _validate(lambda: spike_timing_task(1, seed=seed, **self.task))
 
     def generate(self, split: str) -> tuple[Tensor, Tensor]:
         return spike_timing_task(self.sizes[split], seed=self.seed, split=split, **self.task)
@@ -269,7 +277,7 @@ class TemporalOrderData(_GeneratedData):
         self.task = dict(group_size=group_size, distractors=distractors, cue_steps=cue_steps, min_gap=min_gap,
                          burst_width=burst_width, delay_steps=delay_steps, response_steps=response_steps,
                          noise_rate=noise_rate)
-        temporal_order_task(1, seed=seed, **self.task)   # validate arguments now
+        _validate(lambda: temporal_order_task(1, seed=seed, **self.task))
 
     def generate(self, split: str) -> tuple[Tensor, Tensor]:
         return temporal_order_task(self.sizes[split], seed=self.seed, split=split, **self.task)

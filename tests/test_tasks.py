@@ -1,0 +1,124 @@
+"""Offline temporal tasks: determinism, equal rates across classes, the rate-only baseline."""
+import pytest
+import torch
+
+pytest.importorskip("pytorch_lightning")
+
+from exodus.lightning.data import EpochShuffleSampler  # noqa: E402
+from exodus.lightning.tasks import (  # noqa: E402
+    SpikeTimingData, TemporalOrderData, rate_baseline, spike_timing_task, temporal_order_task,
+)
+
+TIMING = dict(num_classes=5, neurons=20, time_steps=40, jitter=1.0, noise_rate=0.002)
+ORDER = dict(group_size=6, distractors=4, cue_steps=20, min_gap=4, delay_steps=20, response_steps=5, noise_rate=0.01)
+
+
+def first_spike_times(x):
+    """(samples, time, neurons) -> time of the first spike of each neuron, (samples, neurons)."""
+    steps = torch.arange(x.shape[1], dtype=x.dtype)[None, :, None]
+    return torch.where(x > 0, steps, torch.full_like(x, float("inf"))).min(1).values
+
+
+@pytest.mark.parametrize("task, args", [(spike_timing_task, TIMING), (temporal_order_task, ORDER)])
+def test_generation_is_a_function_of_seed_and_split(task, args):
+    x1, y1 = task(50, seed=3, split="train", **args)
+    x2, y2 = task(50, seed=3, split="train", **args)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    x3, _ = task(50, seed=3, split="val", **args)
+    x4, _ = task(50, seed=4, split="train", **args)
+    assert not torch.equal(x1, x3) and not torch.equal(x1, x4)
+    assert x1.dtype == torch.float32 and y1.dtype == torch.int64
+    assert set(x1.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_spike_timing_every_neuron_fires_exactly_once_without_noise():
+    x, y = spike_timing_task(200, seed=0, **{**TIMING, "noise_rate": 0.0})
+    assert torch.equal(x.sum(1), torch.ones(200, TIMING["neurons"]))      # counts carry nothing
+    assert torch.equal(torch.bincount(y), torch.full((TIMING["num_classes"],), 40))
+
+
+def test_spike_timing_classes_share_manifolds_across_splits():
+    """Train and test samples of one class lie on the same manifold: the nearest training sample
+    (in spike-time space) of a test sample has its class, far above chance; for samples from
+    another seed's manifolds the nearest training sample's class is at chance."""
+    args = {**TIMING, "jitter": 0.0, "noise_rate": 0.0}
+    x_train, y_train = spike_timing_task(500, seed=0, split="train", **args)
+    x_test, y_test = spike_timing_task(200, seed=0, split="test", **args)
+    x_other, _ = spike_timing_task(200, seed=1, split="test", **args)
+    t_train, t_test, t_other = (first_spike_times(x) for x in (x_train, x_test, x_other))
+    accuracy = (y_train[torch.cdist(t_test, t_train).argmin(1)] == y_test).float().mean()
+    other = (y_train[torch.cdist(t_other, t_train).argmin(1)] == y_test).float().mean()
+    assert accuracy > 0.9 and other < 0.4
+
+
+def test_temporal_order_label_is_the_order_of_the_groups():
+    x, y = temporal_order_task(300, seed=0, **{**ORDER, "noise_rate": 0.0})
+    group = ORDER["group_size"]
+    times = first_spike_times(x)
+    a_first = times[:, :group].mean(1) < times[:, group:2 * group].mean(1)
+    assert torch.equal(a_first, y == 0)
+    counts = x.sum(1)
+    assert torch.equal(counts[:, :2 * group], torch.ones(300, 2 * group))   # same rates in both classes
+    assert counts[:, 2 * group:].sum() == 0
+    assert x[:, ORDER["cue_steps"]:].sum() == 0                              # silent delay without noise
+
+
+def test_rate_baseline_near_chance_on_both_tasks_but_timing_bins_decode():
+    """Spike counts -> logistic regression stays near chance; the same decoder on counts in 8 time
+    bins reads the timing and is far above chance (so the baseline is able to learn)."""
+    data = [
+        (spike_timing_task(1000, seed=0, split="train", **TIMING), spike_timing_task(400, seed=0, split="test", **TIMING),
+         1 / TIMING["num_classes"]),
+        (temporal_order_task(1000, seed=0, split="train", **ORDER), temporal_order_task(400, seed=0, split="test", **ORDER),
+         0.5),
+    ]
+    for (x_tr, y_tr), (x_te, y_te), chance in data:
+        rate = rate_baseline(x_tr, y_tr, x_te, y_te, time_bins=1)
+        timed = rate_baseline(x_tr, y_tr, x_te, y_te, time_bins=8)
+        assert abs(rate - chance) < 0.08, (rate, chance)
+        assert timed > chance + 0.3, (timed, chance)
+
+
+def test_datamodules_shapes_match_batches():
+    for data in (SpikeTimingData(batch_size=16, train_samples=40, val_samples=20, test_samples=20, **TIMING),
+                 TemporalOrderData(batch_size=16, train_samples=40, val_samples=20, test_samples=20, **ORDER)):
+        data.setup("fit")
+        for loader in (data.train_dataloader(), data.val_dataloader(), data.test_dataloader()):
+            x, y = next(iter(loader))
+            assert tuple(x.shape[1:]) == (data.time_steps, *data.input_shape)
+            assert x.dtype == torch.float32 and y.dtype == torch.int64 and int(y.max()) < data.num_classes
+        assert sum(len(b[1]) for b in data.train_dataloader()) == 40
+
+
+def test_datamodule_uses_the_task_generator():
+    data = SpikeTimingData(seed=5, train_samples=30, val_samples=10, test_samples=10, **TIMING)
+    data.setup("fit")
+    x, y = spike_timing_task(10, seed=5, split="val", **TIMING)
+    assert torch.equal(data.val_set.tensors[0], x) and torch.equal(data.val_set.tensors[1], y)
+
+
+def test_epoch_shuffle_depends_on_seed_and_epoch_only():
+    sampler = EpochShuffleSampler(50, seed=1)
+    sampler.set_epoch(3)
+    order = list(sampler)
+    assert sorted(order) == list(range(50))
+    other = EpochShuffleSampler(50, seed=1)
+    other.set_epoch(3)
+    assert list(other) == order
+    other.set_epoch(4)
+    assert list(other) != order
+    sampler.resume_at(3, 20)
+    assert list(sampler) == order[20:]
+    assert list(sampler) == order                                            # resume applies once
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: spike_timing_task(10, time_steps=20, spike_window=30), "spike_window"),
+    (lambda: spike_timing_task(10, split="dev"), "split"),
+    (lambda: temporal_order_task(10, cue_steps=5, min_gap=5), "cue_steps"),
+    (lambda: SpikeTimingData(train_samples=0), "data.train_samples"),
+    (lambda: SpikeTimingData(batch_size=0), "data.batch_size"),
+])
+def test_bad_task_arguments_say_what_to_fix(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
