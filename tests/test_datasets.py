@@ -18,6 +18,7 @@ import torch
 tonic = pytest.importorskip("tonic")
 
 from exodus.lightning import datasets as ds  # noqa: E402
+from exodus.lightning.data import ConfigError, MissingDataError  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -315,27 +316,27 @@ def test_dvsgesture_reads_tonic_npy_layout_with_downsampling(tmp_path):
 # ---------------------------------------------------------------------------------------------
 def test_missing_files_name_the_file_and_the_source(tmp_path):
     data = ds.SHD(root=str(tmp_path), cache="none")
-    with pytest.raises(FileNotFoundError) as error:
+    with pytest.raises(MissingDataError) as error:
         data.prepare_data()
     message = str(error.value)
     assert str(tmp_path / "SHD" / "shd_train.h5") in message and "shd_test.h5" in message
     assert "zenkelab.org" in message and "never downloads" in message
 
-    with pytest.raises(FileNotFoundError, match="ssc_valid.h5"):
+    with pytest.raises(MissingDataError, match="ssc_valid.h5"):
         ds.SSC(root=str(tmp_path)).setup("fit")
 
     os.makedirs(tmp_path / "NMNIST" / "Train" / "0")
     os.makedirs(tmp_path / "NMNIST" / "Test" / "0")
-    with pytest.raises(FileNotFoundError, match=r"Train holds no \.bin files"):
+    with pytest.raises(MissingDataError, match=r"Train holds no \.bin files"):
         ds.NMNIST(root=str(tmp_path)).setup("fit")
-    with pytest.raises(FileNotFoundError, match="ibmGestureTrain"):
+    with pytest.raises(MissingDataError, match="ibmGestureTrain"):
         ds.DVSGesture(root=str(tmp_path)).prepare_data()
 
 
 def test_downloaded_but_not_extracted_archive_is_pointed_out(tmp_path):
     os.makedirs(tmp_path / "SHD")
     (tmp_path / "SHD" / "shd_train.h5.zip").write_bytes(b"PK")
-    with pytest.raises(FileNotFoundError, match=r"Found .*shd_train\.h5\.zip: extract it there"):
+    with pytest.raises(MissingDataError, match=r"Found .*shd_train\.h5\.zip: extract it there"):
         ds.SHD(root=str(tmp_path)).prepare_data()
 
 
@@ -343,7 +344,7 @@ def test_unreadable_or_incomplete_hdf5_files_are_named(tmp_path):
     os.makedirs(tmp_path / "SHD")
     (tmp_path / "SHD" / "shd_train.h5").write_bytes(b"PK\x03\x04 zipped, not HDF5")
     (tmp_path / "SHD" / "shd_test.h5").write_bytes(b"")
-    with pytest.raises(ValueError, match="shd_train.h5 is not a readable HDF5 file"):
+    with pytest.raises(ConfigError, match="shd_train.h5 is not a readable HDF5 file"):
         ds.SHD(root=str(tmp_path), cache="none").setup("fit")
     rng = np.random.default_rng(6)
     samples = [random_audio_sample(rng, 0.5) for _ in range(2)]
@@ -351,7 +352,7 @@ def test_unreadable_or_incomplete_hdf5_files_are_named(tmp_path):
                      [s[1] for s in samples], [1, 2], [0, 1], ["k"])
     with h5py.File(tmp_path / "SHD" / "shd_train.h5", "a") as f:
         del f["extra/speaker"]
-    with pytest.raises(ValueError, match=r"lacks the HDF5 dataset\(s\) \['extra/speaker'\]"):
+    with pytest.raises(ConfigError, match=r"lacks the HDF5 dataset\(s\) \['extra/speaker'\]"):
         ds.SHD(root=str(tmp_path), cache="none").setup("fit")
 
 
@@ -361,7 +362,7 @@ def test_files_of_another_dataset_are_rejected(tmp_path):
         samples = [random_audio_sample(rng, 0.5) for _ in range(3)]
         write_heidelberg(tmp_path / "SHD" / f"shd_{split}.h5", [s[0] for s in samples],
                          [s[1] for s in samples], [3, 34, 7], [0, 1, 2], ["k"])
-    with pytest.raises(ValueError, match=r"labels in \[3, 34\], expected \[0, 19\]"):
+    with pytest.raises(ConfigError, match=r"labels in \[3, 34\], expected \[0, 19\]"):
         ds.SHD(root=str(tmp_path), cache="none").setup("fit")
 
 
@@ -373,7 +374,7 @@ def test_files_of_another_dataset_are_rejected(tmp_path):
     (ds.DVSGesture, {"downsample": 3}, "downsample must divide 128"),
 ])
 def test_bad_arguments_fail_with_the_argument_name(tmp_path, cls, kwargs, fragment):
-    with pytest.raises(ValueError, match=fragment):
+    with pytest.raises(ConfigError, match=fragment):
         cls(root=str(tmp_path), **kwargs)
 
 

@@ -2,8 +2,9 @@
 
 Every DataModule reads the files tonic's own dataset classes read, from the same layout
 (``root/<Name>/...``, so a folder filled by ``tonic.datasets.X(save_to=root)`` works as is), but
-it **never downloads**: missing files raise ``FileNotFoundError`` saying which file goes where and
-where to get it. tonic's existence/MD5 checks are bypassed (they would want the original archives
+it **never downloads**: missing files raise ``MissingDataError`` (a ``FileNotFoundError``) saying
+which file goes where and where to get it; bad settings and files of the wrong kind raise
+``ConfigError`` (a ``ValueError``) naming the setting or file. tonic's existence/MD5 checks are bypassed (they would want the original archives
 next to the extracted files and would start a download otherwise).
 
 Binning: events are counted in ``time_steps`` bins of fixed width ``dt_ms`` starting at t = 0
@@ -30,7 +31,7 @@ import tonic
 import torch
 from torch.utils.data import Dataset, Subset
 
-from .data import SpikeDataModule, require_files
+from .data import ConfigError, MissingDataError, SpikeDataModule, require_files
 
 __all__ = ["SHD", "SSC", "NMNIST", "DVSGesture", "EventsToFrames"]
 
@@ -178,14 +179,14 @@ class _TonicDataModule(SpikeDataModule):
                  dt_ms: float, cache: str, binarize: bool, val_fraction: float = 0.0):
         super().__init__(root=root, batch_size=batch_size, num_workers=num_workers, seed=seed)
         if int(time_steps) < 1:
-            raise ValueError(f"data.time_steps must be >= 1, got {time_steps}")
+            raise ConfigError(f"data.time_steps must be >= 1, got {time_steps}")
         bin_us = int(round(float(dt_ms) * 1000.0))
         if bin_us < 1:
-            raise ValueError(f"data.dt_ms must be >= 0.001 (1 microsecond), got {dt_ms}")
+            raise ConfigError(f"data.dt_ms must be >= 0.001 (1 microsecond), got {dt_ms}")
         if cache not in _CACHE_MODES:
-            raise ValueError(f"data.cache must be one of {_CACHE_MODES}, got {cache!r}")
+            raise ConfigError(f"data.cache must be one of {_CACHE_MODES}, got {cache!r}")
         if not 0.0 <= float(val_fraction) < 1.0:
-            raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
         self.dt_ms = float(dt_ms)
         self.cache = cache
         self.binarize = bool(binarize)
@@ -270,7 +271,7 @@ class _TonicDataModule(SpikeDataModule):
     def _check_labels(self, labels, split: str) -> None:
         labels = np.asarray(labels, dtype=np.int64)
         if labels.size and (labels.min() < 0 or labels.max() >= self.n_classes):
-            raise ValueError(
+            raise ConfigError(
                 f"{self.name} {split} split under {self.location} has labels in "
                 f"[{labels.min()}, {labels.max()}], expected [0, {self.n_classes - 1}]: are these "
                 f"the right files for {self.name}?")
@@ -286,7 +287,7 @@ class _TonicDataModule(SpikeDataModule):
             if raw[split].targets:  # tonic fills targets from folder / file names
                 self._check_labels(raw[split].targets, split)
             if len(raw[split]) == 0:
-                raise FileNotFoundError(f"{self.name} {split} split under {self.location} has no samples")
+                raise MissingDataError(f"{self.name} {split} split under {self.location} has no samples")
         wrapped = {split: self._wrap(dataset, split) for split, dataset in raw.items()}
         self.test_set = wrapped["test"]
         if "valid" in wrapped:
@@ -301,7 +302,7 @@ class _TonicDataModule(SpikeDataModule):
         n = len(dataset)
         n_val = int(round(self.val_fraction * n))
         if not 0 < n_val < n:
-            raise ValueError(f"data.val_fraction={self.val_fraction} leaves {n - n_val} training and "
+            raise ConfigError(f"data.val_fraction={self.val_fraction} leaves {n - n_val} training and "
                              f"{n_val} validation samples out of {n}")
         order = np.random.default_rng(self.seed).permutation(n)
         return (Subset(dataset, np.sort(order[n_val:]).tolist()),
@@ -330,13 +331,13 @@ class _HeidelbergDataModule(_TonicDataModule):
         try:
             file = h5py.File(path, "r")
         except OSError as error:
-            raise ValueError(f"{path} is not a readable HDF5 file ({error}); replace it with the "
+            raise ConfigError(f"{path} is not a readable HDF5 file ({error}); replace it with the "
                              f"unzipped file from {self.source}") from None
         with file:
             keys = ("spikes/times", "spikes/units", "labels", "extra/keys", "extra/speaker")
             missing = [key for key in keys if key not in file]
             if missing:
-                raise ValueError(f"{path} lacks the HDF5 dataset(s) {missing}: not a {self.name} file "
+                raise ConfigError(f"{path} lacks the HDF5 dataset(s) {missing}: not a {self.name} file "
                                  f"(expected {list(keys)})")
             self._check_labels(file["labels"][()], split)
 
@@ -429,7 +430,7 @@ class NMNIST(_TonicDataModule):
         super().check_files()
         for folder in self._expected_files():
             if not _files_below(folder, ".bin"):
-                raise FileNotFoundError(
+                raise MissingDataError(
                     f"NMNIST: {folder} holds no .bin files; expected {folder}/<digit>/<id>.bin as "
                     f"extracted from {self.source}")
 
@@ -461,7 +462,7 @@ class DVSGesture(_TonicDataModule):
                  time_steps: int = 100, dt_ms: float = 15.0, val_fraction: float = 0.1,
                  cache: str = "disk", binarize: bool = False, downsample: int = 4):
         if int(downsample) < 1 or 128 % int(downsample) != 0:
-            raise ValueError(f"data.downsample must divide 128 (1, 2, 4, 8, ...), got {downsample}")
+            raise ConfigError(f"data.downsample must divide 128 (1, 2, 4, 8, ...), got {downsample}")
         self.downsample = int(downsample)
         super().__init__(root, batch_size, num_workers, seed, time_steps, dt_ms, cache, binarize,
                          val_fraction)
@@ -477,7 +478,7 @@ class DVSGesture(_TonicDataModule):
         super().check_files()
         for folder in self._expected_files():
             if not _files_below(folder, ".npy"):
-                raise FileNotFoundError(
+                raise MissingDataError(
                     f"DVSGesture: {folder} holds no .npy files; expected "
                     f"{folder}/user<NN>_<lighting>/<label>.npy as extracted from {self.source}")
 
