@@ -26,7 +26,7 @@ from pytorch_lightning.cli import LightningCLI
 from .data import ConfigError, MissingDataError, SpikeDataModule
 from .model import SpikingClassifier
 
-__all__ = ["ExodusCLI", "main", "build"]
+__all__ = ["ExodusCLI", "main", "build", "run"]
 
 # DataModules in these modules are found by class name (``class_path: SHD``).
 DATA_MODULES = ("exodus.lightning.tasks", "exodus.lightning.datasets")
@@ -142,6 +142,12 @@ def build(args: Sequence[str]) -> ExodusCLI:
     """Parse and instantiate without running: ``cli = build(["--config", path, "--model.gradient", "slayer"])``,
     then use ``cli.model``, ``cli.datamodule``, ``cli.trainer`` (for scripts such as exodus-compare)."""
     return _cli(args, run=False)
+
+
+def run(args: Sequence[str]) -> ExodusCLI:
+    """Run a subcommand like the command line does and return the CLI (``cli.model``,
+    ``cli.trainer``, ``cli.datamodule``): ``run(["fit", "--config", path])``."""
+    return _cli(args, run=True)
 
 
 def main(args: Optional[Sequence[str]] = None) -> None:
