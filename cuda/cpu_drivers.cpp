@@ -33,9 +33,12 @@ void with_bool(bool value, F&& f) {
 // enough rows (then every time step reads and writes one contiguous row, a purely
 // sequential stream), else into neuron tiles so that every thread has work.
 // body(b, n0, len) runs the whole time loop for neurons [n0, n0 + len) of batch b.
+// Below this many neuron-steps a parallel region costs more than it saves.
+constexpr index_t kMinParallelWork = 1 << 15;
+
 template <typename Body>
-void for_each_tile(index_t B, index_t N, int num_threads, Body body) {
-  if (num_threads < 1) num_threads = 1;
+void for_each_tile(index_t B, index_t T, index_t N, int num_threads, Body body) {
+  if (num_threads < 1 || B * T * N < kMinParallelWork) num_threads = 1;
   index_t tiles_per_row = B >= 2 * num_threads ? 1 : (2 * num_threads + B - 1) / std::max<index_t>(B, 1);
   tiles_per_row = std::max<index_t>(1, std::min(tiles_per_row, (N + 15) / 16));
   const index_t tile = ((N + tiles_per_row - 1) / tiles_per_row + 15) / 16 * 16;
@@ -87,7 +90,7 @@ extern "C" void exodus_cpu_lif_forward(const scalar_t* x, const acc_t* alpha, co
                                        int v_trace, int num_threads) {
   const LifConfig config = {reset, max_spikes, has_vmin, norm_input, v_min, 0, 0, acc_t(1), acc_t(0), acc_t(0), acc_t(0)};
   dispatch_options(config, [&](auto spec) {
-    for_each_tile(B, N, num_threads, [&](index_t b, index_t n0, index_t len) {
+    for_each_tile(B, T, N, num_threads, [&](index_t b, index_t n0, index_t len) {
       const LifConfig c = decltype(spec)::apply(config);  // local: its constant fields fold away
       std::vector<acc_t> v(len);
       for (index_t k = 0; k < len; ++k) v[k] = v0[b * N + n0 + k];
@@ -156,7 +159,7 @@ extern "C" void exodus_cpu_lif_backward(
     acc_t p1, acc_t p2, int num_threads) {
   const LifConfig config = {reset, max_spikes, has_vmin, norm_input, v_min, gradient, surrogate, grad_scale, p0, p1, p2};
   dispatch_backward(config, [&](auto spec) {
-    for_each_tile(B, N, num_threads, [&](index_t b, index_t n0, index_t len) {
+    for_each_tile(B, T, N, num_threads, [&](index_t b, index_t n0, index_t len) {
       const LifConfig c = decltype(spec)::apply(config);  // local: its constant fields fold away
       std::vector<acc_t> lambda(len, acc_t(0)), g_alpha(len, acc_t(0)), g_theta(len, acc_t(0));
       std::vector<acc_t> v_prev(len);
@@ -186,9 +189,10 @@ extern "C" void exodus_cpu_lif_backward(
         }
       }
       for (index_t k = 0; k < len; ++k) {
-        grad_v0[b * N + n0 + k] = a[k] * lambda[k];
-        grad_alpha[b * N + n0 + k] = g_alpha[k];
-        grad_theta[b * N + n0 + k] = g_theta[k];
+        const index_t i = b * N + n0 + k;
+        grad_v0[i] = (T == 0 && !v_trace && grad_v) ? to_acc(grad_v[i]) : a[k] * lambda[k];
+        grad_alpha[i] = g_alpha[k];
+        grad_theta[i] = g_theta[k];
       }
     });
   });
@@ -197,7 +201,7 @@ extern "C" void exodus_cpu_lif_backward(
 extern "C" void exodus_cpu_leaky_forward(const scalar_t* x, const acc_t* alpha, const acc_t* v0,
                                          scalar_t* v_out, index_t B, index_t T, index_t N,
                                          int norm_input, int num_threads) {
-  for_each_tile(B, N, num_threads, [&](index_t b, index_t n0, index_t len) {
+  for_each_tile(B, T, N, num_threads, [&](index_t b, index_t n0, index_t len) {
     std::vector<acc_t> v(len);
     for (index_t k = 0; k < len; ++k) v[k] = v0[b * N + n0 + k];
     for (index_t t = 0; t < T; ++t) {
@@ -213,7 +217,7 @@ extern "C" void exodus_cpu_leaky_backward(const scalar_t* v_out, const scalar_t*
                                           const acc_t* alpha, const acc_t* v0, scalar_t* grad_x,
                                           acc_t* grad_v0, acc_t* grad_alpha, index_t B, index_t T,
                                           index_t N, int norm_input, int num_threads) {
-  for_each_tile(B, N, num_threads, [&](index_t b, index_t n0, index_t len) {
+  for_each_tile(B, T, N, num_threads, [&](index_t b, index_t n0, index_t len) {
     std::vector<acc_t> lambda(len, acc_t(0)), g_alpha(len, acc_t(0));
     for (index_t t = T - 1; t >= 0; --t) {
       const index_t row = (b * T + t) * N + n0;

@@ -61,7 +61,8 @@ extern "C" __global__ void exodus_lif_backward(
       h_t = h_prev;
     }
   }
-  grad_v0[tid] = a_n * lambda;
+  // Without steps and without the trace the "final membrane" is v0 itself.
+  grad_v0[tid] = (T == 0 && !v_trace && grad_v) ? to_acc(grad_v[tid]) : a_n * lambda;
   grad_alpha[tid] = g_alpha;
   grad_theta[tid] = g_theta;
 }

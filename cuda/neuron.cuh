@@ -48,8 +48,9 @@ EXODUS_HD acc_t spike_count(acc_t h, acc_t theta, int max_spikes) {
 }
 
 // r_t: membrane after the reset.
+// Zero reset is written h * (1 - 1[a > 0]) as in DESIGN §1 (so h = inf gives NaN, as in the reference).
 EXODUS_HD acc_t reset_membrane(acc_t h, acc_t theta, acc_t a, int reset) {
-  return reset == RESET_SUBTRACT ? h - theta * a : (a > acc_t(0) ? acc_t(0) : h);
+  return reset == RESET_SUBTRACT ? h - theta * a : h * (acc_t(1) - (a > acc_t(0) ? acc_t(1) : acc_t(0)));
 }
 
 // v_t = max(r_t, v_min); a NaN membrane stays NaN.
@@ -87,7 +88,7 @@ EXODUS_HD acc_t lif_backward_step(const LifConfig& c, acc_t h, acc_t v_prev, acc
   if (c.gradient == GRADIENT_SLAYER) sigma *= c.grad_scale;
   const acc_t a = spike_count(h, theta, c.max_spikes);
   const acc_t r = reset_membrane(h, theta, a, c.reset);
-  const acc_t kappa = (!c.has_vmin || r > c.v_min) ? acc_t(1) : acc_t(0);
+  const bool kappa = !c.has_vmin || r > c.v_min;  // a select, not a factor: 0 * NaN must stay 0
   const acc_t no_spike = a > acc_t(0) ? acc_t(0) : acc_t(1);
   const acc_t mu = grad_v + alpha * lambda_next;
 
@@ -99,8 +100,8 @@ EXODUS_HD acc_t lif_backward_step(const LifConfig& c, acc_t h, acc_t v_prev, acc
     rho = c.reset == RESET_SUBTRACT ? acc_t(1) : no_spike;
     dr_dtheta = c.reset == RESET_SUBTRACT ? -a : acc_t(0);
   }
-  const acc_t lambda = grad_spikes * sigma + kappa * rho * mu;
-  grad_theta += kappa * mu * dr_dtheta - grad_spikes * sigma;
+  const acc_t lambda = grad_spikes * sigma + (kappa ? rho * mu : acc_t(0));
+  grad_theta += (kappa ? mu * dr_dtheta : acc_t(0)) - grad_spikes * sigma;
   grad_alpha += lambda * v_prev;
   grad_alpha -= c.norm_input ? lambda * input_from_membranes(h, v_prev, alpha) : acc_t(0);
   return lambda;

@@ -78,14 +78,14 @@ def _as_parameter(name: str, value, x: Tensor) -> Tensor:
     return torch.tensor(float(value), dtype=acc_dtype(x.dtype), device=x.device)
 
 
-def _check_range(name: str, value: Tensor, low: float, high: float, low_open: bool) -> None:
-    if _is_compiling():
+def _check_range(name: str, value: Tensor, low: float, high: float, low_open: bool, high_open: bool = False) -> None:
+    if _is_compiling() or value.device.type == "meta":  # no values to check
         return
     with torch.no_grad():
-        bad = (value <= low if low_open else value < low) | (value > high) | torch.isnan(value)
-        if bool(bad.any()):
-            bound = "(" if low_open else "["
-            raise ValueError(f"{name} must lie in {bound}{low}, {high}]; got values from "
+        bad = (value <= low if low_open else value < low) | (value >= high if high_open else value > high)
+        if bool((bad | torch.isnan(value)).any()):
+            interval = ("(" if low_open else "[") + f"{low}, {high}" + (")" if high_open else "]")
+            raise ValueError(f"{name} must lie in {interval}; got values from "
                              f"{value.min().item()} to {value.max().item()}")
 
 
@@ -94,7 +94,7 @@ def _check_threshold(theta: Tensor, v_min: Optional[float]) -> None:
     if v_min is not None:
         if isinstance(v_min, bool) or not isinstance(v_min, (int, float)) or math.isnan(v_min):
             raise TypeError(f"v_min must be a number or None, got {v_min!r}")
-        if not _is_compiling() and bool((theta <= v_min).any()):
+        if not _is_compiling() and theta.device.type != "meta" and bool((theta <= v_min).any()):
             raise ValueError(f"v_min ({v_min}) must be below the threshold (min threshold {theta.min().item()})")
 
 
@@ -112,6 +112,13 @@ def _check_v0(name: str, v0: Optional[Tensor], x: Tensor) -> None:
         ok = False
     if not ok:
         raise ValueError(f"{name} of shape {tuple(v0.shape)} does not broadcast to (batch, *features) = {target}")
+
+
+def _check_number(name: str, value) -> None:
+    if _is_compiling():  # checked in eager mode; under torch.compile numbers may be symbolic
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(f"{name} must be a finite number, got {value!r}")
 
 
 def _check_choice(name: str, value, choices: Sequence) -> None:
@@ -325,9 +332,13 @@ def lif(
     surrogate = surrogate if surrogate is not None else SingleExponential()
     if not isinstance(surrogate, Surrogate):
         raise TypeError(f"surrogate must be an exodus.surrogate.Surrogate, got {type(surrogate).__name__}")
+    _check_number("grad_scale", grad_scale)
     alpha = _as_parameter("alpha", alpha, x)
     theta = _as_parameter("threshold", threshold, x)
-    _check_range("alpha", alpha, 0.0, 1.0, low_open=False)
+    # With norm_input the input is scaled by 1 - alpha; alpha = 1 would discard it (and dL/dalpha
+    # needs the input back from (h - alpha v) / (1 - alpha)).
+    _check_range("alpha" + (" (with norm_input)" if norm_input else ""), alpha, 0.0, 1.0, low_open=False,
+                 high_open=bool(norm_input))
     _check_threshold(theta, v_min)
     _check_v0("v0", v0, x)
     chosen = backends.resolve(backend, x.device)
@@ -338,6 +349,8 @@ def lif(
         if not v_trace:
             v = v[:, -1] if x.shape[1] > 0 else _initial_state(v0, x)
         return spikes, v
+    if x.shape[1] == 0 and not v_trace:  # nothing to scan: the final membrane is v0 (keeps its gradient)
+        return x.clone(), _initial_state(v0, x)  # (empty) spikes stay attached to the graph
     x3, (alpha_n, theta_n), v0n = _flatten(x, alpha, v0, theta)
     spikes, v, _ = lif_scan(x3, alpha_n, theta_n, v0n, RESETS[reset], max_spikes, v_min is not None,
                             0.0 if v_min is None else float(v_min), bool(norm_input), bool(v_trace),
@@ -360,7 +373,8 @@ def leaky(x: Tensor, alpha, v0: Optional[Tensor] = None, *, norm_input: bool = F
     """
     check_input(x)
     alpha = _as_parameter("alpha", alpha, x)
-    _check_range("alpha", alpha, 0.0, 1.0, low_open=False)
+    _check_range("alpha" + (" (with norm_input)" if norm_input else ""), alpha, 0.0, 1.0, low_open=False,
+                 high_open=bool(norm_input))
     _check_v0("v0", v0, x)
     chosen = backends.resolve(backend, x.device)
     if chosen == "torch":

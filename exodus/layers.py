@@ -20,15 +20,29 @@ from .surrogate import SingleExponential, Surrogate
 __all__ = ["LIF", "IAF", "ExpLeak"]
 
 
+def _parameter_tensor(name: str, value, shape: Optional[Sequence[int]]) -> Tensor:
+    """A neuron parameter (number or tensor) as a float tensor, expanded to ``shape`` if given."""
+    if isinstance(value, Tensor):
+        tensor = value.detach().clone()
+        if not torch.is_floating_point(tensor):
+            tensor = tensor.to(torch.get_default_dtype())
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        tensor = torch.tensor(float(value), dtype=torch.get_default_dtype())
+    else:
+        raise TypeError(f"{name} must be a number or a tensor, got {value!r}")
+    if shape is not None:
+        try:
+            tensor = tensor.expand(tuple(shape)).clone()
+        except RuntimeError:
+            raise ValueError(f"{name} of shape {tuple(tensor.shape)} does not broadcast to shape={tuple(shape)}") from None
+    return tensor
+
+
 def _time_constant(name: str, value, shape: Optional[Sequence[int]], trainable: bool):
-    """A time constant (in steps) as a float64-free tensor: Parameter if trainable, else buffer."""
-    tensor = torch.as_tensor(value, dtype=torch.get_default_dtype()).clone()
-    if not torch.is_floating_point(tensor):
-        tensor = tensor.float()
+    """A time constant (in steps) as a tensor: Parameter if trainable, else buffer."""
+    tensor = _parameter_tensor(name, value, shape)
     if bool((tensor <= 0).any()) or bool(torch.isnan(tensor).any()):
         raise ValueError(f"{name} must be > 0 (in time steps), got {value!r}")
-    if shape is not None:
-        tensor = tensor.expand(tuple(shape)).clone()
     return nn.Parameter(tensor) if trainable else tensor
 
 
@@ -123,13 +137,15 @@ class LIF(_StatefulNeuron):
             self.tau_syn = None
         else:
             self._register("tau_syn", _time_constant("tau_syn", tau_syn, shape, train_tau), train_tau)
-        theta = torch.as_tensor(threshold, dtype=torch.get_default_dtype()).clone()
-        if bool((theta <= 0).any()):
+        theta = _parameter_tensor("threshold", threshold, shape)
+        if bool((theta <= 0).any()) or bool(torch.isnan(theta).any()):
             raise ValueError(f"threshold must be > 0, got {threshold!r}")
-        if v_min is not None and bool((theta <= v_min).any()):
-            raise ValueError(f"v_min ({v_min}) must be below the threshold ({threshold!r})")
-        if shape is not None:
-            theta = theta.expand(tuple(shape)).clone()
+        if v_min is not None:
+            if isinstance(v_min, bool) or not isinstance(v_min, (int, float)) or math.isnan(v_min):
+                raise TypeError(f"v_min must be a number or None, got {v_min!r}")
+            if bool((theta <= v_min).any()):
+                raise ValueError(f"v_min ({v_min}) must be below the threshold ({threshold!r})")
+        F._check_number("grad_scale", grad_scale)
         self._register("threshold", nn.Parameter(theta) if train_threshold else theta, train_threshold)
         self.reset = reset
         self.v_min = v_min
@@ -181,6 +197,10 @@ class IAF(LIF):
             if name in kwargs:
                 raise TypeError(f"IAF has no {name}")
         super().__init__(tau_mem=math.inf, tau_syn=tau_syn, threshold=threshold, **kwargs)
+        if isinstance(self.tau_mem, nn.Parameter):  # train_tau applies to tau_syn only: no leak to train
+            tau_mem = self.tau_mem.detach()
+            del self.tau_mem
+            self.register_buffer("tau_mem", tau_mem)
 
     def alpha(self) -> Tensor:
         return torch.ones_like(self.tau_mem)

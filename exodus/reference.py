@@ -69,7 +69,8 @@ def lif_ref(
     xs = x.to(acc)
     alpha = torch.as_tensor(alpha, dtype=acc, device=x.device)
     theta = torch.as_tensor(theta, dtype=acc, device=x.device)
-    v = torch.zeros_like(xs[:, 0]) if v0 is None else v0.to(acc).expand_as(xs[:, 0])
+    state = (xs.shape[0], *xs.shape[2:])
+    v = xs.new_zeros(state) if v0 is None else v0.to(acc).expand(state)
     detach = gradient == "slayer"
     scale = grad_scale if detach else 1.0
     spikes, trace = [], []
@@ -96,7 +97,8 @@ def leaky_ref(x: torch.Tensor, alpha, v0: Optional[torch.Tensor] = None, *, norm
     acc = acc_dtype(x.dtype)
     xs = x.to(acc)
     alpha = torch.as_tensor(alpha, dtype=acc, device=x.device)
-    v = torch.zeros_like(xs[:, 0]) if v0 is None else v0.to(acc).expand_as(xs[:, 0])
+    state = (xs.shape[0], *xs.shape[2:])
+    v = xs.new_zeros(state) if v0 is None else v0.to(acc).expand(state)
     trace = []
     for t in range(xs.shape[1]):
         v = alpha * v + ((1 - alpha) * xs[:, t] if norm_input else xs[:, t])

@@ -272,8 +272,6 @@ def test_iaf_with_synaptic_current():
     compare_layer_to_reference(layer, x, [8, 12], lambda tau: torch.tensor(1.0, dtype=F64), seed=8)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: IAF(train_tau=True) registers tau_mem=inf as an unused Parameter "
-                                      "(DDP with find_unused_parameters=False fails on it)")
 def test_iaf_has_no_unused_parameters():
     layer = exodus.IAF(tau_syn=4.0, train_tau=True, train_threshold=True, backend="cpu")
     x = torch.randn(2, 10, 3) + 0.5
@@ -297,8 +295,7 @@ def test_lif_layer_empty_inputs(shape, tau_syn, record_states):
 
 @pytest.mark.parametrize("record_states", [
     True,
-    pytest.param(False, marks=pytest.mark.xfail(strict=True, reason=(
-        "bug: fused lif with time = 0 and v_trace=False cuts the gradient of the carried membrane"))),
+    False,
 ])
 def test_empty_call_keeps_state(record_states):
     """A call with time = 0 leaves the state (value and graph) as it was."""

@@ -19,10 +19,6 @@ from exodus.reference import acc_dtype, leaky_ref, lif_ref
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-# Known bug (reported): exodus.reference.lif_ref / leaky_ref index xs[:, 0] before the
-# time loop, so backend="torch" (and gradient="bptt") crash with IndexError when time = 0.
-_REFERENCE_T0_BUG = pytest.mark.xfail(raises=IndexError, strict=True,
-                                      reason="reference.py: xs[:, 0] on an input with time = 0")
 
 
 
@@ -174,9 +170,7 @@ def test_leaky_matches_reference_property(batch, time, features, dtype, alpha_ki
 @pytest.mark.parametrize("backend", ["cpu", "torch"])
 @pytest.mark.parametrize("shape", [(2, 0, 3), (0, 5, 3), (2, 5, 0), (0, 0, 2, 2)],
                          ids=["T0", "B0", "N0", "B0T0"])
-def test_empty_inputs(shape, backend, request):
-    if backend == "torch" and shape[1] == 0:
-        request.applymarker(_REFERENCE_T0_BUG)
+def test_empty_inputs(shape, backend):
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     features = shape[2:]
     alpha = torch.full(features, 0.9, dtype=torch.float64, requires_grad=True)
@@ -194,9 +188,8 @@ def test_empty_inputs(shape, backend, request):
 
 
 @pytest.mark.parametrize("backend", [
-    pytest.param("torch", marks=_REFERENCE_T0_BUG),
-    pytest.param("cpu", marks=pytest.mark.xfail(strict=True, reason=(
-        "bug: fused lif with time = 0 and v_trace=False returns v0's value but a zero gradient to v0"))),
+    "torch",
+    "cpu",
 ])
 def test_empty_time_final_membrane_is_v0(backend):
     """With no time steps the final membrane is v0 itself: value and gradient (identity)."""

@@ -7,12 +7,12 @@ import re
 import subprocess
 import tempfile
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 import torch
 
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
+_PRAGMA_ONCE = re.compile(r"^\s*#\s*pragma\s+once\b")
 
 # Storage type -> (C type of the storage, C type of the math) for -DEXODUS_SCALAR / -DEXODUS_ACC.
 GPU_TYPES = {
@@ -25,17 +25,13 @@ GPU_TYPES = {
 
 @lru_cache(maxsize=None)
 def cuda_dir() -> Path:
-    """Directory holding the kernel sources (``exodus/cuda`` in a wheel, ``cuda/`` in a checkout)."""
-    try:
-        path = Path(str(resources.files("exodus.cuda")))
+    """Directory holding the kernel sources: ``exodus/cuda`` in an installed wheel, the
+    checkout's top-level ``cuda/`` in a source tree or an editable install."""
+    package = Path(__file__).resolve().parents[1]
+    for path in (package / "cuda", package.parent / "cuda"):
         if (path / "neuron.cuh").exists():
             return path
-    except (ModuleNotFoundError, TypeError):
-        pass
-    path = Path(__file__).resolve().parents[2] / "cuda"  # source checkout imported from its root
-    if not (path / "neuron.cuh").exists():
-        raise FileNotFoundError("exodus kernel sources (cuda/*.cuh) not found; reinstall exodus-snn")
-    return path
+    raise FileNotFoundError(f"exodus kernel sources (cuda/*.cuh) not found next to {package}; reinstall exodus-snn")
 
 
 @lru_cache(maxsize=None)
@@ -47,6 +43,8 @@ def inline_source(name: str) -> str:
         lines = []
         for line in (cuda_dir() / file).read_text().splitlines():
             match = _INCLUDE.match(line)
+            if _PRAGMA_ONCE.match(line):
+                continue  # inlining already includes each file once
             if match is None:
                 lines.append(line)
             elif match.group(1) not in seen:

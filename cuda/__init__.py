@@ -1,1 +1,0 @@
-"""Kernel sources (installed as ``exodus.cuda``); read at run time by exodus.backends."""
