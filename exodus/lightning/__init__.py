@@ -1,7 +1,13 @@
 """Training stack: LightningModules, DataModules and the ``exodus-train`` CLI.
 
-Needs the ``train`` extra (``pip install exodus-snn[train]``).
+Needs the ``train`` extra (``pip install exodus-snn[train]``). See docs/training.md.
 """
-from .data import EpochShuffleSampler, SpikeDataModule, require_files
+from .data import ConfigError, EpochShuffleSampler, MissingDataError, ResumableLoader, SpikeDataModule, require_files
+from .model import SpikingClassifier
+from .tasks import SpikeTimingData, TemporalOrderData, rate_baseline, spike_timing_task, temporal_order_task
 
-__all__ = ["SpikeDataModule", "EpochShuffleSampler", "require_files"]
+__all__ = [
+    "SpikingClassifier", "SpikeDataModule", "SpikeTimingData", "TemporalOrderData",
+    "spike_timing_task", "temporal_order_task", "rate_baseline",
+    "ConfigError", "MissingDataError", "require_files", "EpochShuffleSampler", "ResumableLoader",
+]

@@ -81,8 +81,8 @@ class SpikingClassifier(pl.LightningModule):
 
     def __init__(
         self,
-        input_shape: Sequence[int] = (40,),
-        num_classes: int = 10,
+        input_shape: Sequence[int],
+        num_classes: int,
         hidden: Sequence[int] = (128,),
         conv_channels: Sequence[int] = (),
         conv_kernel: int = 3,
@@ -108,11 +108,15 @@ class SpikingClassifier(pl.LightningModule):
         weight_decay: float = 0.0,
         backend: str = "auto",
     ):
+        arguments = dict(locals())          # the init arguments (first statement: nothing else defined yet)
+        arguments.pop("self")
+        arguments.pop("__class__", None)
         super().__init__()
         input_shape = tuple(int(s) for s in input_shape)
         hidden, conv_channels = [int(h) for h in hidden], [int(c) for c in conv_channels]
-        self.save_hyperparameters({**locals_to_hparams(locals()), "input_shape": list(input_shape),
-                                   "hidden": hidden, "conv_channels": conv_channels})
+        # lists, not tuples: hparams.yaml and checkpoints stay plain YAML / JSON
+        self.save_hyperparameters({**arguments, "input_shape": list(input_shape), "hidden": hidden,
+                                   "conv_channels": conv_channels})
         _choice("neuron", neuron, NEURONS)
         _choice("readout", readout, READOUTS)
         _choice("gradient", gradient, GRADIENTS)
@@ -182,7 +186,7 @@ class SpikingClassifier(pl.LightningModule):
 
     # ------------------------------------------------------------------ forward
     def check_input(self, x: Tensor) -> None:
-        """Raise a ValueError that names the config keys when x does not fit the model."""
+        """Raise a ConfigError (a ValueError) naming the config keys when x does not fit the model."""
         if not isinstance(x, Tensor) or not torch.is_floating_point(x):
             raise TypeError(f"the model expects float spike tensors (batch, time, *input_shape), got "
                             f"{type(x).__name__} {getattr(x, 'dtype', '')}")
@@ -297,8 +301,3 @@ class SpikingClassifier(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-
-
-def locals_to_hparams(frame_locals: dict) -> dict:
-    """Init arguments of SpikingClassifier from its locals() (drops self and the class cell)."""
-    return {k: v for k, v in frame_locals.items() if k not in ("self", "__class__")}

@@ -298,3 +298,35 @@ class TemporalOrderData(_GeneratedData):
     @property
     def response_steps(self) -> int:
         return self.task["response_steps"]
+
+
+# ----------------------------------------------------------------------------- command line
+
+def _baseline_table(config_paths: list[str], bins: tuple[int, ...] = (1, 2, 4, 10)) -> str:
+    """Markdown table of rate_baseline() for the offline task of each config file."""
+    import yaml
+
+    known = {cls.__name__: cls for cls in (SpikeTimingData, TemporalOrderData)}
+    lines = ["| config | task | chance | " + " | ".join(
+        "counts (rate only)" if b == 1 else f"counts in {b} time bins" for b in bins) + " |",
+        "| --- " * (3 + len(bins)) + "|"]
+    for path in config_paths:
+        with open(path) as handle:
+            data = (yaml.safe_load(handle) or {}).get("data", {})
+        name = str(data.get("class_path", "")).rsplit(".", 1)[-1]
+        if name not in known:
+            raise SystemExit(f"{path}: data.class_path {data.get('class_path')!r} is not an offline task "
+                             f"({', '.join(known)})")
+        module = known[name](**data.get("init_args", {}))
+        scores = " | ".join(f"{module.rate_baseline(time_bins=b):.3f}" for b in bins)
+        lines.append(f"| {path} | {name} | {1 / module.num_classes:.3f} | {scores} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) < 2:
+        raise SystemExit("usage: python -m exodus.lightning.tasks CONFIG.yaml [CONFIG.yaml ...]\n"
+                         "prints the test accuracy of logistic regression on spike counts for each offline task")
+    print(_baseline_table(sys.argv[1:]))
