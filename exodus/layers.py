@@ -151,6 +151,10 @@ class LIF(_StatefulNeuron):
         self.v_min = v_min
         self.max_spikes_per_bin = max_spikes_per_bin
         self.surrogate = surrogate if surrogate is not None else SingleExponential()
+        if not isinstance(self.surrogate, Surrogate):
+            raise TypeError(f"surrogate must be an exodus.surrogate.Surrogate, got {surrogate!r}")
+        if not isinstance(norm_input, bool):
+            raise TypeError(f"norm_input must be a bool, got {norm_input!r}")
         self.norm_input = norm_input
         self.gradient = gradient
         self.grad_scale = grad_scale
@@ -163,10 +167,10 @@ class LIF(_StatefulNeuron):
         options = dict(backend=self.backend)
         current = x
         if self.tau_syn is not None:
-            beta = torch.exp(-1.0 / self.tau_syn).to(x.device)
+            beta = torch.exp(-1.0 / self.tau_syn)
             current = F.leaky(x, beta, self._state("i", x), **options)
             self.i = current[:, -1] if current.shape[1] > 0 else self._initial("i", x)
-        spikes, v = F.lif(current, self.alpha().to(x.device), self.threshold.to(x.device), self._state("v", x),
+        spikes, v = F.lif(current, self.alpha(), self.threshold, self._state("v", x),
                           reset=self.reset, v_min=self.v_min, max_spikes_per_bin=self.max_spikes_per_bin,
                           surrogate=self.surrogate, norm_input=self.norm_input, gradient=self.gradient,
                           grad_scale=self.grad_scale, v_trace=self.record_states, **options)
@@ -216,6 +220,8 @@ class ExpLeak(_StatefulNeuron):
                  shape: Optional[Sequence[int]] = None, record_states: bool = False, backend: str = "auto"):
         super().__init__(record_states, backend)
         self._register("tau_mem", _time_constant("tau_mem", tau_mem, shape, train_tau), train_tau)
+        if not isinstance(norm_input, bool):
+            raise TypeError(f"norm_input must be a bool, got {norm_input!r}")
         self.norm_input = norm_input
 
     def alpha(self) -> Tensor:
@@ -223,7 +229,7 @@ class ExpLeak(_StatefulNeuron):
 
     def forward(self, x: Tensor) -> Tensor:
         F.check_input(x)
-        v = F.leaky(x, self.alpha().to(x.device), self._state("v", x), norm_input=self.norm_input,
+        v = F.leaky(x, self.alpha(), self._state("v", x), norm_input=self.norm_input,
                     backend=self.backend)
         if v.shape[1] > 0:
             self.v = v[:, -1]

@@ -87,8 +87,7 @@ def lif_ref(
         spikes.append(a)
         trace.append(v)
     if not spikes:
-        empty = torch.empty_like(x)
-        return empty, empty.clone()
+        return x * 0, x * 0  # empty, but attached to the graph like any op's output
     return torch.stack(spikes, 1).to(x.dtype), torch.stack(trace, 1).to(x.dtype)
 
 
@@ -104,5 +103,5 @@ def leaky_ref(x: torch.Tensor, alpha, v0: Optional[torch.Tensor] = None, *, norm
         v = alpha * v + ((1 - alpha) * xs[:, t] if norm_input else xs[:, t])
         trace.append(v)
     if not trace:
-        return torch.empty_like(x)
+        return x * 0
     return torch.stack(trace, 1).to(x.dtype)

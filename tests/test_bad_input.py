@@ -327,11 +327,7 @@ def test_messages_name_the_parameter(call, error, match):
 # ----------------------------------------------------------------------------- empty input
 
 EMPTY_SHAPES = [(3, 0, 4), (0, 5, 4), (0, 0, 4), (2, 3, 0), (3, 0, 2, 2)]
-REFERENCE_T0_GRAPH = pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
-    "bug (minor): with T = 0 the reference returns torch.empty_like(x), not connected to x, so backward() on the "
-    "empty output raises 'element 0 of tensors does not require grad' on backend='torch' (works on 'cpu')"))
-EMPTY_CASES = [pytest.param(backend, shape, id=f"{backend}-{shape}",
-                            marks=[REFERENCE_T0_GRAPH] if backend == "torch" and shape[1] == 0 else [])
+EMPTY_CASES = [pytest.param(backend, shape, id=f"{backend}-{shape}")
                for backend in CPU_BACKENDS for shape in EMPTY_SHAPES]
 
 
