@@ -102,7 +102,7 @@ def test_model_builds_from_its_hparams():
 
 # ----------------------------------------------------------------------------- exodus-train
 
-def tiny_config(tmp_path, **model):
+def tiny_config(tmp_path, checkpoints="checkpoints", **model):
     """default.yaml shrunk to a few steps per epoch, logging into tmp_path."""
     with open(DEFAULT) as handle:
         config = yaml.safe_load(handle)
@@ -110,12 +110,12 @@ def tiny_config(tmp_path, **model):
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "runs")
     config["trainer"]["callbacks"] = [{
         "class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
-        "init_args": {"dirpath": str(tmp_path / "checkpoints"), "every_n_train_steps": 6, "save_top_k": -1,
+        "init_args": {"dirpath": str(tmp_path / checkpoints), "every_n_train_steps": 6, "save_top_k": -1,
                       "filename": "{step}"}}]
     config["data"]["init_args"].update(train_samples=64, val_samples=32, test_samples=32, batch_size=16,
                                        num_classes=3, neurons=12, time_steps=20)
     config["model"].update({"hidden": [16], **model})
-    path = tmp_path / "tiny.yaml"
+    path = tmp_path / f"tiny_{checkpoints}.yaml"
     path.write_text(yaml.safe_dump(config))
     return str(path)
 
@@ -169,6 +169,7 @@ def test_training_learns_the_default_task_quickly(tmp_path, monkeypatch):
     assert float(cli.trainer.callback_metrics["val_acc"]) > 0.6
 
 
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")
 def test_resume_from_mid_epoch_checkpoint_gives_identical_weights(tmp_path, monkeypatch):
     """3 epochs of 4 batches; checkpoints every 6 steps (step 6 is inside epoch 2). Resuming from
     step 6 ends with exactly the weights of the uninterrupted run."""
@@ -178,13 +179,25 @@ def test_resume_from_mid_epoch_checkpoint_gives_identical_weights(tmp_path, monk
     final = {k: v.clone() for k, v in full.model.state_dict().items()}
     middle = str(tmp_path / "checkpoints" / "step=6.ckpt")
     assert os.path.exists(middle)
-    resumed = run(["fit", "--config", config, "--ckpt_path", middle])
+    resumed = run(["fit", "--config", tiny_config(tmp_path, checkpoints="resumed"), "--ckpt_path", middle])
     assert resumed.trainer.global_step == full.trainer.global_step == 12
     changed = False
     for key, value in resumed.model.state_dict().items():
         assert torch.equal(value, final[key]), key
         changed |= not torch.equal(value, torch.load(middle, weights_only=True)["state_dict"][key])
     assert changed                                                       # training went on after step 6
+
+
+def test_optimizer_and_scheduler_from_the_command_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = run(["fit", "--config", tiny_config(tmp_path), "--trainer.max_epochs", "1", "--optimizer", "SGD",
+               "--optimizer.lr", "0.3", "--optimizer.momentum", "0.5", "--lr_scheduler", "StepLR",
+               "--lr_scheduler.step_size", "1", "--lr_scheduler.gamma", "0.1"])
+    (optimizer,) = cli.trainer.optimizers
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.5
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.03)          # one epoch of StepLR(gamma 0.1)
+    default = build(["--config", tiny_config(tmp_path)]).model.configure_optimizers()
+    assert isinstance(default, torch.optim.Adam) and default.defaults["lr"] == 0.005
 
 
 def test_seed_everything_makes_the_model_deterministic(tmp_path, monkeypatch):
@@ -264,6 +277,7 @@ class WrongShapeData(SpikeDataModule):
             torch.zeros(8, 4, 6), torch.zeros(8, dtype=torch.long))
 
 
+@pytest.mark.filterwarnings("ignore:.*LeafSpec")
 def test_batches_that_do_not_fit_the_model_say_which_key(tmp_path):
     data = WrongShapeData(batch_size=4)
     model = SpikingClassifier(input_shape=data.input_shape, num_classes=data.num_classes, hidden=[3])
@@ -298,4 +312,6 @@ def test_readout_window_longer_than_data_and_bad_labels():
     model = SpikingClassifier(input_shape=(4,), num_classes=3, hidden=[3])
     with pytest.raises(ConfigError, match="num_classes"):
         model.training_step((torch.zeros(2, 6, 4), torch.tensor([0, 3])), 0)
-    assert math.isfinite(float(model.training_step((torch.zeros(2, 6, 4), torch.tensor([0, 2])), 0)))
+    with pytest.warns(UserWarning, match="self.log"):                   # no trainer attached: logging is skipped
+        loss = model.training_step((torch.zeros(2, 6, 4), torch.tensor([0, 2])), 0)
+    assert math.isfinite(float(loss.detach()))

@@ -21,7 +21,10 @@ import warnings
 from typing import Optional, Sequence
 
 import torch
-from pytorch_lightning.cli import LightningCLI
+
+# Lightning 2.6 calls jsonargparse APIs that jsonargparse >= 4.49 deprecates; not actionable for users.
+os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+from pytorch_lightning.cli import LightningCLI  # noqa: E402
 
 from .data import ConfigError, MissingDataError, SpikeDataModule
 from .model import SpikingClassifier
