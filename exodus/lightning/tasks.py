@@ -17,6 +17,7 @@ train / val / test samples from independent streams derived from it.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -32,6 +33,20 @@ __all__ = [
 ]
 
 _SPLITS = {"train": 1, "val": 2, "test": 3}
+
+
+def _single_threaded(function):
+    """Run ``function`` with one torch thread: these tensors are tiny, and on a busy machine
+    thread synchronisation made them 10-30x slower."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+    return wrapper
 
 
 def _generator(seed: int, stream: int) -> torch.Generator:
@@ -76,6 +91,7 @@ def _manifold(z: Tensor, labels: Tensor, coefficients) -> Tensor:
     return (amplitude * torch.sin(angle)).sum(dim=(2, 3))
 
 
+@_single_threaded
 def spike_timing_task(samples: int, *, num_classes: int = 10, neurons: int = 40, time_steps: int = 60,
                       spike_window: Optional[int] = None, manifold_dim: int = 1, frequencies: int = 3,
                       smoothness: float = 1.0, jitter: float = 1.0, noise_rate: float = 0.002,
@@ -120,6 +136,7 @@ def spike_timing_task(samples: int, *, num_classes: int = 10, neurons: int = 40,
 
 # ----------------------------------------------------------------------------- task (b)
 
+@_single_threaded
 def temporal_order_task(samples: int, *, group_size: int = 10, distractors: int = 10, cue_steps: int = 30,
                         min_gap: int = 5, burst_width: float = 1.0, delay_steps: int = 30,
                         response_steps: int = 10, noise_rate: float = 0.01, seed: int = 0,
@@ -160,6 +177,7 @@ def temporal_order_task(samples: int, *, group_size: int = 10, distractors: int 
 
 # ----------------------------------------------------------------------------- rate baseline
 
+@_single_threaded
 def rate_baseline(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, *, time_bins: int = 1,
                   epochs: int = 300, lr: float = 0.05, weight_decay: float = 1e-4, seed: int = 0) -> float:
     """Test accuracy of multinomial logistic regression on spike counts.
