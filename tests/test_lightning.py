@@ -108,10 +108,12 @@ def tiny_config(tmp_path, checkpoints="checkpoints", **model):
         config = yaml.safe_load(handle)
     config["trainer"].update(max_epochs=3, log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False)
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "runs")
-    config["trainer"]["callbacks"] = [{
-        "class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
-        "init_args": {"dirpath": str(tmp_path / checkpoints), "every_n_train_steps": 6, "save_top_k": -1,
-                      "filename": "{step}"}}]
+    config["trainer"]["callbacks"] = [
+        {"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",       # mid-epoch checkpoints
+         "init_args": {"dirpath": str(tmp_path / checkpoints), "every_n_train_steps": 6, "save_top_k": -1,
+                       "filename": "{step}"}},
+        {"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",       # end-of-epoch ones, like the configs
+         "init_args": {"dirpath": str(tmp_path / checkpoints), "save_top_k": -1, "filename": "end-{epoch}"}}]
     config["data"]["init_args"].update(train_samples=64, val_samples=32, test_samples=32, batch_size=16,
                                        num_classes=3, neurons=12, time_steps=20)
     config["model"].update({"hidden": [16], **model})
@@ -151,7 +153,7 @@ def test_fit_then_test_logs_everything(tmp_path, monkeypatch):
         spikes = hidden["neuron"](hidden["synapse"](x))
     assert float(cli.model.firing_rates["hidden0"]) == pytest.approx(float(spikes.mean()))
     # the test subcommand restores a checkpoint and logs test_acc
-    checkpoint = sorted(glob.glob(str(tmp_path / "checkpoints" / "*.ckpt")))[-1]
+    checkpoint = str(tmp_path / "checkpoints" / "end-epoch=2.ckpt")
     tested = run(["test", "--config", config, "--ckpt_path", checkpoint])
     assert 0.0 <= tested.trainer.callback_metrics["test_acc"] <= 1.0
     # and load_from_checkpoint gives back the trained weights
@@ -171,21 +173,22 @@ def test_training_learns_the_default_task_quickly(tmp_path, monkeypatch):
 
 @pytest.mark.filterwarnings("ignore:The dirpath has changed")
 def test_resume_from_mid_epoch_checkpoint_gives_identical_weights(tmp_path, monkeypatch):
-    """3 epochs of 4 batches; checkpoints every 6 steps (step 6 is inside epoch 2). Resuming from
-    step 6 ends with exactly the weights of the uninterrupted run."""
+    """3 epochs of 4 batches, checkpoints every 6 steps (step 6 is inside epoch 2) and at every epoch
+    end. Resuming from step 6 or from the end of epoch 1 ends with exactly the weights of the
+    uninterrupted run."""
     monkeypatch.chdir(tmp_path)
     config = tiny_config(tmp_path)
     full = run(["fit", "--config", config])
     final = {k: v.clone() for k, v in full.model.state_dict().items()}
-    middle = str(tmp_path / "checkpoints" / "step=6.ckpt")
-    assert os.path.exists(middle)
-    resumed = run(["fit", "--config", tiny_config(tmp_path, checkpoints="resumed"), "--ckpt_path", middle])
-    assert resumed.trainer.global_step == full.trainer.global_step == 12
-    changed = False
-    for key, value in resumed.model.state_dict().items():
-        assert torch.equal(value, final[key]), key
-        changed |= not torch.equal(value, torch.load(middle, weights_only=True)["state_dict"][key])
-    assert changed                                                       # training went on after step 6
+    for i, name in enumerate(("step=6.ckpt", "end-epoch=0.ckpt")):
+        middle = str(tmp_path / "checkpoints" / name)
+        resumed = run(["fit", "--config", tiny_config(tmp_path, checkpoints=f"resumed{i}"), "--ckpt_path", middle])
+        assert resumed.trainer.global_step == full.trainer.global_step == 12
+        changed = False
+        for key, value in resumed.model.state_dict().items():
+            assert torch.equal(value, final[key]), (name, key)
+            changed |= not torch.equal(value, torch.load(middle, weights_only=True)["state_dict"][key])
+        assert changed                                                   # training went on after the checkpoint
 
 
 def test_optimizer_and_scheduler_from_the_command_line(tmp_path, monkeypatch):

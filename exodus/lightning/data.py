@@ -168,6 +168,9 @@ class SpikeDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, "test", shuffle=False)
 
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, "test", shuffle=False)
+
     def describe(self) -> str:
         return (f"{type(self).__name__}(input_shape={self.input_shape}, num_classes={self.num_classes}, "
                 f"time_steps={self.time_steps}, root={self.root!r})")
