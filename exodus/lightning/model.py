@@ -125,7 +125,7 @@ class SpikingClassifier(pl.LightningModule):
             raise ConfigError(f"model.num_classes must be >= 2, got {num_classes}")
         if any(s < 1 for s in (*hidden, *conv_channels)) or not input_shape or min(input_shape) < 1:
             raise ConfigError(f"model.hidden, model.conv_channels and model.input_shape need positive sizes, got "
-                             f"{hidden}, {conv_channels}, {input_shape}")
+                              f"{hidden}, {conv_channels}, {input_shape}")
         if readout_steps is not None and readout_steps < 1:
             raise ConfigError(f"model.readout_steps must be >= 1 or null (all steps), got {readout_steps}")
         self.input_shape = input_shape
@@ -153,8 +153,8 @@ class SpikingClassifier(pl.LightningModule):
         if conv_channels:
             if len(input_shape) != 3:
                 raise ConfigError(f"model.conv_channels {conv_channels} needs frames: input_shape (channels, height, "
-                                 f"width), but the data gives input_shape {input_shape}. Remove model.conv_channels "
-                                 f"for this dataset.")
+                                  f"width), but the data gives input_shape {input_shape}. Remove model.conv_channels "
+                                  f"for this dataset.")
             channels, height, width = input_shape
             for i, out in enumerate(conv_channels):
                 pool = nn.AvgPool2d(conv_pool) if conv_pool > 1 else nn.Identity()
@@ -162,7 +162,7 @@ class SpikingClassifier(pl.LightningModule):
                 height, width = (height // conv_pool, width // conv_pool) if conv_pool > 1 else (height, width)
                 if height < 1 or width < 1:
                     raise ConfigError(f"model.conv_pool {conv_pool} shrinks the {input_shape[1:]} frames to nothing "
-                                     f"after {i + 1} conv layers; use fewer conv_channels or a smaller conv_pool")
+                                      f"after {i + 1} conv layers; use fewer conv_channels or a smaller conv_pool")
                 channels, features = out, (out, height, width)
                 self.layers[f"conv{i}"] = nn.ModuleDict(dict(synapse=synapse, neuron=spiking(features)))
         size = math.prod(features)
@@ -198,7 +198,7 @@ class SpikingClassifier(pl.LightningModule):
                 f"building the model by hand, pass input_shape={tuple(x.shape[2:])}.")
         if self.readout_steps is not None and x.shape[1] < self.readout_steps:
             raise ConfigError(f"model.readout_steps ({self.readout_steps}) exceeds the {x.shape[1]} time steps of the "
-                             f"data; lower model.readout_steps")
+                              f"data; lower model.readout_steps")
 
     def reset_states(self) -> None:
         for layer in self.layers.values():
@@ -237,9 +237,10 @@ class SpikingClassifier(pl.LightningModule):
         if y.dim() != 1 or y.shape[0] != x.shape[0]:
             raise ValueError(f"labels must be (batch,) = ({x.shape[0]},), got shape {tuple(y.shape)}")
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
-            raise ConfigError(f"label {int(y.max())} outside [0, model.num_classes={self.num_classes}); "
-                             f"model.num_classes is linked from data.num_classes — the DataModule's labels and "
-                             f"num_classes disagree")
+            raise ConfigError(f"labels from {int(y.min())} to {int(y.max())} fall outside [0, model.num_classes="
+                              f"{self.num_classes}); "
+                              f"model.num_classes is linked from data.num_classes — the DataModule's labels and "
+                              f"num_classes disagree")
         logits = self.logits(self(x))
         loss = nn.functional.cross_entropy(logits, y)
         accuracy = self.metrics[f"{split}_acc"]
@@ -283,7 +284,7 @@ class SpikingClassifier(pl.LightningModule):
             data_value = getattr(data, key, None)
             if data_value is not None and (tuple(data_value) if key == "input_shape" else data_value) != model_value:
                 raise ConfigError(f"data.{key} is {data_value} but model.{key} is {model_value} (e.g. a checkpoint "
-                                 f"trained on another task, or a model built by hand): make them equal")
+                                  f"trained on another task, or a model built by hand): make them equal")
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         self._step_start = time.perf_counter()
