@@ -63,7 +63,7 @@ def test_summary_structure(run):
     for r in summary["runs"]:
         assert r["epochs"] == 1
         assert 0.0 <= r["best_val_acc"] <= 1.0 and r["final_val_acc"] <= r["best_val_acc"]
-        assert r["epoch_time_s"] > 0 and r["peak_memory_mb"] > 0
+        assert r["epoch_time_s"] > 0 and r["step_time_s"] > 0 and r["peak_memory_mb"] > 0
         for field in ("grad_cosine_vs_bptt", "grad_norm_ratio_vs_bptt", "grad_rel_error_vs_bptt"):
             assert set(r[field]) == {"init", "final"}
             for when in ("init", "final"):

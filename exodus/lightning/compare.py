@@ -48,7 +48,8 @@ from torch.utils._pytree import tree_flatten
 from ..functional import GRADIENTS
 from .cli import build
 
-__all__ = ["main", "compare", "layer_gradients", "gradient_agreement", "peak_step_memory", "MEASUREMENTS"]
+__all__ = ["main", "compare", "layer_gradients", "gradient_agreement", "peak_step_memory", "fastest_step_time",
+           "MEASUREMENTS"]
 
 EXODUS_MIN_COSINE = 0.9999
 
@@ -57,6 +58,8 @@ MEASUREMENTS = {
     "final_val_acc": "validation accuracy after the last epoch",
     "epoch_time_s": "median over epochs of the wall time of one training epoch (data loading, forward, backward, "
                     "optimizer step; validation excluded)",
+    "step_time_s": "fastest of 5 forward + backward passes of the loss on the first training batch, from the "
+                   "initial weights (no optimizer step; the minimum is robust to other load on the machine)",
     "peak_memory_mb": "peak bytes of the tensors allocated during one training step (forward + backward of the "
                       "loss on the first training batch, from the initial weights), parameters and input excluded. "
                       "CPU: tracked per tensor storage through a TorchDispatchMode (every allocation made by a "
@@ -174,6 +177,26 @@ def peak_step_memory(model: nn.Module, batch, device: torch.device) -> tuple[flo
             peak, method = tracker.peak, "dispatch_allocation_tracker"
     model.zero_grad(set_to_none=True)
     return peak / 2**20, method
+
+
+def fastest_step_time(model: nn.Module, batch, device: torch.device, repeats: int = 5) -> float:
+    """Seconds of the fastest of ``repeats`` forward + backward passes of the loss on ``batch``
+    (no optimizer step; the minimum is robust to other load on the machine)."""
+    model.to(device)
+    x, y = batch[0].to(device), batch[1].to(device)
+    best = math.inf
+    with torch.enable_grad():
+        for _ in range(repeats):
+            model.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            _loss(model, (x, y)).backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            best = min(best, time.perf_counter() - start)
+    model.zero_grad(set_to_none=True)
+    return best
 
 
 class _EpochRecorder(pl.Callback):
@@ -298,6 +321,7 @@ def compare(config: str, gradients: Sequence[str], seeds: Sequence[int], output:
                 model.load_state_dict(initial)
                 init_agreement = gradient_agreement(layer_gradients(model, fixed, device), bptt_init)
                 memory_mb, memory_method = peak_step_memory(model, first_train, device)
+                step_time = fastest_step_time(model, first_train, device)
                 model.load_state_dict(initial)      # nothing above changes weights; make it explicit
                 model.cpu()
                 recorder = _EpochRecorder(bar, f"{gradient} seed {seed}")
@@ -312,6 +336,7 @@ def compare(config: str, gradients: Sequence[str], seeds: Sequence[int], output:
                     "best_val_acc": max(accuracies) if accuracies else None,
                     "final_val_acc": accuracies[-1] if accuracies else None,
                     "epoch_time_s": statistics.median(times) if times else None,
+                    "step_time_s": step_time,
                     "peak_memory_mb": memory_mb,
                     "grad_cosine_vs_bptt": {"init": init_agreement["cosine"], "final": final_agreement["cosine"]},
                     "grad_norm_ratio_vs_bptt": {"init": init_agreement["norm_ratio"],
@@ -380,13 +405,15 @@ def summary_markdown(summary: dict) -> str:
              f"; {len(seeds)} seed(s) {seeds}, {summary['max_epochs']} epochs, device {summary['device']}. "
              f"Mean ± std over seeds.", ""]
     lines[0] += lines.pop(1)
-    lines += ["| gradient | best val acc (%) | final val acc (%) | epoch time (s) | peak step memory (MB) |",
-              "|---|---|---|---|---|"]
+    lines += ["| gradient | best val acc (%) | final val acc (%) | epoch time (s) | step time (ms) "
+              "| peak step memory (MB) |",
+              "|---|---|---|---|---|---|"]
     for mode in modes:
         r = [run for run in runs if run["gradient"] == mode]
         lines.append(f"| {mode} | {_mean_std([x['best_val_acc'] for x in r], 1, 100)} | "
                      f"{_mean_std([x['final_val_acc'] for x in r], 1, 100)} | "
                      f"{_mean_std([x['epoch_time_s'] for x in r], 2)} | "
+                     f"{_mean_std([x['step_time_s'] for x in r], 1, 1000)} | "
                      f"{_mean_std([x['peak_memory_mb'] for x in r], 2)} |")
     layers = list(runs[0]["grad_cosine_vs_bptt"]["init"]) if runs else []
     lines += ["", f"Gradient vs BPTT per layer, on {summary['grad_batches']} fixed validation batch(es), from the same "
