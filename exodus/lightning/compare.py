@@ -25,6 +25,7 @@ docs/comparison.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
 import json
@@ -240,13 +241,24 @@ class _EpochRecorder(pl.Callback):
 
 # ----------------------------------------------------------------------------- one comparison
 
-def _quiet_lightning() -> None:
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    for pattern in (r".*does not have many workers.*", r".*number of training batches.*",
-                    r".*configure_optimizers` will be overridden.*", r".*litlogger.*", r".*LitLogger.*",
-                    r".*LightningCLI's args parameter is intended.*"):
-        warnings.filterwarnings("ignore", message=pattern)
+@contextlib.contextmanager
+def _quiet_lightning():
+    """Silence Lightning's per-run info messages and known harmless warnings (restored on exit)."""
+    loggers = [logging.getLogger(name) for name in
+               ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        for pattern in (r".*does not have many workers.*", r".*number of training batches.*",
+                        r".*configure_optimizers` will be overridden.*", r".*litlogger.*", r".*LitLogger.*",
+                        r".*LightningCLI's args parameter is intended.*"):
+            warnings.filterwarnings("ignore", message=pattern)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
 
 
 def _trainer(cli, recorder: _EpochRecorder) -> pl.Trainer:
@@ -283,8 +295,6 @@ def compare(config: str, gradients: Sequence[str], seeds: Sequence[int], output:
             overrides: Sequence[str] = (), grad_batches: int = 2, reseed_data: bool = False,
             progress: bool = True) -> dict:
     """Run the comparison and write the outputs (see the module docstring). Returns the summary dict."""
-    from tqdm.auto import tqdm
-
     unknown = [g for g in gradients if g not in GRADIENTS]
     if unknown or not gradients:
         raise SystemExit(f"--gradients: unknown {unknown}; choose from {GRADIENTS}")
@@ -292,8 +302,16 @@ def compare(config: str, gradients: Sequence[str], seeds: Sequence[int], output:
         raise SystemExit(f"--gradients lists a mode twice: {list(gradients)}")
     if grad_batches < 1:
         raise SystemExit(f"--grad-batches must be >= 1, got {grad_batches}")
-    _quiet_lightning()
     os.makedirs(output, exist_ok=True)
+    with _quiet_lightning():
+        summary, curves = _run_all(config, gradients, seeds, overrides, grad_batches, reseed_data, progress)
+    _write_outputs(output, summary, curves)
+    return summary
+
+
+def _run_all(config, gradients, seeds, overrides, grad_batches, reseed_data, progress) -> tuple[dict, list[dict]]:
+    """Train every (seed, gradient) and measure; returns the summary dict and the per-epoch rows."""
+    from tqdm.auto import tqdm
 
     def cli_for(gradient: str, seed: int):
         args = ["--config", config, *overrides, "--seed_everything", str(seed), "--model.gradient", gradient]
@@ -359,8 +377,7 @@ def compare(config: str, gradients: Sequence[str], seeds: Sequence[int], output:
         "runs": runs,
     }
     summary["exodus_matches_bptt"] = exodus_matches_bptt(runs)
-    _write_outputs(output, summary, curves)
-    return summary
+    return summary, curves
 
 
 def exodus_matches_bptt(runs: Iterable[dict]) -> Optional[bool]:
