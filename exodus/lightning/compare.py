@@ -261,15 +261,22 @@ def _quiet_lightning():
                 logger.setLevel(level)
 
 
-def _trainer(cli, recorder: _EpochRecorder) -> pl.Trainer:
-    """The config's Trainer settings, with exodus-compare's logging / callbacks / progress choices."""
-    settings = dict(cli.config_init["trainer"].items())
+def _check_single_device(cli):
+    """The trainer's ``devices`` setting; SystemExit if the config asks for several processes."""
+    settings = cli.config_init["trainer"]
     strategy, devices, nodes = settings.get("strategy"), settings.get("devices"), settings.get("num_nodes")
     if (isinstance(strategy, str) and strategy.startswith("ddp")) or devices not in (1, "1", [0], "auto", None) \
             or (nodes or 1) != 1:
         raise SystemExit(f"exodus-compare runs every training in this one process (one device): got "
                          f"trainer.strategy={strategy}, devices={devices}, num_nodes={nodes}. "
                          f"Use exodus-train for distributed runs.")
+    return devices
+
+
+def _trainer(cli, recorder: _EpochRecorder) -> pl.Trainer:
+    """The config's Trainer settings, with exodus-compare's logging / callbacks / progress choices."""
+    settings = dict(cli.config_init["trainer"].items())
+    devices = _check_single_device(cli)
     for key in (*_TRAINER_OWNED, "devices"):
         settings.pop(key, None)
     return pl.Trainer(**settings, devices=1 if devices in ("auto", None) else devices, logger=False,
@@ -320,6 +327,7 @@ def _run_all(config, gradients, seeds, overrides, grad_batches, reseed_data, pro
         return build(args)
 
     probe = cli_for(gradients[0], seeds[0])
+    _check_single_device(probe)
     max_epochs = probe.config["trainer"].get("max_epochs")
     total = len(seeds) * len(gradients) * (max_epochs if max_epochs and max_epochs > 0 else 1)
     bar = tqdm(total=total, desc="exodus-compare", unit="epoch", disable=not progress, dynamic_ncols=True)
