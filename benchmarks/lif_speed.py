@@ -418,10 +418,12 @@ def other_libraries(shape, reps: int) -> list[dict]:
         neuron = snntorch.Leaky(beta=beta, threshold=1.0, reset_mechanism="subtract")
 
         def forward(inp):  # (B, T, N); snnTorch steps one time bin per call
+            # unbind, not inp[:, t]: autograd of a slice per step builds a full-size zero gradient
+            # per step (O(T^2) backward)
             mem = torch.zeros_like(inp[:, 0])
             spikes = []
-            for t in range(inp.shape[1]):
-                spk, mem = neuron(inp[:, t], mem)
+            for current in inp.unbind(1):
+                spk, mem = neuron(current, mem)
                 spikes.append(spk)
             return torch.stack(spikes, 1)
         return forward, lambda: None, "Leaky, python loop over time, default surrogate"
