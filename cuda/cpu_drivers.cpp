@@ -119,15 +119,16 @@ extern "C" void exodus_cpu_lif_forward(const scalar_t* x, const acc_t* alpha, co
   });
 }
 
-// The backward specialises on what decides its control flow: surrogate kind, gradient
-// mode and reset (24 variants); spike mode, v_min and norm_input stay runtime values that
-// the compiler turns into selects.
-template <int KIND, bool SLAYER, bool SUBTRACT>
+// The backward specialises on what decides its control flow and cost: surrogate kind,
+// gradient mode, reset and single-spike mode (48 variants; multi-spike bins need a division
+// per step); v_min and norm_input stay runtime values that the compiler turns into selects.
+template <int KIND, bool SLAYER, bool SUBTRACT, bool SINGLE>
 struct BackwardSpecialised {
   static LifConfig apply(LifConfig c) {
     c.surrogate = KIND;
     c.gradient = SLAYER ? GRADIENT_SLAYER : GRADIENT_EXODUS;
     c.reset = SUBTRACT ? RESET_SUBTRACT : RESET_ZERO;
+    if (SINGLE) c.max_spikes = 1;
     return c;
   }
 };
@@ -145,7 +146,10 @@ void dispatch_backward(const LifConfig& c, F&& f) {
   with_kind_from<0>(c.surrogate, [&](auto kind) {
     with_bool(c.gradient == GRADIENT_SLAYER, [&](auto slayer) {
       with_bool(c.reset == RESET_SUBTRACT, [&](auto subtract) {
-        f(BackwardSpecialised<decltype(kind)::value, decltype(slayer)::value, decltype(subtract)::value>{});
+        with_bool(c.max_spikes == 1, [&](auto single) {
+          f(BackwardSpecialised<decltype(kind)::value, decltype(slayer)::value, decltype(subtract)::value,
+                                decltype(single)::value>{});
+        });
       });
     });
   });
@@ -162,7 +166,7 @@ extern "C" void exodus_cpu_lif_backward(
     for_each_tile(B, T, N, num_threads, [&](index_t b, index_t n0, index_t len) {
       const LifConfig c = decltype(spec)::apply(config);  // local: its constant fields fold away
       std::vector<acc_t> lambda(len, acc_t(0)), g_alpha(len, acc_t(0)), g_theta(len, acc_t(0));
-      std::vector<acc_t> v_prev(len);
+      std::vector<acc_t> v_prev(len, acc_t(0));
       const std::vector<scalar_t> zeros(len, from_acc(acc_t(0)));
       const acc_t* a = alpha + n0;
       const acc_t* th = theta + n0;
@@ -173,8 +177,11 @@ extern "C" void exodus_cpu_lif_backward(
         const scalar_t* gv = !grad_v ? zeros.data()
                              : v_trace ? grad_v + row
                              : t == T - 1 ? grad_v + b * N + n0 : zeros.data();
-        if (t > 0) {
+        if (!grad_alpha) {
+          // v_{t-1} only enters dL/dalpha: v_prev stays zero.
+        } else if (t > 0) {
           const acc_t* h_prev = h + row - N;
+#pragma omp simd
           for (index_t k = 0; k < len; ++k) v_prev[k] = membrane_from_h(c, h_prev[k], th[k]);
         } else {
           for (index_t k = 0; k < len; ++k) v_prev[k] = v0[b * N + n0 + k];
@@ -191,8 +198,8 @@ extern "C" void exodus_cpu_lif_backward(
       for (index_t k = 0; k < len; ++k) {
         const index_t i = b * N + n0 + k;
         grad_v0[i] = (T == 0 && !v_trace && grad_v) ? to_acc(grad_v[i]) : a[k] * lambda[k];
-        grad_alpha[i] = g_alpha[k];
-        grad_theta[i] = g_theta[k];
+        if (grad_alpha) grad_alpha[i] = g_alpha[k];
+        if (grad_theta) grad_theta[i] = g_theta[k];
       }
     });
   });
@@ -223,7 +230,7 @@ extern "C" void exodus_cpu_leaky_backward(const scalar_t* v_out, const scalar_t*
       const index_t row = (b * T + t) * N + n0;
 #pragma omp simd
       for (index_t k = 0; k < len; ++k) {
-        const acc_t v_prev = t > 0 ? to_acc(v_out[row - N + k]) : v0[b * N + n0 + k];
+        const acc_t v_prev = !grad_alpha ? acc_t(0) : t > 0 ? to_acc(v_out[row - N + k]) : v0[b * N + n0 + k];
         lambda[k] = leaky_backward_step(to_acc(v_out[row + k]), v_prev, to_acc(grad_v[row + k]),
                                         lambda[k], alpha[n0 + k], norm_input, g_alpha[k]);
         grad_x[row + k] = from_acc(norm_input ? (acc_t(1) - alpha[n0 + k]) * lambda[k] : lambda[k]);
@@ -231,7 +238,7 @@ extern "C" void exodus_cpu_leaky_backward(const scalar_t* v_out, const scalar_t*
     }
     for (index_t k = 0; k < len; ++k) {
       grad_v0[b * N + n0 + k] = alpha[n0 + k] * lambda[k];
-      grad_alpha[b * N + n0 + k] = g_alpha[k];
+      if (grad_alpha) grad_alpha[b * N + n0 + k] = g_alpha[k];
     }
   });
 }

@@ -33,7 +33,8 @@ extern "C" __global__ void exodus_lif_forward(
 
 // v_out is the membrane trace (B, T, N) with v_trace, else only the final membrane (B, N).
 // The backward's grad_v has the same layout. grad_spikes / grad_v may be null (that output
-// did not reach the loss).
+// did not reach the loss); grad_alpha / grad_theta may be null (not needed: dL/dalpha is then
+// skipped with the recomputation of v_{t-1} it needs).
 extern "C" __global__ void exodus_lif_backward(
     const acc_t* __restrict__ h, const scalar_t* __restrict__ grad_spikes,
     const scalar_t* __restrict__ grad_v, const acc_t* __restrict__ alpha,
@@ -53,7 +54,7 @@ extern "C" __global__ void exodus_lif_backward(
     acc_t h_t = h[i];
     for (index_t t = T - 1; t >= 0; --t, i -= N) {
       const acc_t h_prev = t > 0 ? h[i - N] : acc_t(0);
-      const acc_t v_prev = t > 0 ? membrane_from_h(c, h_prev, th_n) : v0[tid];
+      const acc_t v_prev = !grad_alpha ? acc_t(0) : t > 0 ? membrane_from_h(c, h_prev, th_n) : v0[tid];
       const acc_t ga = grad_spikes ? to_acc(grad_spikes[i]) : acc_t(0);
       const acc_t gv = !grad_v ? acc_t(0) : v_trace ? to_acc(grad_v[i]) : t == T - 1 ? to_acc(grad_v[tid]) : acc_t(0);
       lambda = lif_backward_step(c, h_t, v_prev, ga, gv, lambda, a_n, th_n, g_alpha, g_theta);
@@ -63,8 +64,8 @@ extern "C" __global__ void exodus_lif_backward(
   }
   // Without steps and without the trace the "final membrane" is v0 itself.
   grad_v0[tid] = (T == 0 && !v_trace && grad_v) ? to_acc(grad_v[tid]) : a_n * lambda;
-  grad_alpha[tid] = g_alpha;
-  grad_theta[tid] = g_theta;
+  if (grad_alpha) grad_alpha[tid] = g_alpha;
+  if (grad_theta) grad_theta[tid] = g_theta;
 }
 
 extern "C" __global__ void exodus_leaky_forward(
@@ -91,10 +92,10 @@ extern "C" __global__ void exodus_leaky_backward(
   acc_t lambda = acc_t(0), g_alpha = acc_t(0);
   index_t i = b * T * N + (T - 1) * N + n;
   for (index_t t = T - 1; t >= 0; --t, i -= N) {
-    const acc_t v_prev = t > 0 ? to_acc(v_out[i - N]) : v0[tid];
+    const acc_t v_prev = !grad_alpha ? acc_t(0) : t > 0 ? to_acc(v_out[i - N]) : v0[tid];
     lambda = leaky_backward_step(to_acc(v_out[i]), v_prev, to_acc(grad_v[i]), lambda, a_n, norm_input, g_alpha);
     grad_x[i] = from_acc(norm_input ? (acc_t(1) - a_n) * lambda : lambda);
   }
   grad_v0[tid] = a_n * lambda;
-  grad_alpha[tid] = g_alpha;
+  if (grad_alpha) grad_alpha[tid] = g_alpha;  // may be null, as in exodus_lif_backward
 }

@@ -187,10 +187,12 @@ def _(x, alpha, theta, v0, reset, max_spikes, has_vmin, v_min, norm_input, v_tra
 
 @torch.library.custom_op("exodus::lif_scan_backward", mutates_args=())
 def lif_scan_backward(grad_spikes: Optional[Tensor], grad_v: Optional[Tensor], h: Tensor, alpha: Tensor,
-                      theta: Tensor, v0: Tensor, reset: int, max_spikes: int, has_vmin: bool, v_min: float,
-                      norm_input: bool, v_trace: bool, gradient: int, surrogate: int, grad_scale: float,
-                      surrogate_params: list[float], backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Reverse scan of DESIGN.md §2. Returns dL/dx (B, T, N), dL/dv0 (B, N), dL/dalpha (N,), dL/dtheta (N,)."""
+                      theta: Tensor, v0: Tensor, need_grad_alpha: bool, need_grad_theta: bool, reset: int,
+                      max_spikes: int, has_vmin: bool, v_min: float, norm_input: bool, v_trace: bool, gradient: int,
+                      surrogate: int, grad_scale: float, surrogate_params: list[float],
+                      backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Reverse scan of DESIGN.md §2. Returns dL/dx (B, T, N), dL/dv0 (B, N), dL/dalpha (N,), dL/dtheta (N,).
+    A parameter gradient that is not needed comes back as zeros, and its work is skipped."""
     o = _options(reset, max_spikes, has_vmin, v_min, norm_input, v_trace, gradient, surrogate, grad_scale,
                  surrogate_params)
     acc = h.dtype
@@ -200,15 +202,20 @@ def lif_scan_backward(grad_spikes: Optional[Tensor], grad_v: Optional[Tensor], h
     storage = (gs if gs is not None else gv).dtype
     B, _, N = h.shape
     grad_x = torch.empty(h.shape, dtype=storage, device=h.device)
-    grad_v0, grad_alpha, grad_theta = (torch.zeros((B, N), dtype=acc, device=h.device) for _ in range(3))
+    grad_v0 = torch.zeros((B, N), dtype=acc, device=h.device)
+    # Per-(batch, neuron) partial sums, summed over the batch below; null pointers when not needed.
+    grad_alpha = torch.zeros((B, N), dtype=acc, device=h.device) if need_grad_alpha else None
+    grad_theta = torch.zeros((B, N), dtype=acc, device=h.device) if need_grad_theta else None
     if B * N > 0:
         plan = launch.lif_backward_plan(h, gs, gv, alpha, theta, v0, grad_x, grad_v0, grad_alpha, grad_theta, o)
         _launch(plan, backend, storage, acc, h.device)
-    return grad_x.to(out_dtype), grad_v0, grad_alpha.sum(0), grad_theta.sum(0)
+    no_grad = torch.zeros((N,), dtype=acc, device=h.device)
+    return (grad_x.to(out_dtype), grad_v0, no_grad if grad_alpha is None else grad_alpha.sum(0),
+            no_grad.clone() if grad_theta is None else grad_theta.sum(0))
 
 
 @lif_scan_backward.register_fake
-def _(grad_spikes, grad_v, h, alpha, theta, v0, *options):
+def _(grad_spikes, grad_v, h, alpha, theta, v0, need_grad_alpha, need_grad_theta, *options):
     out_dtype = (grad_spikes if grad_spikes is not None else grad_v).dtype
     B, _, N = h.shape
     return (h.new_empty(h.shape, dtype=out_dtype), h.new_empty((B, N)), h.new_empty((N,)), h.new_empty((N,)))
@@ -218,14 +225,17 @@ def _lif_setup_context(ctx, inputs, output):
     x, alpha, theta, v0, *options = inputs
     ctx.save_for_backward(output[2], alpha, theta, v0)
     ctx.options = options
+    ctx.set_materialize_grads(False)  # an output outside the loss arrives as None: no stream of zeros
 
 
 def _lif_backward(ctx, grad_spikes, grad_v, grad_h):
     h, alpha, theta, v0 = ctx.saved_tensors
     if grad_spikes is None and grad_v is None:
         return (None,) * 15
-    grad_x, grad_v0, grad_alpha, grad_theta = lif_scan_backward(grad_spikes, grad_v, h, alpha, theta, v0, *ctx.options)
-    return (grad_x, grad_alpha, grad_theta, grad_v0) + (None,) * 11
+    need_alpha, need_theta = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+    grad_x, grad_v0, grad_alpha, grad_theta = lif_scan_backward(grad_spikes, grad_v, h, alpha, theta, v0,
+                                                                need_alpha, need_theta, *ctx.options)
+    return (grad_x, grad_alpha if need_alpha else None, grad_theta if need_theta else None, grad_v0) + (None,) * 11
 
 
 lif_scan.register_autograd(_lif_backward, setup_context=_lif_setup_context)
@@ -248,22 +258,25 @@ def _(x, alpha, v0, norm_input, backend):
 
 
 @torch.library.custom_op("exodus::leaky_scan_backward", mutates_args=())
-def leaky_scan_backward(grad_v: Tensor, v: Tensor, alpha: Tensor, v0: Tensor, norm_input: bool,
-                        backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    """Reverse scan of the leaky integrator. Returns dL/dx (B, T, N), dL/dv0 (B, N), dL/dalpha (N,)."""
+def leaky_scan_backward(grad_v: Tensor, v: Tensor, alpha: Tensor, v0: Tensor, need_grad_alpha: bool,
+                        norm_input: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Reverse scan of the leaky integrator. Returns dL/dx (B, T, N), dL/dv0 (B, N), dL/dalpha (N,)
+    (zeros, without the work, when not needed)."""
     acc = alpha.dtype
     gv, vs = _storage(grad_v, backend).contiguous(), _storage(v, backend)
     B, _, N = v.shape
     grad_x = torch.empty_like(vs)
-    grad_v0, grad_alpha = (torch.zeros((B, N), dtype=acc, device=v.device) for _ in range(2))
+    grad_v0 = torch.zeros((B, N), dtype=acc, device=v.device)
+    grad_alpha = torch.zeros((B, N), dtype=acc, device=v.device) if need_grad_alpha else None
     if B * N > 0 and v.shape[1] > 0:
         plan = launch.leaky_backward_plan(vs, gv, alpha, v0, grad_x, grad_v0, grad_alpha, norm_input)
         _launch(plan, backend, vs.dtype, acc, v.device)
-    return grad_x.to(grad_v.dtype), grad_v0, grad_alpha.sum(0)
+    grad_alpha = torch.zeros((N,), dtype=acc, device=v.device) if grad_alpha is None else grad_alpha.sum(0)
+    return grad_x.to(grad_v.dtype), grad_v0, grad_alpha
 
 
 @leaky_scan_backward.register_fake
-def _(grad_v, v, alpha, v0, norm_input, backend):
+def _(grad_v, v, alpha, v0, need_grad_alpha, norm_input, backend):
     B, _, N = v.shape
     return torch.empty_like(grad_v), alpha.new_empty((B, N)), alpha.new_empty((N,))
 
@@ -276,8 +289,9 @@ def _leaky_setup_context(ctx, inputs, output):
 
 def _leaky_backward(ctx, grad_v):
     v, alpha, v0 = ctx.saved_tensors
-    grad_x, grad_v0, grad_alpha = leaky_scan_backward(grad_v, v, alpha, v0, *ctx.options)
-    return grad_x, grad_alpha, grad_v0, None, None
+    need_alpha = ctx.needs_input_grad[1]
+    grad_x, grad_v0, grad_alpha = leaky_scan_backward(grad_v, v, alpha, v0, need_alpha, *ctx.options)
+    return grad_x, grad_alpha if need_alpha else None, grad_v0, None, None
 
 
 leaky_scan.register_autograd(_leaky_backward, setup_context=_leaky_setup_context)
@@ -346,8 +360,8 @@ def lif(
         spikes, v = reference.lif_ref(x, alpha, theta, v0, reset=reset, v_min=v_min,
                                       max_spikes_per_bin=max_spikes_per_bin, surrogate=surrogate,
                                       norm_input=norm_input, gradient=gradient, grad_scale=grad_scale)
-        if not v_trace:
-            v = v[:, -1] if x.shape[1] > 0 else _initial_state(v0, x)
+        if not v_trace:  # clone: a view would keep the whole trace's storage alive
+            v = v[:, -1].clone() if x.shape[1] > 0 else _initial_state(v0, x)
         return spikes, v
     if x.shape[1] == 0 and not v_trace:  # nothing to scan: the final membrane is v0 (keeps its gradient)
         return x.clone(), _initial_state(v0, x)  # (empty) spikes stay attached to the graph

@@ -74,8 +74,8 @@ def lif_ref(
     detach = gradient == "slayer"
     scale = grad_scale if detach else 1.0
     spikes, trace = [], []
-    for t in range(xs.shape[1]):
-        u = (1 - alpha) * xs[:, t] if norm_input else xs[:, t]
+    for x_t in xs.unbind(1):  # unbind, not xs[:, t]: one backward node for all steps, O(T) BPTT
+        u = (1 - alpha) * x_t if norm_input else x_t
         h = alpha * v + u
         a = spike_ref(h, theta, max_spikes_per_bin, surrogate, scale)
         if reset == "subtract":
@@ -99,8 +99,8 @@ def leaky_ref(x: torch.Tensor, alpha, v0: Optional[torch.Tensor] = None, *, norm
     state = (xs.shape[0], *xs.shape[2:])
     v = xs.new_zeros(state) if v0 is None else v0.to(acc).expand(state)
     trace = []
-    for t in range(xs.shape[1]):
-        v = alpha * v + ((1 - alpha) * xs[:, t] if norm_input else xs[:, t])
+    for x_t in xs.unbind(1):
+        v = alpha * v + ((1 - alpha) * x_t if norm_input else x_t)
         trace.append(v)
     if not trace:
         return x * 0

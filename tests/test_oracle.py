@@ -127,6 +127,34 @@ def test_only_spikes_or_only_v_in_loss():
             assert_grad_close(got, exp, 1e-10, f"d/d{name} (output {pick})")
 
 
+@pytest.mark.parametrize("trained", [(), ("tau",), ("threshold",), ("tau", "threshold")],
+                         ids=["none", "tau", "threshold", "both"])
+@pytest.mark.parametrize("norm_input", [False, True])
+def test_frozen_parameters(trained, norm_input):
+    """Parameters without requires_grad skip their reverse-scan work; the other gradients are unchanged."""
+    case = make_lif_case(batch=2, time=25, features=(4,), seed=8, v_min=-0.5, norm_input=norm_input,
+                         amplitude="large")
+    tau = case.tau if "tau" in trained else case.tau.detach()
+    theta = case.threshold if "threshold" in trained else case.threshold.detach()
+    leaves = [case.x, *([tau] if "tau" in trained else []), *([theta] if "threshold" in trained else []), case.v0]
+    for gradient, ref_mode in (("exodus", "exodus"), ("slayer", "slayer")):
+        results = []
+        for fn, kw in ((F.lif, dict(backend="cpu", gradient=gradient)), (lif_ref, dict(gradient=ref_mode))):
+            spikes, v = fn(case.x, torch.exp(-1.0 / tau), theta, case.v0, **case.options, grad_scale=0.7, **kw)
+            loss = (spikes * case.w_spikes).sum() + (v * case.w_v).sum()
+            results.append((spikes.detach(), torch.autograd.grad(loss, leaves)))
+        (spikes, grads), (_, grads_ref) = results
+        assert spikes.sum() > 5
+        for i, (got, exp) in enumerate(zip(grads, grads_ref)):
+            assert_grad_close(got, exp, 1e-10, f"leaf {i} [{gradient}, trained {trained}]")
+    leaky_leaves = [case.x, case.v0, *([tau] if "tau" in trained else [])]
+    grads = [torch.autograd.grad((fn(case.x, torch.exp(-1.0 / tau), case.v0, norm_input=norm_input, **kw)
+                                  * case.w_v).sum(), leaky_leaves)
+             for fn, kw in ((F.leaky, dict(backend="cpu")), (leaky_ref, {}))]
+    for i, (got, exp) in enumerate(zip(*grads)):
+        assert_grad_close(got, exp, 1e-10, f"leaky leaf {i}")
+
+
 def test_nan_input_propagates_like_reference():
     case = make_lif_case(batch=2, time=10, features=(3,), seed=6)
     x = case.x.detach().clone()
