@@ -16,6 +16,7 @@ uninterrupted one.
 """
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Callable, Iterable, Iterator, Optional
 
@@ -77,18 +78,43 @@ class ResumableLoader(DataLoader):
     Lightning stores ``state_dict()`` of stateful training loaders in the checkpoint and calls
     ``load_state_dict`` before iterating again; the batches already trained on in the interrupted
     epoch are then skipped, so a resumed run sees exactly the batches of an uninterrupted one.
-    The count comes from the trainer's progress (the loader itself runs ahead by prefetching)."""
+    The count comes from the trainer's progress (the loader itself runs ahead by prefetching).
+    With our own sampler the skip happens in the sampler (nothing is loaded twice); under DDP
+    Lightning wraps the sampler in a distributed one, and the per-rank batches are skipped here."""
 
     def __init__(self, *args, progress: Optional[Callable[[], int]] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._progress = progress
+        self._resume: Optional[tuple[int, int]] = None
+
+    def _epoch(self) -> int:
+        return int(getattr(self.sampler, "epoch", 0))
 
     def state_dict(self) -> dict:
         batches = self._progress() if self._progress is not None else 0
-        return {"epoch": self.sampler.epoch, "samples": batches * self.batch_size}
+        return {"epoch": self._epoch(), "batches": int(batches)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.sampler.resume_at(state["epoch"], state["samples"])
+        batches = state["batches"] if "batches" in state else state["samples"] // self.batch_size
+        self._resume = (int(state["epoch"]), int(batches))
+
+    def __iter__(self):
+        resume, self._resume = self._resume, None
+        if resume is None or resume[1] <= 0:
+            return super().__iter__()
+        epoch, batches = resume
+        if isinstance(self.sampler, EpochShuffleSampler):
+            self.sampler.resume_at(epoch, batches * self.batch_size)  # the sampler checks the epoch when drawn
+            return super().__iter__()
+        return self._skip_batches(epoch, batches)
+
+    def _skip_batches(self, epoch: int, batches: int):
+        # A generator: this runs at the first next(), after Lightning has set the epoch of the
+        # sampler (it calls iter() on the loader before set_epoch when it restores a checkpoint).
+        iterator = super().__iter__()
+        if epoch == self._epoch():
+            iterator = itertools.islice(iterator, batches, None)
+        yield from iterator
 
 
 def require_files(paths: Iterable[str], what: str, how_to_fix: str) -> None:
