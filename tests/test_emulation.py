@@ -8,7 +8,6 @@ missing bounds check (threads past B*N in the last block) or an unwritten elemen
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import pytest
 import torch

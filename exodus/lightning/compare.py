@@ -80,12 +80,6 @@ _TRAINER_OWNED = ("logger", "callbacks", "enable_checkpointing", "enable_progres
 
 # ----------------------------------------------------------------------------- measurements
 
-def _loss(model: nn.Module, batch) -> Tensor:
-    """Training loss of SpikingClassifier on one batch (cross-entropy of its logits)."""
-    x, y = batch
-    return nn.functional.cross_entropy(model.logits(model(x)), y)
-
-
 def _layer_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """Trainable parameters grouped by layer (``model.layers`` entries, e.g. hidden0, readout)."""
     layers = getattr(model, "layers", None)
@@ -102,7 +96,7 @@ def layer_gradients(model: nn.Module, batches: Sequence, device: torch.device) -
     model.zero_grad(set_to_none=True)
     with torch.enable_grad():
         for x, y in batches:
-            _loss(model, (x.to(device), y.to(device))).backward()
+            model.loss((x.to(device), y.to(device))).backward()
     grads = {}
     for name, params in _layer_parameters(model).items():
         grads[name] = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).detach().flatten()
@@ -168,13 +162,13 @@ def peak_step_memory(model: nn.Module, batch, device: torch.device) -> tuple[flo
             torch.cuda.synchronize(device)
             before = torch.cuda.memory_allocated(device)
             torch.cuda.reset_peak_memory_stats(device)
-            _loss(model, (x, y)).backward()
+            model.loss((x, y)).backward()
             torch.cuda.synchronize(device)
             peak, method = torch.cuda.max_memory_allocated(device) - before, "cuda_max_memory_allocated"
         else:
             tracker = _AllocationTracker()
             with tracker:
-                _loss(model, (x, y)).backward()
+                model.loss((x, y)).backward()
             peak, method = tracker.peak, "dispatch_allocation_tracker"
     model.zero_grad(set_to_none=True)
     return peak / 2**20, method
@@ -192,7 +186,7 @@ def fastest_step_time(model: nn.Module, batch, device: torch.device, repeats: in
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
-            _loss(model, (x, y)).backward()
+            model.loss((x, y)).backward()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             best = min(best, time.perf_counter() - start)

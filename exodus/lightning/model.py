@@ -232,7 +232,11 @@ class SpikingClassifier(pl.LightningModule):
         return trace.mean(1)
 
     # ------------------------------------------------------------------ steps
-    def _shared_step(self, batch, split: str) -> Tensor:
+    def loss(self, batch) -> Tensor:
+        """Training loss of a batch (x, y): cross-entropy of the logits (what training_step optimises)."""
+        return self._logits_and_loss(batch)[1]
+
+    def _logits_and_loss(self, batch) -> tuple[Tensor, Tensor]:
         x, y = batch
         if y.dim() != 1 or y.shape[0] != x.shape[0]:
             raise ValueError(f"labels must be (batch,) = ({x.shape[0]},), got shape {tuple(y.shape)}")
@@ -242,11 +246,17 @@ class SpikingClassifier(pl.LightningModule):
                               f"model.num_classes is linked from data.num_classes — the DataModule's labels and "
                               f"num_classes disagree")
         logits = self.logits(self(x))
-        loss = nn.functional.cross_entropy(logits, y)
+        return logits, nn.functional.cross_entropy(logits, y)
+
+    def _shared_step(self, batch, split: str) -> Tensor:
+        logits, loss = self._logits_and_loss(batch)
+        y = batch[1]
         accuracy = self.metrics[f"{split}_acc"]
         accuracy(logits.detach(), y)
         on_step = split == "train"
-        self.log(f"{split}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y))
+        # sync_dist: the epoch-level loss is averaged over the DDP ranks (a no-op on one process)
+        self.log(f"{split}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y),
+                 sync_dist=True)
         self.log(f"{split}_acc", accuracy, on_step=False, on_epoch=True, prog_bar=split != "test", batch_size=len(y))
         if split == "train":
             for name, rate in self.firing_rates.items():
