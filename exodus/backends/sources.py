@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import re
 import subprocess
 import tempfile
@@ -85,16 +86,35 @@ def _compiler_id(cxx: str) -> str:
         raise BuildError(f"no working C++ compiler ({cxx!r}): {error}") from error
 
 
+@lru_cache(maxsize=None)
+def cpu_id() -> str:
+    """The host CPU's model and instruction-set flags: libraries built with -march=native are
+    only reused on the same kind of CPU (a home directory shared by cluster nodes of different
+    CPUs must not hand one node's build to another, where it would die of an illegal instruction)."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                name, _, value = line.partition(":")
+                name = name.strip()
+                if name in ("vendor_id", "model name", "flags", "Features", "CPU part") and name not in fields:
+                    fields[name] = value.strip()
+    except OSError:
+        pass
+    return "\n".join(f"{k}={v}" for k, v in sorted(fields.items())) or platform.processor()
+
+
 def build_shared_library(source: str, flags: list[str], stem: str) -> Path:
     """Compile ``cuda/<source>`` (includes inlined) into a cached shared library.
 
-    The cache key covers the inlined source, the flags, the compiler and the
-    machine; the library is written to a temporary file and renamed into place, so
-    concurrent processes (DDP workers) never load a half-written file.
+    The cache key covers the inlined source, the flags, the compiler, the machine and
+    its CPU (see cpu_id); the library is written to a temporary file and renamed into
+    place, so concurrent processes (DDP workers) never load a half-written file.
     """
     cxx = compiler()
     text = inline_source(source)
-    key = hashlib.sha256("\0".join([text, cxx, _compiler_id(cxx), os.uname().machine, *flags]).encode()).hexdigest()[:16]
+    parts = [text, cxx, _compiler_id(cxx), os.uname().machine, cpu_id(), *flags]
+    key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
     target = cache_dir() / f"{stem}-{key}.so"
     if target.exists():
         return target

@@ -1,0 +1,49 @@
+"""The native build cache (exodus.backends.sources): what a cached library is keyed on."""
+from __future__ import annotations
+
+import ctypes
+
+import pytest
+
+from exodus.backends import sources
+
+TINY = 'extern "C" int exodus_answer() { return ANSWER; }\n'
+
+
+@pytest.fixture
+def tiny_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXODUS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(sources, "inline_source", lambda name: TINY)
+    return tmp_path
+
+
+def build(answer: int):
+    return sources.build_shared_library("tiny.cpp", ["-O1", f"-DANSWER={answer}"], "tiny")
+
+
+def test_cached_library_is_reused_and_keyed_on_flags(tiny_source):
+    first = build(42)
+    assert ctypes.CDLL(str(first)).exodus_answer() == 42
+    stamp = first.stat().st_mtime_ns
+    assert build(42) == first and first.stat().st_mtime_ns == stamp      # reused, not rebuilt
+    other = build(7)
+    assert other != first and ctypes.CDLL(str(other)).exodus_answer() == 7
+    assert sorted(p.name for p in tiny_source.iterdir()) == sorted([first.name, other.name])  # no temporaries left
+
+
+def test_library_built_for_another_cpu_is_not_reused(tiny_source, monkeypatch):
+    """-march=native builds must not travel between nodes of different CPUs sharing a home directory."""
+    here = build(1)
+    monkeypatch.setattr(sources, "cpu_id", lambda: "model name=some other CPU\nflags=sse2")
+    assert build(1) != here
+
+
+def test_cpu_id_names_this_cpu():
+    cpu = sources.cpu_id()
+    assert cpu and cpu == sources.cpu_id()
+
+
+def test_compile_error_is_a_build_error(tiny_source, monkeypatch):
+    monkeypatch.setattr(sources, "inline_source", lambda name: "this is not C++\n")
+    with pytest.raises(sources.BuildError, match="compiling tiny.cpp failed"):
+        build(0)
