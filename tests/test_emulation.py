@@ -198,6 +198,30 @@ def test_lif_kernels_match_reference(dtype, case):
     _check_lif(case, dtype)
 
 
+@pytest.mark.parametrize("skip", ["alpha", "theta", "both"])
+def test_lif_backward_without_parameter_gradients(skip):
+    """grad_alpha / grad_theta passed as null pointers (parameters not trained): the kernel skips them
+    and dL/dx, dL/dv0 and the remaining parameter gradient are unchanged, bit for bit."""
+    case = dict(MULTI_BLOCK, v_min=-0.4, norm_input=True)
+    x, alpha, theta, v0, grad_spikes, grad_v = _inputs(case, torch.float64)
+    o = _options(case)
+    _, _, h = emulate_lif_forward(x, alpha, theta, v0, o)
+    full = emulate_lif_backward(h, grad_spikes, grad_v, alpha, theta, v0, o)
+    B, T, N = h.shape
+    grad_x, grad_v0 = Guarded((B, T, N), h.dtype), Guarded((B, N), h.dtype)
+    kept = None if skip == "both" else Guarded((B, N), h.dtype)
+    grad_alpha, grad_theta = (kept, None) if skip == "theta" else (None, kept)
+    plan = launch.lif_backward_plan(h, grad_spikes, grad_v, alpha, theta, v0, grad_x.view, grad_v0.view,
+                                    grad_alpha and grad_alpha.view, grad_theta and grad_theta.view, o)
+    emulation.launch(plan, h.dtype)
+    assert torch.equal(grad_x.result("grad_x"), full[0]) and torch.equal(grad_v0.result("grad_v0"), full[1])
+    if skip == "theta":
+        assert torch.equal(grad_alpha.result("grad_alpha"), full[2])
+    if skip == "alpha":
+        assert torch.equal(grad_theta.result("grad_theta"), full[3])
+    assert bool(full[2].abs().sum() > 0) and bool(full[3].abs().sum() > 0)
+
+
 def test_cases_exercise_spikes_and_multiple_blocks():
     """The fixed multi-block example really spans blocks and produces spikes (guards the test itself)."""
     B, T, N = MULTI_BLOCK["shape"]
