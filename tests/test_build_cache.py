@@ -47,3 +47,35 @@ def test_compile_error_is_a_build_error(tiny_source, monkeypatch):
     monkeypatch.setattr(sources, "inline_source", lambda name: "this is not C++\n")
     with pytest.raises(sources.BuildError, match="compiling tiny.cpp failed"):
         build(0)
+
+
+def test_without_a_compiler_exodus_falls_back_to_torch_with_one_warning(tmp_path):
+    """No working C++ compiler: import works, the layers run on the torch reference, one RuntimeWarning."""
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import warnings, torch, exodus
+from exodus.reference import lif_ref
+warnings.simplefilter("always")
+x = torch.randn(2, 30, 4)
+with warnings.catch_warnings(record=True) as caught:
+    first = exodus.LIF(tau_mem=10.0)(x)
+    second = exodus.functional.lif(x, 0.9)[0]
+messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+assert len(messages) == 1, messages
+assert "could not be built" in messages[0] and "falls back" in messages[0], messages[0]
+assert torch.equal(first, lif_ref(x, torch.exp(torch.tensor(-0.1)), 1.0)[0])
+assert torch.equal(second, lif_ref(x, 0.9, 1.0)[0])
+try:
+    exodus.functional.lif(x, 0.9, backend="cpu")
+except ValueError as error:
+    assert "unavailable" in str(error)
+else:
+    raise AssertionError("backend='cpu' should fail without a compiler")
+print("ok")
+"""
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "EXODUS_CACHE_DIR": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr
