@@ -23,16 +23,16 @@
 EXODUS_HD acc_t surrogate_sigma(int kind, acc_t h, acc_t theta, acc_t p0, acc_t p1, acc_t p2) {
   const acc_t pi = acc_t(3.14159265358979323846);
   switch (kind) {
-    case SURROGATE_SINGLE_EXPONENTIAL: {
-      const acc_t width = theta * p0;
-      return p1 / width * EXODUS_MATH(exp)(-EXODUS_MATH(fabs)(h - theta) / width);
+    case SURROGATE_SINGLE_EXPONENTIAL: {  // one division per element: the backward's costliest op
+      const acc_t inv_width = acc_t(1) / (theta * p0);
+      return p1 * inv_width * EXODUS_MATH(exp)(-EXODUS_MATH(fabs)(h - theta) * inv_width);
     }
     case SURROGATE_PERIODIC_EXPONENTIAL: {
-      const acc_t width = theta * p0;
+      const acc_t inv_width = acc_t(1) / (theta * p0);
       const acc_t half = theta / acc_t(2);
       const acc_t dist = h < theta ? theta - h
                                    : EXODUS_MATH(fabs)(EXODUS_MATH(fmod)(h - half, theta) - half);
-      return p1 / width * EXODUS_MATH(exp)(-dist / width);
+      return p1 * inv_width * EXODUS_MATH(exp)(-dist * inv_width);
     }
     case SURROGATE_HEAVISIDE:
       return h >= theta - p0 ? acc_t(1) / theta : acc_t(0);

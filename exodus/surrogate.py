@@ -52,8 +52,8 @@ class SingleExponential(Surrogate):
         return (float(self.width), float(self.scale), 0.0)
 
     def derivative(self, h, theta):
-        width = theta * self.width
-        return self.scale / width * torch.exp(-torch.abs(h - theta) / width)
+        inv_width = 1 / (theta * self.width)
+        return self.scale * inv_width * torch.exp(-torch.abs(h - theta) * inv_width)
 
 
 @dataclass(frozen=True)
@@ -75,11 +75,11 @@ class PeriodicExponential(Surrogate):
         return (float(self.width), float(self.scale), 0.0)
 
     def derivative(self, h, theta):
-        width = theta * self.width
+        inv_width = 1 / (theta * self.width)
         half = theta / 2
         above = torch.abs(torch.fmod(h - half, theta) - half)
         dist = torch.where(h < theta, theta - h, above)
-        return self.scale / width * torch.exp(-dist / width)
+        return self.scale * inv_width * torch.exp(-dist * inv_width)
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,13 @@ from .sources import BuildError, build_shared_library
 # in the reference; -fno-trapping-math / -fno-math-errno only let the compiler vectorise
 # branches and math calls (results unchanged). libmvec gives vectorised exp (x86-64 glibc).
 _BASE_FLAGS = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno"]
-_LIBMVEC = ["-DEXODUS_LIBMVEC", "-lmvec"] if platform.machine() in ("x86_64", "AMD64") else []
+# On x86-64, full AVX-512 vectors where the CPU has them (gcc prefers 256-bit ones by default;
+# measured: forward kernel 10-35% faster on an AVX-512 Xeon; a no-op without AVX-512).
+_X86 = platform.machine() in ("x86_64", "AMD64")
+_LIBMVEC = ["-DEXODUS_LIBMVEC", "-lmvec"] if _X86 else []
+_WIDE = ["-mprefer-vector-width=512"] if _X86 else []
 _FLAG_SETS = tuple(flags for flags in (
-    [*_BASE_FLAGS, "-march=native", "-fopenmp", *_LIBMVEC],
+    [*_BASE_FLAGS, "-march=native", *_WIDE, "-fopenmp", *_LIBMVEC],
     [*_BASE_FLAGS, "-march=native", "-fopenmp"],
     [*_BASE_FLAGS, "-fopenmp"],
     _BASE_FLAGS,
