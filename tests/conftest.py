@@ -9,6 +9,8 @@ tests/ on sys.path because tests/ has no __init__.py).
 """
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -19,6 +21,11 @@ from hypothesis import strategies as st
 
 from exodus import surrogate as S
 from exodus.reference import acc_dtype
+
+# torch.compile's on-disk caches (AOT autograd, FX graphs) key a compiled backward on the forward
+# graph only: after a change to an op's backward they can hand back a stale one. The tests compile
+# into a fresh cache of their own (subprocesses inherit it).
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="exodus-tests-inductor-")
 
 # Reproducible property tests: same examples on every run, nothing read from a local database.
 settings.register_profile("exodus", deadline=None, derandomize=True, database=None, print_blob=True,
