@@ -9,7 +9,9 @@ tests/ on sys.path because tests/ has no __init__.py).
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -25,7 +27,8 @@ from exodus.reference import acc_dtype
 # torch.compile's on-disk caches (AOT autograd, FX graphs) key a compiled backward on the forward
 # graph only: after a change to an op's backward they can hand back a stale one. The tests compile
 # into a fresh cache of their own (subprocesses inherit it).
-os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="exodus-tests-inductor-")
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = _INDUCTOR_CACHE = tempfile.mkdtemp(prefix="exodus-tests-inductor-")
+atexit.register(shutil.rmtree, _INDUCTOR_CACHE, ignore_errors=True)
 
 # Reproducible property tests: same examples on every run, nothing read from a local database.
 settings.register_profile("exodus", deadline=None, derandomize=True, database=None, print_blob=True,
