@@ -24,8 +24,8 @@ def build(answer: int):
 def test_cached_library_is_reused_and_keyed_on_flags(tiny_source):
     first = build(42)
     assert ctypes.CDLL(str(first)).exodus_answer() == 42
-    stamp = first.stat().st_mtime_ns
-    assert build(42) == first and first.stat().st_mtime_ns == stamp      # reused, not rebuilt
+    inode = first.stat().st_ino
+    assert build(42) == first and first.stat().st_ino == inode           # reused, not rebuilt
     other = build(7)
     assert other != first and ctypes.CDLL(str(other)).exodus_answer() == 7
     assert sorted(p.name for p in tiny_source.iterdir()) == sorted([first.name, other.name])  # no temporaries left
@@ -79,3 +79,19 @@ print("ok")
     env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "EXODUS_CACHE_DIR": str(tmp_path / "cache")}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr
+
+
+def test_builds_unused_for_a_month_are_pruned(tiny_source):
+    import os
+    import time
+
+    old, recent = build(1), build(2)
+    month_ago = time.time() - (sources.STALE_AFTER_DAYS + 1) * 86400
+    os.utime(old, (month_ago, month_ago))
+    os.utime(recent, (time.time() - 86400, time.time() - 86400))
+    other_stem = tiny_source / "other-0123456789abcdef.so"
+    other_stem.write_bytes(b"")
+    os.utime(other_stem, (month_ago, month_ago))
+    assert build(2) == recent and recent.stat().st_mtime > time.time() - 60  # reuse marks it as used
+    new = build(3)                                                           # a build prunes stale ones
+    assert not old.exists() and recent.exists() and new.exists() and other_stem.exists()

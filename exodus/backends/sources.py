@@ -7,6 +7,7 @@ import platform
 import re
 import subprocess
 import tempfile
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -117,6 +118,7 @@ def build_shared_library(source: str, flags: list[str], stem: str) -> Path:
     key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
     target = cache_dir() / f"{stem}-{key}.so"
     if target.exists():
+        _touch(target)
         return target
     with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
         src = Path(tmp) / source.replace(".cu", ".cpp") if source.endswith(".cu") else Path(tmp) / source
@@ -127,4 +129,28 @@ def build_shared_library(source: str, flags: list[str], stem: str) -> Path:
         if result.returncode != 0:
             raise BuildError(f"compiling {source} failed:\n{' '.join(cmd)}\n{result.stderr[-4000:]}")
         os.replace(out, target)
+    _prune(stem, keep=target)
     return target
+
+
+# Builds unused for this long (other exodus versions, flags or CPUs) are removed at the next build.
+STALE_AFTER_DAYS = 30
+
+
+def _touch(path: Path) -> None:
+    """Mark a cached build as used (its modification time is its last use)."""
+    try:
+        os.utime(path)
+    except OSError:  # a read-only shared cache still works
+        pass
+
+
+def _prune(stem: str, keep: Path) -> None:
+    """Remove builds of ``stem`` not used for STALE_AFTER_DAYS (a process that has one loaded keeps it)."""
+    cutoff = time.time() - STALE_AFTER_DAYS * 86400
+    for path in cache_dir().glob(f"{stem}-*.so"):
+        try:
+            if path != keep and path.stat().st_mtime < cutoff:
+                path.unlink()
+        except OSError:
+            pass
