@@ -44,6 +44,9 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=(16, 500, 1024), metavar=("B", "T", "N"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--reps", type=int, default=12)
+    parser.add_argument("--no-frozen", action="store_true",
+                        help="skip the backward with frozen parameters (null gradient pointers): cuda/ "
+                             "versions before commit ba1109c write those gradients unconditionally")
     args = parser.parse_args()
 
     libraries = [build(args.a.resolve()), build(args.b.resolve())]
@@ -57,10 +60,12 @@ def main() -> None:
     options = launch.LifOptions(v_trace=False)
     plans = {
         "forward": launch.lif_forward_plan(x, alpha, theta, v0, spikes, v_last, h, options),
-        "backward": launch.lif_backward_plan(h, grad, None, alpha, theta, v0, grad_x, grad_v0, None, None, options),
+        "backward": launch.lif_backward_plan(  # tau, theta frozen: no parameter gradientsh, grad, None, alpha, theta, v0, grad_x, grad_v0, None, None, options),
         "backward + dalpha, dtheta": launch.lif_backward_plan(h, grad, None, alpha, theta, v0, grad_x, grad_v0,
                                                               grad_alpha, grad_theta, options),
     }
+    if args.no_frozen:
+        del plans["backward"]
     calls = {name: ctypes_args(plan.args, torch.float32) for name, plan in plans.items()}
     times: dict[tuple[str, int], list[float]] = {}
     for _ in range(args.reps):

@@ -178,11 +178,15 @@ def test_opcheck_leaky_scan(monkeypatch):
         torch.library.opcheck(torch.ops.exodus.leaky_scan.default, args)
 
 
+@pytest.mark.parametrize("trained", ["all", "none", "alpha", "theta"])
 @pytest.mark.parametrize("outputs", ["both", "spikes", "v"])
-def test_opcheck_backward_ops(monkeypatch, outputs):
-    """The backward custom ops, with the arguments autograd really passes (incl. None gradients),
-    detached: the backward ops are deliberately not differentiable (see test_gradcheck.py)."""
+def test_opcheck_backward_ops(monkeypatch, outputs, trained):
+    """The backward custom ops, with the arguments autograd really passes (incl. None gradients and
+    parameters without requires_grad), detached: the backward ops are deliberately not
+    differentiable (see test_gradcheck.py)."""
     x, alpha, theta, v0 = _inputs()
+    alpha = alpha if trained in ("all", "alpha") else alpha.detach()
+    theta = theta if trained in ("all", "theta") else theta.detach()
 
     def detached(args):
         return tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
@@ -190,13 +194,13 @@ def test_opcheck_backward_ops(monkeypatch, outputs):
     def lif_backward():
         spikes, v = F.lif(x, alpha, theta, v0, backend="cpu")
         loss = {"both": spikes.sum() + v.sum(), "spikes": spikes.sum(), "v": v.sum()}[outputs]
-        torch.autograd.grad(loss, (x, alpha, theta, v0))
+        torch.autograd.grad(loss, [t for t in (x, alpha, theta, v0) if t.requires_grad])
 
     for args in recorded_op_calls(monkeypatch, "lif_scan_backward", lif_backward):
         torch.library.opcheck(torch.ops.exodus.lif_scan_backward.default, detached(args))
 
     def leaky_backward():
-        torch.autograd.grad(F.leaky(x, alpha, v0, backend="cpu").sum(), (x, alpha, v0))
+        torch.autograd.grad(F.leaky(x, alpha, v0, backend="cpu").sum(), [t for t in (x, alpha, v0) if t.requires_grad])
 
     for args in recorded_op_calls(monkeypatch, "leaky_scan_backward", leaky_backward):
         torch.library.opcheck(torch.ops.exodus.leaky_scan_backward.default, detached(args))

@@ -303,6 +303,20 @@ def test_leaky_kernels_match_reference(dtype, B, N, T, norm_input, seed):
         assert_rel_close(actual, ref, GRAD_RTOL[dtype], name)
 
 
+def test_leaky_backward_without_alpha_gradient():
+    """exodus_leaky_backward with grad_alpha = null (alpha not trained): same dL/dx and dL/dv0."""
+    g = torch.Generator().manual_seed(5)
+    B, T, N = 2, 9, 131
+    x, grad_v = (torch.randn(B, T, N, generator=g, dtype=torch.float64) for _ in range(2))
+    alpha = 0.3 + 0.69 * torch.rand(N, generator=g, dtype=torch.float64)
+    v0 = torch.randn(B, N, generator=g, dtype=torch.float64)
+    v, grad_x_full, grad_v0_full, _ = emulate_leaky(x, alpha, v0, grad_v, True)
+    grad_x, grad_v0 = Guarded((B, T, N), x.dtype), Guarded((B, N), x.dtype)
+    emulation.launch(launch.leaky_backward_plan(v, grad_v, alpha, v0, grad_x.view, grad_v0.view, None, True), x.dtype)
+    assert torch.equal(grad_x.result("grad_x"), grad_x_full)
+    assert torch.equal(grad_v0.result("grad_v0"), grad_v0_full)
+
+
 # ----------------------------------------------------------------------------- python -m exodus.check
 
 def test_self_check_passes(capsys):

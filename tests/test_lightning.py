@@ -191,6 +191,39 @@ def test_resume_from_mid_epoch_checkpoint_gives_identical_weights(tmp_path, monk
         assert changed                                                   # training went on after the checkpoint
 
 
+@pytest.mark.parametrize("num_workers", [0, 1])
+@pytest.mark.parametrize("distributed", [False, True], ids=["own sampler", "distributed sampler"])
+def test_restored_loader_skips_the_trained_batches(num_workers, distributed):
+    """What Lightning does on a restore: load_state_dict, iter() (before the epoch is set), set_epoch,
+    then draw. The loader yields the batches of the saved epoch after the ones already trained on,
+    with worker processes too (they draw indices as soon as the loader is iterated)."""
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    from exodus.lightning.data import EpochShuffleSampler, ResumableLoader
+
+    dataset = TensorDataset(torch.arange(24))
+
+    def sampler():
+        if distributed:
+            return DistributedSampler(dataset, num_replicas=2, rank=1, shuffle=True, seed=3)
+        return EpochShuffleSampler(len(dataset), seed=3)
+
+    def epoch_batches(epoch):
+        reference = sampler()
+        reference.set_epoch(epoch)
+        return [b[0].tolist() for b in DataLoader(dataset, batch_size=3, sampler=reference)]
+
+    loader = ResumableLoader(dataset, batch_size=3, sampler=sampler(), num_workers=num_workers,
+                             persistent_workers=num_workers > 0)
+    loader.load_state_dict({"epoch": 2, "batches": 1})
+    iterator = iter(loader)
+    loader.sampler.set_epoch(2)
+    assert [b[0].tolist() for b in iterator] == epoch_batches(2)[1:]
+    assert epoch_batches(2) != epoch_batches(0)
+    loader.sampler.set_epoch(3)                       # the next epoch is whole again
+    assert [b[0].tolist() for b in loader] == epoch_batches(3)
+
+
 def test_optimizer_and_scheduler_from_the_command_line(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli = run(["fit", "--config", tiny_config(tmp_path), "--trainer.max_epochs", "1", "--optimizer", "SGD",

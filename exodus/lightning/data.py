@@ -99,22 +99,20 @@ class ResumableLoader(DataLoader):
         self._resume = (int(state["epoch"]), int(batches))
 
     def __iter__(self):
+        # A generator: its body runs at the first next(). Lightning calls iter() on the loader
+        # before it sets the sampler's epoch when it restores a checkpoint, and a DataLoader with
+        # workers draws its first indices as soon as it is iterated, so nothing may be drawn here.
         resume, self._resume = self._resume, None
-        if resume is None or resume[1] <= 0:
-            return super().__iter__()
-        epoch, batches = resume
-        if isinstance(self.sampler, EpochShuffleSampler):
-            self.sampler.resume_at(epoch, batches * self.batch_size)  # the sampler checks the epoch when drawn
-            return super().__iter__()
-        return self._skip_batches(epoch, batches)
+        return self._batches(resume)
 
-    def _skip_batches(self, epoch: int, batches: int):
-        # A generator: this runs at the first next(), after Lightning has set the epoch of the
-        # sampler (it calls iter() on the loader before set_epoch when it restores a checkpoint).
-        iterator = super().__iter__()
-        if epoch == self._epoch():
-            iterator = itertools.islice(iterator, batches, None)
-        yield from iterator
+    def _batches(self, resume: Optional[tuple[int, int]]):
+        if resume is None or resume[1] <= 0 or resume[0] != self._epoch():
+            yield from super().__iter__()
+        elif isinstance(self.sampler, EpochShuffleSampler):
+            self.sampler.resume_at(resume[0], resume[1] * self.batch_size)  # nothing loaded twice
+            yield from super().__iter__()
+        else:  # e.g. Lightning's DistributedSamplerWrapper under DDP: skip this rank's first batches
+            yield from itertools.islice(super().__iter__(), resume[1], None)
 
 
 def require_files(paths: Iterable[str], what: str, how_to_fix: str) -> None:
