@@ -60,7 +60,8 @@ def main() -> None:
     options = launch.LifOptions(v_trace=False)
     plans = {
         "forward": launch.lif_forward_plan(x, alpha, theta, v0, spikes, v_last, h, options),
-        "backward": launch.lif_backward_plan(  # tau, theta frozen: no parameter gradientsh, grad, None, alpha, theta, v0, grad_x, grad_v0, None, None, options),
+        # tau and theta frozen: no parameter gradients (null pointers)
+        "backward": launch.lif_backward_plan(h, grad, None, alpha, theta, v0, grad_x, grad_v0, None, None, options),
         "backward + dalpha, dtheta": launch.lif_backward_plan(h, grad, None, alpha, theta, v0, grad_x, grad_v0,
                                                               grad_alpha, grad_theta, options),
     }
