@@ -28,10 +28,9 @@ EXODUS_HD acc_t surrogate_sigma(int kind, acc_t h, acc_t theta, acc_t p0, acc_t 
       return p1 * inv_width * EXODUS_MATH(exp)(-EXODUS_MATH(fabs)(h - theta) * inv_width);
     }
     case SURROGATE_PERIODIC_EXPONENTIAL: {
+      // Distance to the nearest level k theta, k >= 1; rint (not fmod) so that the CPU loops vectorise.
       const acc_t inv_width = acc_t(1) / (theta * p0);
-      const acc_t half = theta / acc_t(2);
-      const acc_t dist = h < theta ? theta - h
-                                   : EXODUS_MATH(fabs)(EXODUS_MATH(fmod)(h - half, theta) - half);
+      const acc_t dist = h < theta ? theta - h : EXODUS_MATH(fabs)(h - theta * EXODUS_MATH(nearbyint)(h / theta));
       return p1 * inv_width * EXODUS_MATH(exp)(-dist * inv_width);
     }
     case SURROGATE_HEAVISIDE:

@@ -76,8 +76,7 @@ class PeriodicExponential(Surrogate):
 
     def derivative(self, h, theta):
         inv_width = 1 / (theta * self.width)
-        half = theta / 2
-        above = torch.abs(torch.fmod(h - half, theta) - half)
+        above = torch.abs(h - theta * torch.round(h / theta))  # round half to even, like the kernels' rint
         dist = torch.where(h < theta, theta - h, above)
         return self.scale * inv_width * torch.exp(-dist * inv_width)
 
