@@ -209,9 +209,12 @@ def lif_scan_backward(grad_spikes: Optional[Tensor], grad_v: Optional[Tensor], h
     if B * N > 0:
         plan = launch.lif_backward_plan(h, gs, gv, alpha, theta, v0, grad_x, grad_v0, grad_alpha, grad_theta, o)
         _launch(plan, backend, storage, acc, h.device)
-    no_grad = torch.zeros((N,), dtype=acc, device=h.device)
-    return (grad_x.to(out_dtype), grad_v0, no_grad if grad_alpha is None else grad_alpha.sum(0),
-            no_grad.clone() if grad_theta is None else grad_theta.sum(0))
+    return grad_x.to(out_dtype), grad_v0, _batch_sum(grad_alpha, N, acc, h.device), _batch_sum(grad_theta, N, acc, h.device)
+
+
+def _batch_sum(partials: Optional[Tensor], n: int, acc: torch.dtype, device: torch.device) -> Tensor:
+    """Per-neuron parameter gradient from its (B, N) partials; zeros (N,) when it was not computed."""
+    return partials.sum(0) if partials is not None else torch.zeros((n,), dtype=acc, device=device)
 
 
 @lif_scan_backward.register_fake
@@ -271,8 +274,7 @@ def leaky_scan_backward(grad_v: Tensor, v: Tensor, alpha: Tensor, v0: Tensor, ne
     if B * N > 0 and v.shape[1] > 0:
         plan = launch.leaky_backward_plan(vs, gv, alpha, v0, grad_x, grad_v0, grad_alpha, norm_input)
         _launch(plan, backend, vs.dtype, acc, v.device)
-    grad_alpha = torch.zeros((N,), dtype=acc, device=v.device) if grad_alpha is None else grad_alpha.sum(0)
-    return grad_x.to(grad_v.dtype), grad_v0, grad_alpha
+    return grad_x.to(grad_v.dtype), grad_v0, _batch_sum(grad_alpha, N, acc, v.device)
 
 
 @leaky_scan_backward.register_fake
