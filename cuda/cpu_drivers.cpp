@@ -7,116 +7,11 @@
 // option branches. Tiles are spread over `num_threads` OpenMP threads.
 //
 // Compiled by exodus/backends/cpu.py with -DEXODUS_SCALAR=<float|double>.
-#include <cmath>
-#if defined(EXODUS_LIBMVEC)
-// Let the vectoriser call glibc's vector math (libmvec) for the surrogates' exp; results
-// differ from scalar exp by at most a few ulp (backward pass only, see docs/math.md).
-extern "C" {
-__attribute__((simd("notinbranch"))) float expf(float) noexcept;
-__attribute__((simd("notinbranch"))) double exp(double) noexcept;
-}
-#endif
+#include "cpu_common.h"
 #include "neuron.cuh"
 
-#include <algorithm>
-#include <cstdint>
-#include <type_traits>
-#include <vector>
-#if defined(__SSE2__)
-#include <immintrin.h>
-#endif
-
 namespace {
-
-// ---- streaming stores -------------------------------------------------------------------
-// Outputs much larger than the caches are written with non-temporal stores: the cache lines
-// are not read from memory first (no read-for-ownership) and do not evict the inputs. Measured
-// on an AVX-512 Xeon: a forward-like loop writing two 32 MiB streams ran 1.9x faster. Below
-// kStreamingBytes per output the rows are written in place (they are read again while cached).
-constexpr index_t kStreamingBytes = index_t(16) << 20;
-
-bool use_streaming(index_t elements, size_t element_bytes) {
-#if defined(__SSE2__)
-  return elements * index_t(element_bytes) >= kStreamingBytes;
-#else
-  (void)elements; (void)element_bytes;
-  return false;
-#endif
-}
-
-#if defined(__AVX512F__)
-constexpr uintptr_t kStreamAlign = 64;
-inline void stream_vector(float* dst, const float* src) { _mm512_stream_ps(dst, _mm512_loadu_ps(src)); }
-inline void stream_vector(double* dst, const double* src) { _mm512_stream_pd(dst, _mm512_loadu_pd(src)); }
-#elif defined(__AVX__)
-constexpr uintptr_t kStreamAlign = 32;
-inline void stream_vector(float* dst, const float* src) { _mm256_stream_ps(dst, _mm256_loadu_ps(src)); }
-inline void stream_vector(double* dst, const double* src) { _mm256_stream_pd(dst, _mm256_loadu_pd(src)); }
-#elif defined(__SSE2__)
-constexpr uintptr_t kStreamAlign = 16;
-inline void stream_vector(float* dst, const float* src) { _mm_stream_ps(dst, _mm_loadu_ps(src)); }
-inline void stream_vector(double* dst, const double* src) { _mm_stream_pd(dst, _mm_loadu_pd(src)); }
-#endif
-
-// dst[0, len) = src[0, len): non-temporal stores for the aligned middle, plain ones at the edges.
-template <typename T>
-void stream_row(T* dst, const T* src, index_t len) {
-  index_t k = 0;
-#if defined(__SSE2__)
-  constexpr index_t width = index_t(kStreamAlign / sizeof(T));
-  for (; k < len && reinterpret_cast<uintptr_t>(dst + k) % kStreamAlign != 0; ++k) dst[k] = src[k];
-  for (; k + width <= len; k += width) stream_vector(dst + k, src + k);
-#endif
-  for (; k < len; ++k) dst[k] = src[k];
-}
-
-// Non-temporal stores are weakly ordered: fence them before the work item ends.
-inline void stream_fence() {
-#if defined(__SSE2__)
-  _mm_sfence();
-#endif
-}
-
-// Where one output row of a time step goes: straight to the tensor, or (streaming) to a small
-// buffer that stays in L1 and is then streamed out.
-template <typename T>
-struct RowSink {
-  bool streaming;
-  std::vector<T> buffer;
-  RowSink(bool streaming_, index_t len) : streaming(streaming_), buffer(streaming_ ? len : 0) {}
-  T* row(T* out) { return streaming ? buffer.data() : out; }
-  void flush(T* out, index_t len) {
-    if (streaming) stream_row(out, buffer.data(), len);
-  }
-};
-
-template <typename F>
-void with_bool(bool value, F&& f) {
-  if (value) f(std::true_type{}); else f(std::false_type{});
-}
-
-// Splits the (batch, neuron) plane into work items of whole batch rows when there are
-// enough rows (then every time step reads and writes one contiguous row, a purely
-// sequential stream), else into neuron tiles so that every thread has work.
-// body(b, n0, len) runs the whole time loop for neurons [n0, n0 + len) of batch b.
-// Below this many neuron-steps a parallel region costs more than it saves.
-constexpr index_t kMinParallelWork = 1 << 15;
-
-template <typename Body>
-void for_each_tile(index_t B, index_t T, index_t N, int num_threads, Body body) {
-  if (num_threads < 1 || B * T * N < kMinParallelWork) num_threads = 1;
-  index_t tiles_per_row = B >= 2 * num_threads ? 1 : (2 * num_threads + B - 1) / std::max<index_t>(B, 1);
-  tiles_per_row = std::max<index_t>(1, std::min(tiles_per_row, (N + 15) / 16));
-  const index_t tile = ((N + tiles_per_row - 1) / tiles_per_row + 15) / 16 * 16;
-  tiles_per_row = (N + tile - 1) / tile;
-  const index_t items = B * tiles_per_row;
-#pragma omp parallel for schedule(static) num_threads(num_threads) if (items > 1 && num_threads > 1)
-  for (index_t item = 0; item < items; ++item) {
-    const index_t b = item / tiles_per_row;
-    const index_t n0 = (item - b * tiles_per_row) * tile;
-    body(b, n0, std::min(tile, N - n0));
-  }
-}
+using namespace exodus_cpu;
 
 // The option fields the inner loops branch on, as compile-time constants: `apply`
 // overwrites them in a config, so after inlining the branches fold away.
@@ -209,13 +104,6 @@ struct BackwardSpecialised {
   }
 };
 
-template <int KIND, typename F>
-void with_kind_from(int kind, F&& f) {
-  if constexpr (KIND <= SURROGATE_ATAN) {
-    if (kind == KIND) f(std::integral_constant<int, KIND>{});
-    else with_kind_from<KIND + 1>(kind, f);
-  }
-}
 
 template <typename F>
 void dispatch_backward(const LifConfig& c, F&& f) {

@@ -7,6 +7,7 @@
 // The launch plan (names, grid, block, argument list) is built by
 // exodus/backends/launch.py, shared by the cupy backend and the host emulation.
 #include "neuron.cuh"
+#include "adaptive.cuh"
 
 #define EXODUS_THREAD_INDEX ((index_t)blockIdx.x * (index_t)blockDim.x + (index_t)threadIdx.x)
 
@@ -98,4 +99,103 @@ extern "C" __global__ void exodus_leaky_backward(
   }
   grad_v0[tid] = a_n * lambda;
   if (grad_alpha) grad_alpha[tid] = g_alpha;  // may be null, as in exodus_lif_backward
+}
+
+// ---- two-state adaptive neuron (adaptive.cuh), optionally recurrent --------------------------
+// Both drivers run the steps [t_begin, t_end) of a (B, T, N) sequence and keep the per-neuron
+// state in (B, N) buffers, read at the start and written at the end: a feed-forward layer is one
+// launch over [0, T); a recurrent layer (DESIGN §5) is one launch per step, the (B, N) x (N, N)
+// product M a_{t-1} (forward) or c H_{t+1} M (backward) computed between launches (cuBLAS via
+// torch) and passed in `rec` / `grad_rec` (null: no recurrent term).
+// params: (7, N) packed as AdaptiveParam. With adaptive = 0, w is never read or written (its
+// pointers may be null) and the neuron is the LIF of neuron.cuh.
+// Outputs: spikes (B, T, N); v_out / w_out the state traces (B, T, N) or null; h_save and
+// w_save (B, T, N) the two elements per neuron-step saved for the backward (w_save null when
+// not adaptive).
+extern "C" __global__ void exodus_adaptive_forward(
+    const scalar_t* __restrict__ x, const acc_t* __restrict__ rec, const acc_t* __restrict__ params,
+    acc_t* __restrict__ v_state, acc_t* __restrict__ w_state, scalar_t* __restrict__ spikes,
+    scalar_t* __restrict__ v_out, scalar_t* __restrict__ w_out, acc_t* __restrict__ h_save,
+    acc_t* __restrict__ w_save, index_t B, index_t T, index_t N, index_t t_begin, index_t t_end, int reset,
+    int max_spikes, int has_vmin, acc_t v_min, int norm_input, int adaptive) {
+  const index_t tid = EXODUS_THREAD_INDEX;
+  if (tid >= B * N) return;
+  const index_t b = tid / N, n = tid - b * N;
+  LifConfig c = {reset, max_spikes, has_vmin, norm_input, v_min, 0, 0, acc_t(1), acc_t(0), acc_t(0), acc_t(0)};
+  const AdaptiveParams p = load_adaptive_params(params, N, n);
+  const acc_t extra = rec ? rec[tid] : acc_t(0);
+  acc_t v = v_state[tid], w = adaptive ? w_state[tid] : acc_t(0);
+  index_t i = b * T * N + t_begin * N + n;
+  for (index_t t = t_begin; t < t_end; ++t, i += N) {
+    acc_t s;
+    const acc_t input = rec ? to_acc(x[i]) + extra : to_acc(x[i]);
+    h_save[i] = adaptive_forward_step(c, adaptive != 0, input, p, v, w, s);
+    spikes[i] = from_acc(s);
+    if (v_out) v_out[i] = from_acc(v);
+    if (adaptive) {
+      w_save[i] = w;
+      if (w_out) w_out[i] = from_acc(w);
+    }
+  }
+  v_state[tid] = v;
+  if (adaptive) w_state[tid] = w;
+}
+
+// Reverse steps t_end - 1 down to t_begin. carry_v / carry_w (B, N): the carries of
+// adaptive.cuh, read at the start and written at the end (dL/dv0, dL/dw0 after step 0);
+// the gradient of the final state enters as their initial value. grad_spikes / grad_v /
+// grad_w: (B, T, N) or null. grad_params: (7, B, N) partials, accumulated (+=), or null (then
+// v_{t-1} is not recomputed). spikes_out: the recomputed a_t (B, T, N) or null.
+extern "C" __global__ void exodus_adaptive_backward(
+    const acc_t* __restrict__ h_save, const acc_t* __restrict__ w_save, const scalar_t* __restrict__ grad_spikes,
+    const scalar_t* __restrict__ grad_v, const scalar_t* __restrict__ grad_w, const acc_t* __restrict__ grad_rec,
+    const acc_t* __restrict__ params, const acc_t* __restrict__ v0, const acc_t* __restrict__ w0,
+    scalar_t* __restrict__ grad_x, scalar_t* __restrict__ spikes_out, acc_t* __restrict__ carry_v,
+    acc_t* __restrict__ carry_w, acc_t* __restrict__ grad_params, index_t B, index_t T, index_t N,
+    index_t t_begin, index_t t_end, int reset, int max_spikes, int has_vmin, acc_t v_min, int norm_input,
+    int adaptive, int gradient, int surrogate, acc_t grad_scale, acc_t p0, acc_t p1, acc_t p2) {
+  const index_t tid = EXODUS_THREAD_INDEX;
+  if (tid >= B * N) return;
+  const index_t b = tid / N, n = tid - b * N;
+  LifConfig c = {reset, max_spikes, has_vmin, norm_input, v_min, gradient, surrogate, grad_scale, p0, p1, p2};
+  const AdaptiveParams p = load_adaptive_params(params, N, n);
+  const bool adapt = adaptive != 0;
+  const acc_t extra = grad_rec ? grad_rec[tid] : acc_t(0);
+  AdaptiveGrads g;
+  acc_t cv = carry_v[tid], cw = adapt ? carry_w[tid] : acc_t(0);
+  const index_t row0 = b * T * N + n;
+  for (index_t t = t_end - 1; t >= t_begin; --t) {
+    const index_t i = row0 + t * N;
+    const acc_t w_prev = !adapt ? acc_t(0) : t > 0 ? w_save[i - N] : w0[tid];
+    acc_t v_prev = acc_t(0);
+    if (grad_params) {
+      if (t > 0) {
+        const acc_t w_prev2 = !adapt ? acc_t(0) : t > 1 ? w_save[i - 2 * N] : w0[tid];
+        v_prev = membrane_from_h(c, h_save[i - N], adaptive_threshold(p, w_prev2, adapt));
+      } else {
+        v_prev = v0[tid];
+      }
+    }
+    acc_t ga = grad_spikes ? to_acc(grad_spikes[i]) : acc_t(0);
+    ga += extra;
+    const acc_t gv = grad_v ? to_acc(grad_v[i]) : acc_t(0);
+    const acc_t gw = grad_w ? to_acc(grad_w[i]) : acc_t(0);
+    acc_t s;
+    const acc_t H = adaptive_backward_step(c, adapt, h_save[i], v_prev, w_prev, ga, gv, gw, p, cv, cw, s,
+                                           grad_params ? &g : nullptr);
+    grad_x[i] = from_acc(c.norm_input ? (acc_t(1) - p.alpha) * H : H);
+    if (spikes_out) spikes_out[i] = from_acc(s);
+  }
+  carry_v[tid] = cv;
+  if (adapt) carry_w[tid] = cw;
+  if (grad_params) {
+    const index_t BN = B * N;
+    grad_params[P_ALPHA * BN + tid] += g.alpha;
+    grad_params[P_THETA * BN + tid] += g.theta;
+    grad_params[P_RHO * BN + tid] += g.rho;
+    grad_params[P_BETA * BN + tid] += g.beta;
+    grad_params[P_GAMMA * BN + tid] += g.gamma;
+    grad_params[P_ZETA * BN + tid] += g.zeta;
+    grad_params[P_ETA * BN + tid] += g.eta;
+  }
 }

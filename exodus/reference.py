@@ -105,3 +105,71 @@ def leaky_ref(x: torch.Tensor, alpha, v0: Optional[torch.Tensor] = None, *, norm
     if not trace:
         return x * 0
     return torch.stack(trace, 1).to(x.dtype)
+
+
+def adaptive_lif_ref(
+    x: torch.Tensor,
+    alpha,
+    theta,
+    rho=0.0,
+    beta=0.0,
+    gamma=0.0,
+    zeta=0.0,
+    eta=0.0,
+    v0: Optional[torch.Tensor] = None,
+    w0: Optional[torch.Tensor] = None,
+    *,
+    weight_rec: Optional[torch.Tensor] = None,
+    a0: Optional[torch.Tensor] = None,
+    reset: str = "subtract",
+    v_min: Optional[float] = None,
+    max_spikes_per_bin: Optional[int] = 1,
+    surrogate: Optional[Surrogate] = None,
+    norm_input: bool = False,
+    gradient: str = "exodus",
+    grad_scale: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two-state adaptive neuron (DESIGN.md §4), optionally recurrent (§5). Returns (spikes, v, w),
+    each (batch, time, *features), v post-reset.
+
+    theta_t = theta + beta w_{t-1};  u_t = c (x_t + M a_{t-1} - gamma w_{t-1}), c = 1 - alpha with
+    norm_input, else 1;  h_t = alpha v_{t-1} + u_t;  spike and reset as lif_ref at theta_t;
+    w_t = rho w_{t-1} + zeta h_t + eta a_t. weight_rec M: (N, N) with features (N,); a0: spikes
+    before the first step, (batch, N), default 0.
+    """
+    acc = acc_dtype(x.dtype)
+    xs = x.to(acc)
+
+    def param(value):
+        return torch.as_tensor(value, dtype=acc, device=x.device)
+
+    alpha, theta, rho, beta, gamma, zeta, eta = map(param, (alpha, theta, rho, beta, gamma, zeta, eta))
+    state = (xs.shape[0], *xs.shape[2:])
+    v = xs.new_zeros(state) if v0 is None else v0.to(acc).expand(state)
+    w = xs.new_zeros(state) if w0 is None else w0.to(acc).expand(state)
+    a = xs.new_zeros(state) if a0 is None else a0.to(acc).expand(state)
+    detach = gradient == "slayer"
+    scale = grad_scale if detach else 1.0
+    spikes, v_trace, w_trace = [], [], []
+    for x_t in xs.unbind(1):
+        if weight_rec is not None:
+            x_t = x_t + a @ weight_rec.to(acc).t()
+        theta_t = theta + beta * w
+        drive = x_t - gamma * w
+        u = (1 - alpha) * drive if norm_input else drive
+        h = alpha * v + u
+        a = spike_ref(h, theta_t, max_spikes_per_bin, surrogate, scale)
+        if reset == "subtract":
+            r = h - theta_t * (a.detach() if detach else a)
+        else:
+            fired = spike_ref(h, theta_t, 1, surrogate, scale)
+            r = h * (1 - (fired.detach() if detach else fired))
+        v = r if v_min is None else torch.where(r <= v_min, torch.full_like(r, v_min), r)
+        w = rho * w + zeta * h + eta * a
+        spikes.append(a)
+        v_trace.append(v)
+        w_trace.append(w)
+    if not spikes:
+        return x * 0, x * 0, x * 0
+    return (torch.stack(spikes, 1).to(x.dtype), torch.stack(v_trace, 1).to(x.dtype),
+            torch.stack(w_trace, 1).to(x.dtype))

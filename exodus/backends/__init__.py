@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from . import cpu, cupy
+from . import cpu, cupy, emulation
 
 BACKENDS = ("auto", "cupy", "cpu", "torch")
 
@@ -47,3 +47,18 @@ def resolve(name: str, device: torch.device) -> str:
             return "cpu"
         cpu.warn_unavailable()
     return "torch"
+
+
+def bind(plan, backend: str, storage_dtype: torch.dtype, acc: torch.dtype, device: torch.device):
+    """A ranged launch plan (``plan.time_range`` set) bound to a backend: returns
+    ``run(t_begin, t_end)``, which runs the driver over steps [t_begin, t_end). "emulation"
+    runs the GPU drivers on the CPU (tests, ``python -m exodus.check``)."""
+    if plan.time_range is None:
+        raise ValueError(f"{plan.kernel} runs whole sequences; it has no time range to bind")
+    if backend == "cpu":
+        return cpu.bind(plan, acc)
+    if backend == "cupy":
+        return cupy.bind(plan, device, storage_dtype, acc)
+    if backend == "emulation":
+        return emulation.bind(plan, acc)
+    raise ValueError(f"the fused ops run on backend 'cpu' or 'cupy', not {backend!r}")

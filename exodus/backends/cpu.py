@@ -34,32 +34,44 @@ _FLAG_SETS = tuple(flags for flags in (
     _BASE_FLAGS,
 ) if flags)
 _DTYPES = {torch.float32: "float", torch.float64: "double"}
-_libraries: dict[torch.dtype, ctypes.CDLL] = {}
+_libraries: dict[tuple[str, torch.dtype], ctypes.CDLL] = {}
 _lock = threading.Lock()
 _error: str | None = None
 _warned = False
 
 
-def _load(acc: torch.dtype) -> ctypes.CDLL:
+# Driver source of each kernel family (one shared library per source and dtype, built at first use).
+_SOURCES = {"exodus_adaptive_": "cpu_adaptive.cpp"}
+_DEFAULT_SOURCE = "cpu_drivers.cpp"
+
+
+def _source_of(kernel: str) -> str:
+    return next((src for prefix, src in _SOURCES.items() if kernel.startswith(prefix)), _DEFAULT_SOURCE)
+
+
+def _load(acc: torch.dtype, source: str = _DEFAULT_SOURCE) -> ctypes.CDLL:
     global _error
     with _lock:
-        if acc in _libraries:
-            return _libraries[acc]
+        key = (source, acc)
+        if key in _libraries:
+            return _libraries[key]
         if _error is not None:
             raise BuildError(_error)
         c_type = _DTYPES[acc]
+        stem = "cpu" if source == _DEFAULT_SOURCE else "cpu-" + source.removeprefix("cpu_").removesuffix(".cpp")
         errors = []
         for flags in _FLAG_SETS:
             try:
                 path = build_shared_library(
-                    "cpu_drivers.cpp", [*flags, f"-DEXODUS_SCALAR={c_type}", f"-DEXODUS_ACC={c_type}"],
-                    f"cpu-{c_type}")
-                _libraries[acc] = ctypes.CDLL(str(path))
-                return _libraries[acc]
+                    source, [*flags, f"-DEXODUS_SCALAR={c_type}", f"-DEXODUS_ACC={c_type}"], f"{stem}-{c_type}")
+                _libraries[key] = ctypes.CDLL(str(path))
+                return _libraries[key]
             except (BuildError, OSError) as error:
                 errors.append(str(error))
-        _error = "the exodus CPU kernels could not be built:\n" + "\n".join(errors)
-        raise BuildError(_error)
+        message = f"the exodus CPU kernels ({source}) could not be built:\n" + "\n".join(errors)
+        if source == _DEFAULT_SOURCE:
+            _error = message
+        raise BuildError(message)
 
 
 def available() -> bool:
@@ -79,7 +91,24 @@ def warn_unavailable() -> None:
                       stacklevel=3)
 
 
+def _function(plan: LaunchPlan, acc: torch.dtype):
+    return getattr(_load(acc, _source_of(plan.kernel)), plan.kernel.replace("exodus_", "exodus_cpu_", 1))
+
+
 def run(plan: LaunchPlan, acc: torch.dtype) -> None:
     """Run a launch plan's kernel through its CPU driver (`exodus_cpu_*`)."""
-    function = getattr(_load(acc), plan.kernel.replace("exodus_", "exodus_cpu_", 1))
-    function(*ctypes_args(plan.args, acc), ctypes.c_int(torch.get_num_threads()))
+    _function(plan, acc)(*ctypes_args(plan.args, acc), ctypes.c_int(torch.get_num_threads()))
+
+
+def bind(plan: LaunchPlan, acc: torch.dtype):
+    """``run(t_begin, t_end)`` for a ranged plan: the ctypes arguments are built once and only the
+    range changes between calls (a recurrent layer calls it once per time step)."""
+    function = _function(plan, acc)
+    args = [*ctypes_args(plan.args, acc), ctypes.c_int(torch.get_num_threads())]
+    begin, end = plan.time_range
+
+    def run_range(t_begin: int, t_end: int) -> None:
+        args[begin].value, args[end].value = t_begin, t_end
+        function(*args)
+
+    return run_range

@@ -70,3 +70,21 @@ def run(plan: LaunchPlan, device: torch.device, dtype: torch.dtype, acc: torch.d
         stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
         with stream:
             kernel(plan.grid, plan.block, _cupy_args(plan, acc))
+
+
+def bind(plan: LaunchPlan, device: torch.device, dtype: torch.dtype, acc: torch.dtype):
+    """``run(t_begin, t_end)`` for a ranged plan (see exodus.backends.bind)."""
+    import cupy
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    kernel = _module(index, dtype).get_function(plan.kernel)
+    args = list(_cupy_args(plan, acc))
+    begin, end = plan.time_range
+
+    def run_range(t_begin: int, t_end: int) -> None:
+        args[begin], args[end] = np.int64(t_begin), np.int64(t_end)
+        with cupy.cuda.Device(index):
+            stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
+            with stream:
+                kernel(plan.grid, plan.block, tuple(args))
+
+    return run_range

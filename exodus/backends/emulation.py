@@ -33,3 +33,17 @@ def launch(plan: LaunchPlan, acc: torch.dtype) -> None:
     values = ctypes_args(plan.args, acc)
     params = (ctypes.c_void_p * len(values))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
     getattr(_load(acc), f"emulate_{plan.kernel}")(ctypes.c_uint(plan.grid[0]), ctypes.c_uint(plan.block[0]), params)
+
+
+def bind(plan: LaunchPlan, acc: torch.dtype):
+    """``run(t_begin, t_end)`` for a ranged plan (see exodus.backends.bind)."""
+    values = ctypes_args(plan.args, acc)
+    params = (ctypes.c_void_p * len(values))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
+    function = getattr(_load(acc), f"emulate_{plan.kernel}")
+    begin, end = plan.time_range
+
+    def run_range(t_begin: int, t_end: int) -> None:
+        values[begin].value, values[end].value = t_begin, t_end
+        function(ctypes.c_uint(plan.grid[0]), ctypes.c_uint(plan.block[0]), params)
+
+    return run_range

@@ -39,6 +39,9 @@ class LaunchPlan:
     grid: tuple[int, int, int]
     block: tuple[int, int, int]
     args: list[tuple[str, Any]]
+    # Positions of the (t_begin, t_end) arguments in `args` for drivers that run a range of
+    # steps (exodus.backends.bind re-launches them step by step); None for whole-sequence drivers.
+    time_range: Optional[tuple[int, int]] = None
 
 
 def _plan(kernel: str, threads: int, args: list[tuple[str, Any]]) -> LaunchPlan:
@@ -86,4 +89,45 @@ def leaky_backward_plan(v, grad_v, alpha, v0, grad_x, grad_v0, grad_alpha, norm_
     return _plan("exodus_leaky_backward", B * N, [
         ("ptr", v), ("ptr", grad_v), ("ptr", alpha), ("ptr", v0), ("ptr", grad_x), ("ptr", grad_v0),
         ("ptr", grad_alpha), *_dims(v), ("i32", int(norm_input)),
+    ])
+
+
+def _ranged(kernel: str, threads: int, args: list[tuple[str, Any]]) -> LaunchPlan:
+    """A plan for a driver with a (t_begin, t_end) argument pair, initially the whole sequence."""
+    names = [value for kind, value in args if kind == "name"]
+    assert names == ["t_begin", "t_end"], names
+    begin = next(i for i, (kind, value) in enumerate(args) if kind == "name" and value == "t_begin")
+    T = args[begin - 2][1]
+    args = [*args[:begin], ("i64", 0), ("i64", T), *args[begin + 2:]]
+    plan = _plan(kernel, threads, args)
+    plan.time_range = (begin, begin + 1)
+    return plan
+
+
+def adaptive_forward_plan(x, rec, params, v_state, w_state, spikes, v_out, w_out, h_save, w_save,
+                          o: LifOptions, adaptive: bool) -> LaunchPlan:
+    """exodus_adaptive_forward (cuda/kernels.cu): x (B, T, N); rec (B, N) or None; params (7, N);
+    v_state / w_state (B, N) in/out; spikes, v_out, w_out, h_save, w_save (B, T, N) (traces may be None)."""
+    B, _, N = x.shape
+    return _ranged("exodus_adaptive_forward", B * N, [
+        ("ptr", x), ("ptr", rec), ("ptr", params), ("ptr", v_state), ("ptr", w_state), ("ptr", spikes),
+        ("ptr", v_out), ("ptr", w_out), ("ptr", h_save), ("ptr", w_save), *_dims(x),
+        ("name", "t_begin"), ("name", "t_end"),
+        ("i32", o.reset), ("i32", o.max_spikes), ("i32", int(o.has_vmin)), ("acc", o.v_min),
+        ("i32", int(o.norm_input)), ("i32", int(adaptive)),
+    ])
+
+
+def adaptive_backward_plan(h_save, w_save, grad_spikes, grad_v, grad_w, grad_rec, params, v0, w0, grad_x,
+                           spikes_out, carry_v, carry_w, grad_params, o: LifOptions, adaptive: bool) -> LaunchPlan:
+    """exodus_adaptive_backward (cuda/kernels.cu); shapes as in the kernel's comment."""
+    B, _, N = h_save.shape
+    p0, p1, p2 = o.surrogate_params
+    return _ranged("exodus_adaptive_backward", B * N, [
+        ("ptr", h_save), ("ptr", w_save), ("ptr", grad_spikes), ("ptr", grad_v), ("ptr", grad_w), ("ptr", grad_rec),
+        ("ptr", params), ("ptr", v0), ("ptr", w0), ("ptr", grad_x), ("ptr", spikes_out), ("ptr", carry_v),
+        ("ptr", carry_w), ("ptr", grad_params), *_dims(h_save), ("name", "t_begin"), ("name", "t_end"),
+        ("i32", o.reset), ("i32", o.max_spikes), ("i32", int(o.has_vmin)), ("acc", o.v_min),
+        ("i32", int(o.norm_input)), ("i32", int(adaptive)), ("i32", o.gradient), ("i32", o.surrogate),
+        ("acc", o.grad_scale), ("acc", p0), ("acc", p1), ("acc", p2),
     ])

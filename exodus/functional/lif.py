@@ -27,10 +27,10 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from . import backends, reference
-from .backends import launch
-from .reference import acc_dtype
-from .surrogate import SingleExponential, Surrogate
+from .. import backends, reference
+from ..backends import launch
+from ..reference import acc_dtype
+from ..surrogate import SingleExponential, Surrogate
 
 __all__ = ["lif", "leaky", "lif_ref", "leaky_ref", "RESETS", "GRADIENTS"]
 

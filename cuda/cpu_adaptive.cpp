@@ -1,0 +1,198 @@
+// exodus — CPU drivers over the step functions of adaptive.cuh (ALIF / adLIF, recurrent LIF).
+//
+// Same contract as exodus_adaptive_forward / exodus_adaptive_backward in kernels.cu (same
+// parameter order, plus a thread count): steps [t_begin, t_end) of a (B, T, N) sequence, the
+// per-neuron state in (B, N) buffers read at the start and written at the end, so a recurrent
+// layer calls them once per step with the recurrent term in `rec` / `grad_rec`.
+// Time-outer, neurons-inner over (batch, neuron-tile) work items as in cpu_drivers.cpp; the
+// options that decide the inner loop's work are template parameters.
+//
+// Compiled by exodus/backends/cpu.py with -DEXODUS_SCALAR=<float|double>.
+#include "cpu_common.h"
+#include "adaptive.cuh"
+
+namespace {
+using namespace exodus_cpu;
+
+template <bool SUBTRACT, bool SINGLE, bool VMIN, bool NORM, bool ADAPT>
+struct ForwardSpecialised {
+  static constexpr bool adaptive = ADAPT;
+  static LifConfig apply(LifConfig c) {
+    c.reset = SUBTRACT ? RESET_SUBTRACT : RESET_ZERO;
+    if (SINGLE) c.max_spikes = 1;
+    c.has_vmin = VMIN;
+    c.norm_input = NORM;
+    return c;
+  }
+};
+
+template <typename F>
+void dispatch_forward(const LifConfig& c, bool adaptive, F&& f) {
+  with_bool(c.reset == RESET_SUBTRACT, [&](auto subtract) {
+    with_bool(c.max_spikes == 1, [&](auto single) {
+      with_bool(c.has_vmin != 0, [&](auto vmin) {
+        with_bool(c.norm_input != 0, [&](auto norm) {
+          with_bool(adaptive, [&](auto adapt) {
+            f(ForwardSpecialised<decltype(subtract)::value, decltype(single)::value, decltype(vmin)::value,
+                                 decltype(norm)::value, decltype(adapt)::value>{});
+          });
+        });
+      });
+    });
+  });
+}
+
+// The backward specialises on surrogate kind, gradient mode, reset and adaptation (48 variants);
+// spike mode, v_min and norm_input stay runtime values (selects in the vectorised loop).
+template <int KIND, bool SLAYER, bool SUBTRACT, bool ADAPT>
+struct BackwardSpecialised {
+  static constexpr bool adaptive = ADAPT;
+  static LifConfig apply(LifConfig c) {
+    c.surrogate = KIND;
+    c.gradient = SLAYER ? GRADIENT_SLAYER : GRADIENT_EXODUS;
+    c.reset = SUBTRACT ? RESET_SUBTRACT : RESET_ZERO;
+    return c;
+  }
+};
+
+template <typename F>
+void dispatch_backward(const LifConfig& c, bool adaptive, F&& f) {
+  with_kind_from<0>(c.surrogate, [&](auto kind) {
+    with_bool(c.gradient == GRADIENT_SLAYER, [&](auto slayer) {
+      with_bool(c.reset == RESET_SUBTRACT, [&](auto subtract) {
+        with_bool(adaptive, [&](auto adapt) {
+          f(BackwardSpecialised<decltype(kind)::value, decltype(slayer)::value, decltype(subtract)::value,
+                                decltype(adapt)::value>{});
+        });
+      });
+    });
+  });
+}
+
+}  // namespace
+
+extern "C" void exodus_cpu_adaptive_forward(
+    const scalar_t* x, const acc_t* rec, const acc_t* params, acc_t* v_state, acc_t* w_state, scalar_t* spikes,
+    scalar_t* v_out, scalar_t* w_out, acc_t* h_save, acc_t* w_save, index_t B, index_t T, index_t N,
+    index_t t_begin, index_t t_end, int reset, int max_spikes, int has_vmin, acc_t v_min, int norm_input,
+    int adaptive, int num_threads) {
+  const LifConfig config = {reset, max_spikes, has_vmin, norm_input, v_min, 0, 0, acc_t(1), acc_t(0), acc_t(0), acc_t(0)};
+  dispatch_forward(config, adaptive != 0, [&](auto spec) {
+    constexpr bool ADAPT = decltype(spec)::adaptive;
+    for_each_tile(B, t_end - t_begin, N, num_threads, [&](index_t b, index_t n0, index_t len) {
+      const LifConfig c = decltype(spec)::apply(config);  // local: its constant fields fold away
+      acc_t* v = v_state + b * N + n0;
+      acc_t* w = ADAPT ? w_state + b * N + n0 : nullptr;
+      std::vector<acc_t> w_none(ADAPT ? 0 : len, acc_t(0));
+      if (!ADAPT) w = w_none.data();
+      const std::vector<acc_t> zeros(len, acc_t(0));
+      const acc_t* extra = rec ? rec + b * N + n0 : zeros.data();
+      for (index_t t = t_begin; t < t_end; ++t) {
+        const index_t row = (b * T + t) * N + n0;
+        const scalar_t* x_t = x + row;
+        acc_t* h_t = h_save + row;
+        scalar_t* s_t = spikes + row;
+#pragma omp simd
+        for (index_t k = 0; k < len; ++k) {
+          acc_t s;
+          const acc_t input = rec ? to_acc(x_t[k]) + extra[k] : to_acc(x_t[k]);
+          h_t[k] = adaptive_forward_step(c, ADAPT, input, load_adaptive_params(params, N, n0 + k), v[k], w[k], s);
+          s_t[k] = from_acc(s);
+        }
+        if (v_out)
+          for (index_t k = 0; k < len; ++k) v_out[row + k] = from_acc(v[k]);
+        if (ADAPT) {
+          for (index_t k = 0; k < len; ++k) w_save[row + k] = w[k];
+          if (w_out)
+            for (index_t k = 0; k < len; ++k) w_out[row + k] = from_acc(w[k]);
+        }
+      }
+    });
+  });
+}
+
+extern "C" void exodus_cpu_adaptive_backward(
+    const acc_t* h_save, const acc_t* w_save, const scalar_t* grad_spikes, const scalar_t* grad_v,
+    const scalar_t* grad_w, const acc_t* grad_rec, const acc_t* params, const acc_t* v0, const acc_t* w0,
+    scalar_t* grad_x, scalar_t* spikes_out, acc_t* carry_v, acc_t* carry_w, acc_t* grad_params, index_t B,
+    index_t T, index_t N, index_t t_begin, index_t t_end, int reset, int max_spikes, int has_vmin, acc_t v_min,
+    int norm_input, int adaptive, int gradient, int surrogate, acc_t grad_scale, acc_t p0, acc_t p1, acc_t p2,
+    int num_threads) {
+  const LifConfig config = {reset, max_spikes, has_vmin, norm_input, v_min, gradient, surrogate, grad_scale, p0, p1, p2};
+  dispatch_backward(config, adaptive != 0, [&](auto spec) {
+    constexpr bool ADAPT = decltype(spec)::adaptive;
+    for_each_tile(B, t_end - t_begin, N, num_threads, [&](index_t b, index_t n0, index_t len) {
+      const LifConfig c = decltype(spec)::apply(config);
+      const bool need_params = grad_params != nullptr;
+      std::vector<AdaptiveGrads> g(len);
+      std::vector<acc_t> v_prev(len, acc_t(0)), w_prev(len, acc_t(0)), w_prev2(len, acc_t(0));
+      std::vector<acc_t> cw_none(ADAPT ? 0 : len, acc_t(0)), spikes_row(len);
+      const std::vector<scalar_t> zeros(len, from_acc(acc_t(0)));
+      const std::vector<acc_t> zeros_acc(len, acc_t(0));
+      acc_t* cv = carry_v + b * N + n0;
+      acc_t* cw = ADAPT ? carry_w + b * N + n0 : cw_none.data();
+      const acc_t* extra = grad_rec ? grad_rec + b * N + n0 : zeros_acc.data();
+      const acc_t* w0_row = ADAPT ? w0 + b * N + n0 : zeros_acc.data();
+      for (index_t t = t_end - 1; t >= t_begin; --t) {
+        const index_t row = (b * T + t) * N + n0;
+        const scalar_t* gs = grad_spikes ? grad_spikes + row : zeros.data();
+        const scalar_t* gv = grad_v ? grad_v + row : zeros.data();
+        const scalar_t* gw = grad_w ? grad_w + row : zeros.data();
+        if (ADAPT) {
+          const acc_t* src = t > 0 ? w_save + row - N : w0_row;
+          for (index_t k = 0; k < len; ++k) w_prev[k] = src[k];
+        }
+        if (need_params) {
+          if (t > 0) {
+            if (ADAPT) {
+              const acc_t* src2 = t > 1 ? w_save + row - 2 * N : w0_row;
+              for (index_t k = 0; k < len; ++k) w_prev2[k] = src2[k];
+            }
+            const acc_t* h_prev = h_save + row - N;
+#pragma omp simd
+            for (index_t k = 0; k < len; ++k)
+              v_prev[k] = membrane_from_h(c, h_prev[k], adaptive_threshold(load_adaptive_params(params, N, n0 + k), w_prev2[k], ADAPT));
+          } else {
+            for (index_t k = 0; k < len; ++k) v_prev[k] = v0[b * N + n0 + k];
+          }
+        }
+        const acc_t* h_t = h_save + row;
+        scalar_t* gx = grad_x + row;
+        if (need_params) {
+#pragma omp simd
+          for (index_t k = 0; k < len; ++k) {
+            const AdaptiveParams pk = load_adaptive_params(params, N, n0 + k);
+            const acc_t H = adaptive_backward_step(c, ADAPT, h_t[k], v_prev[k], w_prev[k],
+                                                   to_acc(gs[k]) + extra[k], to_acc(gv[k]), to_acc(gw[k]),
+                                                   pk, cv[k], cw[k], spikes_row[k], &g[k]);
+            gx[k] = from_acc(c.norm_input ? (acc_t(1) - pk.alpha) * H : H);
+          }
+        } else {
+#pragma omp simd
+          for (index_t k = 0; k < len; ++k) {
+            const AdaptiveParams pk = load_adaptive_params(params, N, n0 + k);
+            const acc_t H = adaptive_backward_step(c, ADAPT, h_t[k], v_prev[k], w_prev[k],
+                                                   to_acc(gs[k]) + extra[k], to_acc(gv[k]), to_acc(gw[k]),
+                                                   pk, cv[k], cw[k], spikes_row[k], nullptr);
+            gx[k] = from_acc(c.norm_input ? (acc_t(1) - pk.alpha) * H : H);
+          }
+        }
+        if (spikes_out)
+          for (index_t k = 0; k < len; ++k) spikes_out[row + k] = from_acc(spikes_row[k]);
+      }
+      if (need_params) {
+        const index_t BN = B * N;
+        for (index_t k = 0; k < len; ++k) {
+          const index_t i = b * N + n0 + k;
+          grad_params[P_ALPHA * BN + i] += g[k].alpha;
+          grad_params[P_THETA * BN + i] += g[k].theta;
+          grad_params[P_RHO * BN + i] += g[k].rho;
+          grad_params[P_BETA * BN + i] += g[k].beta;
+          grad_params[P_GAMMA * BN + i] += g[k].gamma;
+          grad_params[P_ZETA * BN + i] += g[k].zeta;
+          grad_params[P_ETA * BN + i] += g[k].eta;
+        }
+      }
+    });
+  });
+}

@@ -1,0 +1,16 @@
+"""Stateless, differentiable neuron scans (pure functions of the state), (batch, time, *features).
+
+    spikes, v = lif(x, alpha, threshold, v0)                          # LIF / IAF   (lif.py)
+    v = leaky(x, alpha, v0)                                           # ExpLeak     (lif.py)
+    spikes, v, w = adaptive_lif(x, alpha, threshold, rho, beta, gamma, zeta, eta, v0, w0,
+                                weight_rec=None, a0=None)             # ALIF / adLIF, recurrent (adaptive.py)
+
+Each fused op sits next to its plain-PyTorch reference (``*_ref``, from exodus.reference), the oracle
+its tests compare against.
+"""
+from .adaptive import COUPLINGS, adaptive_lif, adaptive_lif_ref
+from .lif import (GRADIENTS, RESETS, _as_parameter, _check_choice, _check_number, _check_range, _check_threshold,
+                  _check_v0, _max_spikes_code, check_input, leaky, leaky_ref, lif, lif_ref)
+
+__all__ = ["lif", "leaky", "adaptive_lif", "lif_ref", "leaky_ref", "adaptive_lif_ref", "RESETS", "GRADIENTS",
+           "COUPLINGS", "check_input"]
