@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from . import functional as F
 from .surrogate import SingleExponential, Surrogate
 
-__all__ = ["LIF", "IAF", "ExpLeak"]
+__all__ = ["LIF", "IAF", "ExpLeak", "AdaptiveLIF", "ALIF", "AdLIF", "WEIGHT_REC_INITS"]
 
 
 def _parameter_tensor(name: str, value, shape: Optional[Sequence[int]]) -> Tensor:
@@ -87,6 +87,53 @@ class _StatefulNeuron(nn.Module):
         return value
 
 
+WEIGHT_REC_INITS = ("orthogonal", "normal", "kaiming_uniform", "zeros")
+
+
+def _init_recurrent(module: nn.Module, recurrent: bool, shape, init: str, gain: float, zero_diagonal: bool,
+                    tau_syn=None) -> None:
+    """Create ``module.weight_rec`` ((N, N) nn.Parameter, DESIGN.md §5) for a recurrent layer."""
+    if not isinstance(recurrent, bool):
+        raise TypeError(f"recurrent must be a bool, got {recurrent!r}")
+    module.recurrent = recurrent
+    module.zero_diagonal = bool(zero_diagonal)
+    if not recurrent:
+        module.weight_rec = None
+        return
+    if shape is None or len(tuple(shape)) != 1:
+        raise ValueError("recurrent=True needs shape=(N,): the number of neurons (one feature dim), got "
+                         f"shape={shape!r}")
+    if tau_syn is not None:
+        raise ValueError("recurrent=True with tau_syn is not supported: the recurrent input would bypass the "
+                         "synapse; use tau_syn=None")
+    F._check_choice("weight_rec_init", init, WEIGHT_REC_INITS)
+    F._check_number("weight_rec_gain", gain)
+    N = int(tuple(shape)[0])
+    weight = torch.empty(N, N, dtype=torch.get_default_dtype())
+    if init == "orthogonal":
+        nn.init.orthogonal_(weight, gain=gain)
+    elif init == "normal":
+        nn.init.normal_(weight, std=gain / math.sqrt(N))
+    elif init == "kaiming_uniform":
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        weight.mul_(gain)
+    else:
+        weight.zero_()
+    if zero_diagonal:
+        weight.fill_diagonal_(0.0)
+    module.weight_rec = nn.Parameter(weight)
+
+
+def _recurrent_weight(module: nn.Module) -> Optional[Tensor]:
+    """weight_rec with its diagonal masked (no gradient there) when zero_diagonal is set."""
+    if module.weight_rec is None:
+        return None
+    if module.zero_diagonal:
+        N = module.weight_rec.shape[0]
+        return module.weight_rec * (1 - torch.eye(N, dtype=module.weight_rec.dtype, device=module.weight_rec.device))
+    return module.weight_rec
+
+
 class LIF(_StatefulNeuron):
     """Leaky integrate-and-fire neurons, DESIGN.md §1.
 
@@ -104,11 +151,15 @@ class LIF(_StatefulNeuron):
         train_tau, train_threshold: make them nn.Parameters.
         shape: feature shape to expand per-neuron parameters to (needed to train one value per neuron).
         record_states: keep the membrane trace in ``recordings["v"]`` (and ``["i"]``).
+        recurrent: add the layer's own last spikes to its input, x_t + weight_rec @ a_{t-1}
+            (DESIGN.md §5); needs shape=(N,) and tau_syn=None. The previous spikes are state ``a``.
+        weight_rec_init: "orthogonal" (default, x weight_rec_gain), "normal" (std gain/sqrt(N)),
+            "kaiming_uniform" (nn.Linear's) or "zeros"; zero_diagonal: no self-connections.
         backend: "auto", "cupy", "cpu" or "torch".
     Input (batch, time, *features) -> spikes of the same shape and dtype.
     """
 
-    _state_names = ("v", "i")
+    _state_names = ("v", "i", "a")
 
     def __init__(
         self,
@@ -126,9 +177,14 @@ class LIF(_StatefulNeuron):
         train_threshold: bool = False,
         shape: Optional[Sequence[int]] = None,
         record_states: bool = False,
+        recurrent: bool = False,
+        weight_rec_init: str = "orthogonal",
+        weight_rec_gain: float = 1.0,
+        zero_diagonal: bool = False,
         backend: str = "auto",
     ):
         super().__init__(record_states, backend)
+        _init_recurrent(self, recurrent, shape, weight_rec_init, weight_rec_gain, zero_diagonal, tau_syn)
         F._check_choice("reset", reset, F.RESETS)
         F._check_choice("gradient", gradient, F.GRADIENTS)
         F._max_spikes_code(max_spikes_per_bin)
@@ -170,10 +226,18 @@ class LIF(_StatefulNeuron):
             beta = torch.exp(-1.0 / self.tau_syn)
             current = F.leaky(x, beta, self._state("i", x), **options)
             self.i = current[:, -1] if current.shape[1] > 0 else self._initial("i", x)
-        spikes, v = F.lif(current, self.alpha(), self.threshold, self._state("v", x),
-                          reset=self.reset, v_min=self.v_min, max_spikes_per_bin=self.max_spikes_per_bin,
-                          surrogate=self.surrogate, norm_input=self.norm_input, gradient=self.gradient,
-                          grad_scale=self.grad_scale, v_trace=self.record_states, **options)
+        if self.recurrent:
+            spikes, v, _ = F.adaptive_lif(
+                current, self.alpha(), self.threshold, v0=self._state("v", x), weight_rec=_recurrent_weight(self),
+                a0=self._state("a", x), reset=self.reset, v_min=self.v_min, max_spikes_per_bin=self.max_spikes_per_bin,
+                surrogate=self.surrogate, norm_input=self.norm_input, gradient=self.gradient,
+                grad_scale=self.grad_scale, state_trace=self.record_states, **options)
+            self.a = spikes[:, -1] if spikes.shape[1] > 0 else self._initial("a", x)
+        else:
+            spikes, v = F.lif(current, self.alpha(), self.threshold, self._state("v", x),
+                              reset=self.reset, v_min=self.v_min, max_spikes_per_bin=self.max_spikes_per_bin,
+                              surrogate=self.surrogate, norm_input=self.norm_input, gradient=self.gradient,
+                              grad_scale=self.grad_scale, v_trace=self.record_states, **options)
         if self.record_states:  # v is the trace
             v_last = v[:, -1] if v.shape[1] > 0 else self._initial("v", x)
         else:  # v is the final membrane already
@@ -189,7 +253,8 @@ class LIF(_StatefulNeuron):
 
     def extra_repr(self) -> str:
         return (f"reset={self.reset!r}, v_min={self.v_min}, max_spikes_per_bin={self.max_spikes_per_bin}, "
-                f"gradient={self.gradient!r}, surrogate={self.surrogate}, backend={self.backend!r}")
+                f"gradient={self.gradient!r}, surrogate={self.surrogate}, recurrent={self.recurrent}, "
+                f"backend={self.backend!r}")
 
 
 class IAF(LIF):
@@ -236,3 +301,136 @@ class ExpLeak(_StatefulNeuron):
         if self.record_states:
             self.recordings = {"v": v}
         return v
+
+
+class AdaptiveLIF(LIF):
+    """Adaptive LIF neurons: membrane v and adaptation w (DESIGN.md §4), optionally recurrent (§5).
+
+        theta_t = threshold + adapt_threshold * w_{t-1}        (beta; may go <= 0 for beta < 0: never clamped)
+        u_t     = c (x_t - adapt_current * w_{t-1})              (gamma; c = 1 - alpha with norm_input, else 1)
+        h_t     = alpha v_{t-1} + u_t,  spike at theta_t, reset, v_t
+        w_t     = rho w_{t-1} + adapt_membrane * h_t + adapt_spike * a_t      (zeta, eta)
+
+    Args (times in steps) as LIF, plus:
+        tau_adapt: adaptation time constant, rho = exp(-1/tau_adapt) (number or per-neuron tensor).
+        adapt_threshold, adapt_current, adapt_membrane, adapt_spike: the couplings beta, gamma, zeta,
+            eta (numbers or per-neuron tensors). adapt_spike=None ties eta = 1 - rho (Bellec et al.'s ALIF).
+        train_adaptation: make tau_adapt and the four couplings nn.Parameters (per neuron with ``shape``).
+    States (batch, *features), carried between calls: ``v``, ``w`` and (recurrent) the last spikes ``a``.
+    With all four couplings 0 (and not trained) the layer computes exactly what exodus.LIF computes.
+    Input (batch, time, *features) -> spikes of the same shape and dtype.
+    """
+
+    _state_names = ("v", "w", "a")
+
+    def __init__(
+        self,
+        tau_mem=20.0,
+        tau_adapt=200.0,
+        threshold=1.0,
+        adapt_threshold=0.0,
+        adapt_current=0.0,
+        adapt_membrane=0.0,
+        adapt_spike=0.0,
+        reset: str = "subtract",
+        v_min: Optional[float] = None,
+        max_spikes_per_bin: Optional[int] = 1,
+        surrogate: Optional[Surrogate] = None,
+        norm_input: bool = False,
+        gradient: str = "exodus",
+        grad_scale: float = 1.0,
+        train_tau: bool = False,
+        train_threshold: bool = False,
+        train_adaptation: bool = False,
+        recurrent: bool = False,
+        weight_rec_init: str = "orthogonal",
+        weight_rec_gain: float = 1.0,
+        zero_diagonal: bool = False,
+        shape: Optional[Sequence[int]] = None,
+        record_states: bool = False,
+        backend: str = "auto",
+    ):
+        super().__init__(tau_mem=tau_mem, tau_syn=None, threshold=threshold, reset=reset, v_min=v_min,
+                         max_spikes_per_bin=max_spikes_per_bin, surrogate=surrogate, norm_input=norm_input,
+                         gradient=gradient, grad_scale=grad_scale, train_tau=train_tau,
+                         train_threshold=train_threshold, shape=shape, record_states=record_states,
+                         recurrent=recurrent, weight_rec_init=weight_rec_init, weight_rec_gain=weight_rec_gain,
+                         zero_diagonal=zero_diagonal, backend=backend)
+        if not isinstance(train_adaptation, bool):
+            raise TypeError(f"train_adaptation must be a bool, got {train_adaptation!r}")
+        self.train_adaptation = train_adaptation
+        self._register("tau_adapt", _time_constant("tau_adapt", tau_adapt, shape, train_adaptation), train_adaptation)
+        self.tied_spike = adapt_spike is None
+        couplings = dict(adapt_threshold=adapt_threshold, adapt_current=adapt_current, adapt_membrane=adapt_membrane)
+        if not self.tied_spike:
+            couplings["adapt_spike"] = adapt_spike
+        else:
+            self.adapt_spike = None
+        for name, value in couplings.items():
+            tensor = _parameter_tensor(name, value, shape)
+            if not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"{name} must be finite, got {value!r}")
+            if train_adaptation:
+                self.register_parameter(name, nn.Parameter(tensor))
+            elif tensor.dim() == 0:
+                setattr(self, name, float(tensor))  # a number: all four 0 runs the plain LIF kernels
+            else:
+                self.register_buffer(name, tensor)
+
+    def rho(self) -> Tensor:
+        return torch.exp(-1.0 / self.tau_adapt)
+
+    def couplings(self) -> tuple:
+        """(beta, gamma, zeta, eta) as passed to exodus.functional.adaptive_lif."""
+        eta = 1.0 - self.rho() if self.tied_spike else self.adapt_spike
+        return self.adapt_threshold, self.adapt_current, self.adapt_membrane, eta
+
+    def forward(self, x: Tensor) -> Tensor:
+        F.check_input(x)
+        spikes, v, w = F.adaptive_lif(
+            x, self.alpha(), self.threshold, self.rho(), *self.couplings(), v0=self._state("v", x),
+            w0=self._state("w", x), weight_rec=_recurrent_weight(self), a0=self._state("a", x) if self.recurrent else None,
+            reset=self.reset, v_min=self.v_min, max_spikes_per_bin=self.max_spikes_per_bin, surrogate=self.surrogate,
+            norm_input=self.norm_input, gradient=self.gradient, grad_scale=self.grad_scale,
+            state_trace=self.record_states, backend=self.backend)
+        last = (lambda s, name: s[:, -1] if s.shape[1] > 0 else self._initial(name, x)) if self.record_states \
+            else (lambda s, name: s)
+        self.v = last(v, "v")
+        # Without adaptation w stays 0: keep no state, so the next call takes the plain LIF kernels too.
+        adaptive = not all(isinstance(c, float) and c == 0 for c in self.couplings())
+        self.w = last(w, "w") if adaptive else None
+        if self.recurrent:
+            self.a = spikes[:, -1] if spikes.shape[1] > 0 else self._initial("a", x)
+        if self.record_states:
+            self.recordings = {"v": v, "w": w}
+        return spikes
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", tied_spike={self.tied_spike}"
+
+
+class ALIF(AdaptiveLIF):
+    """ALIF of Bellec et al. 2018 (LSNN): threshold theta + beta w, w_t = rho w_{t-1} + (1 - rho) a_t
+    (adapt_spike tied to 1 - rho), no adaptation current or membrane coupling. Other arguments as
+    AdaptiveLIF."""
+
+    def __init__(self, tau_mem=20.0, tau_adapt=200.0, adapt_threshold=1.8, **kwargs):
+        for name in ("adapt_current", "adapt_membrane", "adapt_spike"):
+            if name in kwargs:
+                raise TypeError(f"ALIF fixes {name}; use AdaptiveLIF to set it")
+        super().__init__(tau_mem=tau_mem, tau_adapt=tau_adapt, adapt_threshold=adapt_threshold, adapt_current=0.0,
+                         adapt_membrane=0.0, adapt_spike=None, **kwargs)
+
+
+class AdLIF(AdaptiveLIF):
+    """adLIF of Bittar & Garner 2022: adaptation current w subtracted from the input (gamma = 1),
+    normalised input, w_t = rho w_{t-1} + a h_t + b a_t, threshold 1, subtract reset, no threshold
+    adaptation. a (in [-1, 1] in their work) and b (in [0, 2]) are numbers or per-neuron tensors.
+    Other arguments as AdaptiveLIF."""
+
+    def __init__(self, tau_mem=20.0, tau_adapt=200.0, a=0.0, b=0.0, **kwargs):
+        for name in ("adapt_threshold", "adapt_current", "adapt_membrane", "adapt_spike", "norm_input"):
+            if name in kwargs:
+                raise TypeError(f"AdLIF fixes {name}; use AdaptiveLIF to set it")
+        super().__init__(tau_mem=tau_mem, tau_adapt=tau_adapt, adapt_threshold=0.0, adapt_current=1.0,
+                         adapt_membrane=a, adapt_spike=b, norm_input=True, **kwargs)
