@@ -14,14 +14,14 @@
 namespace {
 using namespace exodus_cpu;
 
-template <bool SUBTRACT, bool SINGLE, bool VMIN, bool NORM, bool ADAPT>
+// The forward specialises on reset, single-spike mode and adaptation (8 variants); v_min and
+// norm_input stay runtime values (selects in the vectorised loop).
+template <bool SUBTRACT, bool SINGLE, bool ADAPT>
 struct ForwardSpecialised {
   static constexpr bool adaptive = ADAPT;
   static LifConfig apply(LifConfig c) {
     c.reset = SUBTRACT ? RESET_SUBTRACT : RESET_ZERO;
     if (SINGLE) c.max_spikes = 1;
-    c.has_vmin = VMIN;
-    c.norm_input = NORM;
     return c;
   }
 };
@@ -30,26 +30,20 @@ template <typename F>
 void dispatch_forward(const LifConfig& c, bool adaptive, F&& f) {
   with_bool(c.reset == RESET_SUBTRACT, [&](auto subtract) {
     with_bool(c.max_spikes == 1, [&](auto single) {
-      with_bool(c.has_vmin != 0, [&](auto vmin) {
-        with_bool(c.norm_input != 0, [&](auto norm) {
-          with_bool(adaptive, [&](auto adapt) {
-            f(ForwardSpecialised<decltype(subtract)::value, decltype(single)::value, decltype(vmin)::value,
-                                 decltype(norm)::value, decltype(adapt)::value>{});
-          });
-        });
+      with_bool(adaptive, [&](auto adapt) {
+        f(ForwardSpecialised<decltype(subtract)::value, decltype(single)::value, decltype(adapt)::value>{});
       });
     });
   });
 }
 
-// The backward specialises on surrogate kind, gradient mode, reset and adaptation (48 variants);
-// spike mode, v_min and norm_input stay runtime values (selects in the vectorised loop).
-template <int KIND, bool SLAYER, bool SUBTRACT, bool ADAPT>
+// The backward specialises on surrogate kind, reset and adaptation (24 variants); gradient
+// mode, spike mode, v_min and norm_input stay runtime values (selects in the vectorised loop).
+template <int KIND, bool SUBTRACT, bool ADAPT>
 struct BackwardSpecialised {
   static constexpr bool adaptive = ADAPT;
   static LifConfig apply(LifConfig c) {
     c.surrogate = KIND;
-    c.gradient = SLAYER ? GRADIENT_SLAYER : GRADIENT_EXODUS;
     c.reset = SUBTRACT ? RESET_SUBTRACT : RESET_ZERO;
     return c;
   }
@@ -58,12 +52,9 @@ struct BackwardSpecialised {
 template <typename F>
 void dispatch_backward(const LifConfig& c, bool adaptive, F&& f) {
   with_kind_from<0>(c.surrogate, [&](auto kind) {
-    with_bool(c.gradient == GRADIENT_SLAYER, [&](auto slayer) {
-      with_bool(c.reset == RESET_SUBTRACT, [&](auto subtract) {
-        with_bool(adaptive, [&](auto adapt) {
-          f(BackwardSpecialised<decltype(kind)::value, decltype(slayer)::value, decltype(subtract)::value,
-                                decltype(adapt)::value>{});
-        });
+    with_bool(c.reset == RESET_SUBTRACT, [&](auto subtract) {
+      with_bool(adaptive, [&](auto adapt) {
+        f(BackwardSpecialised<decltype(kind)::value, decltype(subtract)::value, decltype(adapt)::value>{});
       });
     });
   });
@@ -81,12 +72,12 @@ extern "C" void exodus_cpu_adaptive_forward(
     constexpr bool ADAPT = decltype(spec)::adaptive;
     for_each_tile(B, t_end - t_begin, N, num_threads, [&](index_t b, index_t n0, index_t len) {
       const LifConfig c = decltype(spec)::apply(config);  // local: its constant fields fold away
+      const acc_t* const prm = params + n0;  // a local pointer (not the captured one): the loops vectorise
       acc_t* v = v_state + b * N + n0;
-      acc_t* w = ADAPT ? w_state + b * N + n0 : nullptr;
-      std::vector<acc_t> w_none(ADAPT ? 0 : len, acc_t(0));
-      if (!ADAPT) w = w_none.data();
-      const std::vector<acc_t> zeros(len, acc_t(0));
-      const acc_t* extra = rec ? rec + b * N + n0 : zeros.data();
+      acc_t* const rows = scratch_rows<acc_t, 0>(2 * len);  // w without adaptation; zero recurrent input
+      std::fill(rows, rows + 2 * len, acc_t(0));
+      acc_t* w = ADAPT ? w_state + b * N + n0 : rows;
+      const acc_t* extra = rec ? rec + b * N + n0 : rows + len;
       for (index_t t = t_begin; t < t_end; ++t) {
         const index_t row = (b * T + t) * N + n0;
         const scalar_t* x_t = x + row;
@@ -96,7 +87,7 @@ extern "C" void exodus_cpu_adaptive_forward(
         for (index_t k = 0; k < len; ++k) {
           acc_t s;
           const acc_t input = rec ? to_acc(x_t[k]) + extra[k] : to_acc(x_t[k]);
-          h_t[k] = adaptive_forward_step(c, ADAPT, input, load_adaptive_params(params, N, n0 + k), v[k], w[k], s);
+          h_t[k] = adaptive_forward_step(c, ADAPT, input, load_adaptive_params(prm, N, k), v[k], w[k], s);
           s_t[k] = from_acc(s);
         }
         if (v_out)
@@ -123,21 +114,32 @@ extern "C" void exodus_cpu_adaptive_backward(
     constexpr bool ADAPT = decltype(spec)::adaptive;
     for_each_tile(B, t_end - t_begin, N, num_threads, [&](index_t b, index_t n0, index_t len) {
       const LifConfig c = decltype(spec)::apply(config);
+      const acc_t* const prm = params + n0;  // a local pointer (not the captured one): the loops vectorise
       const bool need_params = grad_params != nullptr;
-      std::vector<AdaptiveGrads> g(len);
-      std::vector<acc_t> v_prev(len, acc_t(0)), w_prev(len, acc_t(0)), w_prev2(len, acc_t(0));
-      std::vector<acc_t> cw_none(ADAPT ? 0 : len, acc_t(0)), spikes_row(len);
-      const std::vector<scalar_t> zeros(len, from_acc(acc_t(0)));
-      const std::vector<acc_t> zeros_acc(len, acc_t(0));
+      // Parameter-gradient partials, one row of len per parameter (AdaptiveParam order).
+      // Scratch rows: v_{t-1}, w_{t-1}, w_{t-2}, carry_w without adaptation, a_t, zeros, then the
+      // parameter-gradient partials (one row per parameter, AdaptiveParam order).
+      constexpr int kRows = 6 + NUM_ADAPTIVE_PARAMS;
+      acc_t* const rows = scratch_rows<acc_t, 1>(kRows * len);
+      std::fill(rows, rows + kRows * len, acc_t(0));
+      acc_t* const v_prev = rows;
+      acc_t* const w_prev = rows + len;
+      acc_t* const w_prev2 = rows + 2 * len;
+      acc_t* const spikes_row = rows + 4 * len;
+      const acc_t* const zeros_acc = rows + 5 * len;
+      scalar_t* const zeros = scratch_rows<scalar_t, 2>(len);
+      std::fill(zeros, zeros + len, from_acc(acc_t(0)));
+      acc_t* g_row[NUM_ADAPTIVE_PARAMS];
+      for (int q = 0; q < NUM_ADAPTIVE_PARAMS; ++q) g_row[q] = rows + (6 + q) * len;
       acc_t* cv = carry_v + b * N + n0;
-      acc_t* cw = ADAPT ? carry_w + b * N + n0 : cw_none.data();
-      const acc_t* extra = grad_rec ? grad_rec + b * N + n0 : zeros_acc.data();
-      const acc_t* w0_row = ADAPT ? w0 + b * N + n0 : zeros_acc.data();
+      acc_t* cw = ADAPT ? carry_w + b * N + n0 : rows + 3 * len;
+      const acc_t* extra = grad_rec ? grad_rec + b * N + n0 : zeros_acc;
+      const acc_t* w0_row = ADAPT ? w0 + b * N + n0 : zeros_acc;
       for (index_t t = t_end - 1; t >= t_begin; --t) {
         const index_t row = (b * T + t) * N + n0;
-        const scalar_t* gs = grad_spikes ? grad_spikes + row : zeros.data();
-        const scalar_t* gv = grad_v ? grad_v + row : zeros.data();
-        const scalar_t* gw = grad_w ? grad_w + row : zeros.data();
+        const scalar_t* gs = grad_spikes ? grad_spikes + row : zeros;
+        const scalar_t* gv = grad_v ? grad_v + row : zeros;
+        const scalar_t* gw = grad_w ? grad_w + row : zeros;
         if (ADAPT) {
           const acc_t* src = t > 0 ? w_save + row - N : w0_row;
           for (index_t k = 0; k < len; ++k) w_prev[k] = src[k];
@@ -151,7 +153,7 @@ extern "C" void exodus_cpu_adaptive_backward(
             const acc_t* h_prev = h_save + row - N;
 #pragma omp simd
             for (index_t k = 0; k < len; ++k)
-              v_prev[k] = membrane_from_h(c, h_prev[k], adaptive_threshold(load_adaptive_params(params, N, n0 + k), w_prev2[k], ADAPT));
+              v_prev[k] = membrane_from_h(c, h_prev[k], adaptive_threshold(load_adaptive_params(prm, N, k), w_prev2[k], ADAPT));
           } else {
             for (index_t k = 0; k < len; ++k) v_prev[k] = v0[b * N + n0 + k];
           }
@@ -161,16 +163,23 @@ extern "C" void exodus_cpu_adaptive_backward(
         if (need_params) {
 #pragma omp simd
           for (index_t k = 0; k < len; ++k) {
-            const AdaptiveParams pk = load_adaptive_params(params, N, n0 + k);
+            const AdaptiveParams pk = load_adaptive_params(prm, N, k);
+            AdaptiveGrads gk;  // a local copy, so that the loop vectorises (structure of arrays in memory)
+            gk.alpha = g_row[P_ALPHA][k]; gk.theta = g_row[P_THETA][k]; gk.rho = g_row[P_RHO][k];
+            gk.beta = g_row[P_BETA][k]; gk.gamma = g_row[P_GAMMA][k]; gk.zeta = g_row[P_ZETA][k];
+            gk.eta = g_row[P_ETA][k];
             const acc_t H = adaptive_backward_step(c, ADAPT, h_t[k], v_prev[k], w_prev[k],
                                                    to_acc(gs[k]) + extra[k], to_acc(gv[k]), to_acc(gw[k]),
-                                                   pk, cv[k], cw[k], spikes_row[k], &g[k]);
+                                                   pk, cv[k], cw[k], spikes_row[k], &gk);
+            g_row[P_ALPHA][k] = gk.alpha; g_row[P_THETA][k] = gk.theta; g_row[P_RHO][k] = gk.rho;
+            g_row[P_BETA][k] = gk.beta; g_row[P_GAMMA][k] = gk.gamma; g_row[P_ZETA][k] = gk.zeta;
+            g_row[P_ETA][k] = gk.eta;
             gx[k] = from_acc(c.norm_input ? (acc_t(1) - pk.alpha) * H : H);
           }
         } else {
 #pragma omp simd
           for (index_t k = 0; k < len; ++k) {
-            const AdaptiveParams pk = load_adaptive_params(params, N, n0 + k);
+            const AdaptiveParams pk = load_adaptive_params(prm, N, k);
             const acc_t H = adaptive_backward_step(c, ADAPT, h_t[k], v_prev[k], w_prev[k],
                                                    to_acc(gs[k]) + extra[k], to_acc(gv[k]), to_acc(gw[k]),
                                                    pk, cv[k], cw[k], spikes_row[k], nullptr);
@@ -184,13 +193,7 @@ extern "C" void exodus_cpu_adaptive_backward(
         const index_t BN = B * N;
         for (index_t k = 0; k < len; ++k) {
           const index_t i = b * N + n0 + k;
-          grad_params[P_ALPHA * BN + i] += g[k].alpha;
-          grad_params[P_THETA * BN + i] += g[k].theta;
-          grad_params[P_RHO * BN + i] += g[k].rho;
-          grad_params[P_BETA * BN + i] += g[k].beta;
-          grad_params[P_GAMMA * BN + i] += g[k].gamma;
-          grad_params[P_ZETA * BN + i] += g[k].zeta;
-          grad_params[P_ETA * BN + i] += g[k].eta;
+          for (int q = 0; q < NUM_ADAPTIVE_PARAMS; ++q) grad_params[q * BN + i] += g_row[q][k];
         }
       }
     });

@@ -113,6 +113,16 @@ void for_each_tile(index_t B, index_t T, index_t N, int num_threads, Body body) 
   }
 }
 
+// Scratch rows of a work item, reused across calls (per thread, grown as needed, never freed):
+// a recurrent layer calls the drivers once per time step, where a heap allocation per row and
+// work item would cost more than the step itself. SLOT tells apart buffers of one work item.
+template <typename T, int SLOT>
+T* scratch_rows(index_t count) {
+  static thread_local std::vector<T> buffer;
+  if (buffer.size() < static_cast<size_t>(count)) buffer.resize(static_cast<size_t>(count));
+  return buffer.data();
+}
+
 // Calls f(std::integral_constant<int, kind>{}) for a surrogate kind (one instantiation per kind).
 template <int KIND, typename F>
 void with_kind_from(int kind, F&& f) {
