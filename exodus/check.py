@@ -7,7 +7,8 @@ neuron configurations run in float64 and float32 against the plain-PyTorch refer
 (exodus.reference; autograd through it is BPTT):
 
 * forward: spikes and membrane must equal the reference bit for bit;
-* backward: gradients w.r.t. input, alpha, threshold and v0 of a random linear loss,
+* backward: gradients w.r.t. input, alpha, threshold, v0 (adaptive neurons: also rho, w0 and the
+  recurrent weight) of a random linear loss,
   relative to the largest reference gradient, must be below 1e-9 (float64) / 1e-4 (float32).
 
 Prints one table row per (backend, dtype, case) and a verdict line; exit code 0 on PASS.
@@ -28,7 +29,7 @@ from . import surrogate as S
 from .backends import cupy as cupy_backend
 from .backends import cpu as cpu_backend
 from .backends import emulation, launch
-from .reference import leaky_ref, lif_ref
+from .reference import adaptive_lif_ref, leaky_ref, lif_ref
 
 GRAD_TOL = {torch.float64: 1e-9, torch.float32: 1e-4}
 FWD_TOL = 0.0  # the fused forward is bitwise equal to the reference
@@ -37,13 +38,16 @@ DTYPES = (torch.float64, torch.float32)
 
 @dataclass
 class Case:
-    """One configuration: ``neuron`` "lif" or "leaky", keyword options of exodus.functional."""
+    """One configuration: ``neuron`` "lif", "leaky" or "adaptive", keyword options of exodus.functional.
+    adaptive: couplings (beta, gamma, zeta, eta) as numbers; recurrent: with an (N, N) weight_rec."""
 
     name: str
     neuron: str = "lif"
     options: dict = field(default_factory=dict)
     iaf: bool = False        # alpha = 1
     amplitude: float = 0.8   # input standard deviation (threshold ~ 1)
+    couplings: tuple = (0.0, 0.0, 0.0, 0.0)
+    recurrent: bool = False
 
 
 CASES = [
@@ -57,6 +61,11 @@ CASES = [
     Case("iaf, v_min, atan", options=dict(v_min=-1.0, surrogate=S.ATan()), iaf=True),
     Case("leaky (ExpLeak)", neuron="leaky"),
     Case("leaky, norm_input", neuron="leaky", options=dict(norm_input=True)),
+    Case("alif (threshold adaptation)", neuron="adaptive", couplings=(1.5, 0.0, 0.0, 0.05)),
+    Case("adlif recurrent, norm_input", neuron="adaptive", couplings=(0.0, 1.0, 0.3, 0.8), recurrent=True,
+         options=dict(norm_input=True), amplitude=4.0),
+    Case("lif recurrent, zero reset, v_min", neuron="adaptive", recurrent=True,
+         options=dict(reset="zero", v_min=-0.5)),
 ]
 
 # batch 3 x 77 neurons = 231 threads: two GPU blocks, the last one partial.
@@ -75,14 +84,24 @@ def _problem(case: Case, dtype: torch.dtype, device: torch.device, seed: int = 0
     def uniform(low, high):
         return (torch.rand(FEATURES, generator=g, dtype=torch.float64) * (high - low) + low).to(dtype).to(device)
 
-    x = randn(BATCH, TIME, *FEATURES, scale=case.amplitude, offset=0.3)
+    features = (math.prod(FEATURES),) if case.recurrent else FEATURES
+    x = randn(BATCH, TIME, *features, scale=case.amplitude, offset=0.3)
     alpha = torch.ones(FEATURES, dtype=dtype, device=device) if case.iaf else uniform(0.8, 0.99)
-    leaves = {"x": x, "alpha": alpha}
-    if case.neuron == "lif":
-        leaves["threshold"] = uniform(0.7, 1.4)
-    leaves["v0"] = randn(BATCH, *FEATURES, scale=0.4)
-    v_shape = (BATCH, *FEATURES) if case.options.get("v_trace", True) is False else (BATCH, TIME, *FEATURES)
-    weights = {"spikes": randn(BATCH, TIME, *FEATURES), "v": randn(*v_shape)}
+    leaves = {"x": x, "alpha": alpha.reshape(features)}
+    if case.neuron in ("lif", "adaptive"):
+        leaves["threshold"] = uniform(0.7, 1.4).reshape(features)
+    leaves["v0"] = randn(BATCH, *features, scale=0.4)
+    if case.neuron == "adaptive":
+        leaves["rho"] = uniform(0.9, 0.995).reshape(features)
+        if any(case.couplings):
+            leaves["w0"] = randn(BATCH, *features, scale=0.2)
+        if case.recurrent:
+            n = features[0]
+            leaves["weight_rec"] = randn(n, n, scale=0.5 / math.sqrt(n))
+    v_shape = (BATCH, *features) if case.options.get("v_trace", True) is False else (BATCH, TIME, *features)
+    weights = {"spikes": randn(BATCH, TIME, *features), "v": randn(*v_shape)}
+    if case.neuron == "adaptive":
+        weights["w"] = randn(*v_shape)
     return leaves, weights
 
 
@@ -90,14 +109,23 @@ def _reference(case: Case, leaves: dict):
     """Outputs and leaf gradients of the reference (the oracle)."""
     if case.neuron == "leaky":
         return (leaky_ref(leaves["x"], leaves["alpha"], leaves["v0"], **case.options),)
+    if case.neuron == "adaptive":
+        return _adaptive(adaptive_lif_ref, case, leaves)
     options = dict(case.options)
     v_trace = options.pop("v_trace", True)
     spikes, v = lif_ref(leaves["x"], leaves["alpha"], leaves["threshold"], leaves["v0"], **options)
     return spikes, (v if v_trace else v[:, -1])
 
 
+def _adaptive(function: Callable, case: Case, leaves: dict, **extra):
+    return function(leaves["x"], leaves["alpha"], leaves["threshold"], leaves["rho"], *case.couplings, leaves["v0"],
+                    leaves.get("w0"), weight_rec=leaves.get("weight_rec"), **case.options, **extra)
+
+
 def _functional(backend: str) -> Callable:
     def run(case: Case, leaves: dict):
+        if case.neuron == "adaptive":
+            return _adaptive(functional.adaptive_lif, case, leaves, backend=backend)
         if case.neuron == "leaky":
             return (functional.leaky(leaves["x"], leaves["alpha"], leaves["v0"], backend=backend, **case.options),)
         return functional.lif(leaves["x"], leaves["alpha"], leaves["threshold"], leaves["v0"], backend=backend,
@@ -108,7 +136,8 @@ def _functional(backend: str) -> Callable:
 def _loss(outputs, weights) -> torch.Tensor:
     if len(outputs) == 1:  # leaky: v only
         return (outputs[0] * weights["v"]).sum()
-    return (outputs[0] * weights["spikes"]).sum() + (outputs[1] * weights["v"]).sum()
+    loss = (outputs[0] * weights["spikes"]).sum() + (outputs[1] * weights["v"]).sum()
+    return loss + (outputs[2] * weights["w"]).sum() if len(outputs) == 3 else loss
 
 
 def _with_grads(run: Callable, case: Case, leaves: dict, weights: dict):
@@ -134,7 +163,10 @@ def _lif_options(options: dict) -> launch.LifOptions:
 
 def _emulated(case: Case, leaves: dict, weights: dict):
     """The GPU kernels run on the CPU from the cupy backend's launch plans; the loss weights
-    are the upstream gradients of the backward kernel."""
+    are the upstream gradients of the backward kernel. Adaptive neurons: the whole op (custom op,
+    per-step loop of recurrent layers) with its kernels launched through the host emulation."""
+    if case.neuron == "adaptive":
+        return _with_grads(_functional("emulation"), case, leaves, weights)
     x, alpha, v0 = leaves["x"], leaves["alpha"], leaves["v0"]
     acc, shape = x.dtype, x.shape
     N = math.prod(FEATURES)
