@@ -65,11 +65,13 @@ EXODUS_HD acc_t adaptive_forward_step(const LifConfig& c, bool adaptive, acc_t x
 
 // One step of the reverse scan (see the header). h = h_t, v_prev = v_{t-1}, w_prev = w_{t-1};
 // grad_spikes already includes the recurrent term M^T c H_{t+1}. Updates the carries, writes
-// the recomputed a_t to `spikes`, accumulates the parameter gradients when `grads` is set,
-// and returns H_t.
+// the recomputed a_t to `spikes`, accumulates the parameter gradients into `grads` when
+// `need_grads`, and returns H_t. (A flag, not a nullable pointer: the GPU kernel keeps `grads` in
+// registers only if its address is never taken.)
 EXODUS_HD acc_t adaptive_backward_step(const LifConfig& c, bool adaptive, acc_t h, acc_t v_prev, acc_t w_prev,
                                        acc_t grad_spikes, acc_t grad_v, acc_t grad_w, const AdaptiveParams& p,
-                                       acc_t& carry_v, acc_t& carry_w, acc_t& spikes, AdaptiveGrads* grads) {
+                                       acc_t& carry_v, acc_t& carry_w, acc_t& spikes, bool need_grads,
+                                       AdaptiveGrads& grads) {
   const acc_t theta_t = adaptive_threshold(p, w_prev, adaptive);
   acc_t sigma = surrogate_sigma(c.surrogate, h, theta_t, c.p0, c.p1, c.p2);
   if (c.gradient == GRADIENT_SLAYER) sigma *= c.grad_scale;
@@ -94,17 +96,17 @@ EXODUS_HD acc_t adaptive_backward_step(const LifConfig& c, bool adaptive, acc_t 
   const acc_t Theta = (kappa ? V * dr_dtheta : acc_t(0)) - A * sigma;
   const acc_t gain = c.norm_input ? acc_t(1) - p.alpha : acc_t(1);
 
-  if (grads) {
-    grads->theta += Theta;
-    grads->alpha += H * v_prev;
+  if (need_grads) {
+    grads.theta += Theta;
+    grads.alpha += H * v_prev;
     // d c / d alpha = -1 with norm_input: the drive x_t - gamma w_{t-1} recovered from h and v_{t-1}
-    if (c.norm_input) grads->alpha -= H * input_from_membranes(h, v_prev, p.alpha);
+    if (c.norm_input) grads.alpha -= H * input_from_membranes(h, v_prev, p.alpha);
     if (adaptive) {
-      grads->rho += W * w_prev;
-      grads->zeta += W * h;
-      grads->eta += W * a;
-      grads->gamma -= gain * H * w_prev;
-      grads->beta += Theta * w_prev;
+      grads.rho += W * w_prev;
+      grads.zeta += W * h;
+      grads.eta += W * a;
+      grads.gamma -= gain * H * w_prev;
+      grads.beta += Theta * w_prev;
     }
   }
   carry_v = p.alpha * H;

@@ -170,7 +170,7 @@ extern "C" void exodus_cpu_adaptive_backward(
             gk.eta = g_row[P_ETA][k];
             const acc_t H = adaptive_backward_step(c, ADAPT, h_t[k], v_prev[k], w_prev[k],
                                                    to_acc(gs[k]) + extra[k], to_acc(gv[k]), to_acc(gw[k]),
-                                                   pk, cv[k], cw[k], spikes_row[k], &gk);
+                                                   pk, cv[k], cw[k], spikes_row[k], true, gk);
             g_row[P_ALPHA][k] = gk.alpha; g_row[P_THETA][k] = gk.theta; g_row[P_RHO][k] = gk.rho;
             g_row[P_BETA][k] = gk.beta; g_row[P_GAMMA][k] = gk.gamma; g_row[P_ZETA][k] = gk.zeta;
             g_row[P_ETA][k] = gk.eta;
@@ -179,10 +179,11 @@ extern "C" void exodus_cpu_adaptive_backward(
         } else {
 #pragma omp simd
           for (index_t k = 0; k < len; ++k) {
+            AdaptiveGrads unused;
             const AdaptiveParams pk = load_adaptive_params(prm, N, k);
             const acc_t H = adaptive_backward_step(c, ADAPT, h_t[k], v_prev[k], w_prev[k],
                                                    to_acc(gs[k]) + extra[k], to_acc(gv[k]), to_acc(gw[k]),
-                                                   pk, cv[k], cw[k], spikes_row[k], nullptr);
+                                                   pk, cv[k], cw[k], spikes_row[k], false, unused);
             gx[k] = from_acc(c.norm_input ? (acc_t(1) - pk.alpha) * H : H);
           }
         }

@@ -182,7 +182,7 @@ extern "C" __global__ void exodus_adaptive_backward(
     const acc_t gw = grad_w ? to_acc(grad_w[i]) : acc_t(0);
     acc_t s;
     const acc_t H = adaptive_backward_step(c, adapt, h_save[i], v_prev, w_prev, ga, gv, gw, p, cv, cw, s,
-                                           grad_params ? &g : nullptr);
+                                           grad_params != nullptr, g);
     grad_x[i] = from_acc(c.norm_input ? (acc_t(1) - p.alpha) * H : H);
     if (spikes_out) spikes_out[i] = from_acc(s);
   }

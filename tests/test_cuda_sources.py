@@ -18,7 +18,8 @@ import torch
 from exodus.backends import cupy as cupy_backend
 from exodus.backends.sources import GPU_TYPES, cuda_dir, compiler, inline_source, type_defines
 
-KERNELS = ("exodus_lif_forward", "exodus_lif_backward", "exodus_leaky_forward", "exodus_leaky_backward")
+KERNELS = ("exodus_lif_forward", "exodus_lif_backward", "exodus_leaky_forward", "exodus_leaky_backward",
+           "exodus_adaptive_forward", "exodus_adaptive_backward")
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 NVCC = shutil.which("nvcc")
 
@@ -214,9 +215,19 @@ def test_python_side_has_no_neuron_math():
     """Besides the oracle (reference.py, surrogate.py), Python code only validates and launches."""
     package = Path(__file__).resolve().parents[1] / "exodus"
     forbidden = re.compile(r"torch\.(?:floor|fmod|where|clamp|heaviside)\b|>=\s*theta")
-    for path in [package / "functional.py", *sorted((package / "backends").glob("*.py"))]:
+    for path in [*sorted((package / "functional").glob("*.py")), *sorted((package / "backends").glob("*.py"))]:
         match = forbidden.search(path.read_text())
         assert match is None, f"{path.name} contains neuron math: {match.group(0)!r}"
+
+
+def test_adaptive_parameter_order_matches_the_kernel_enum():
+    """The packed (7, N) parameter array of exodus.functional.adaptive is AdaptiveParam's order."""
+    from exodus.functional import adaptive
+    header = (cuda_dir() / "adaptive.cuh").read_text()
+    enum = re.search(r"enum AdaptiveParam \{([^}]*)\}", header).group(1)
+    names = [name.strip().split("=")[0].strip().removeprefix("P_").lower() for name in enum.split(",")]
+    assert names[-1] == "num_adaptive_params"
+    assert tuple(names[:-1]) == tuple("theta" if p == "threshold" else p for p in adaptive.PARAMETERS)
 
 
 def test_option_codes_match_the_kernel_enums():
