@@ -10,6 +10,9 @@
 // Compiled by exodus/backends/cpu.py with -DEXODUS_SCALAR=<float|double>.
 #include "cpu_common.h"
 #include "adaptive.cuh"
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 namespace {
 using namespace exodus_cpu;
@@ -106,10 +109,13 @@ extern "C" void exodus_cpu_adaptive_backward(
     const acc_t* h_save, const acc_t* w_save, const scalar_t* grad_spikes, const scalar_t* grad_v,
     const scalar_t* grad_w, const acc_t* grad_rec, const acc_t* params, const acc_t* v0, const acc_t* w0,
     scalar_t* grad_x, scalar_t* spikes_out, acc_t* carry_v, acc_t* carry_w, acc_t* grad_params, index_t B,
-    index_t T, index_t N, index_t t_begin, index_t t_end, int reset, int max_spikes, int has_vmin, acc_t v_min,
-    int norm_input, int adaptive, int gradient, int surrogate, acc_t grad_scale, acc_t p0, acc_t p1, acc_t p2,
+    index_t T, index_t N, index_t t_begin, index_t t_end, index_t partials, int reset, int max_spikes,
+    int has_vmin, acc_t v_min, int norm_input, int adaptive, int gradient, int surrogate, acc_t grad_scale, acc_t p0, acc_t p1, acc_t p2,
     int num_threads) {
   const LifConfig config = {reset, max_spikes, has_vmin, norm_input, v_min, gradient, surrogate, grad_scale, p0, p1, p2};
+  // Parameter-gradient partials: slot = OpenMP thread (the batch sum happens in a small (7, P, N)
+  // array that stays in cache when the driver is called once per step).
+  num_threads = static_cast<int>(std::min<index_t>(std::max(num_threads, 1), std::max<index_t>(partials, 1)));
   dispatch_backward(config, adaptive != 0, [&](auto spec) {
     constexpr bool ADAPT = decltype(spec)::adaptive;
     for_each_tile(B, t_end - t_begin, N, num_threads, [&](index_t b, index_t n0, index_t len) {
@@ -117,9 +123,8 @@ extern "C" void exodus_cpu_adaptive_backward(
       const acc_t* const prm = params + n0;  // a local pointer (not the captured one): the loops vectorise
       const bool need_params = grad_params != nullptr;
       // Parameter-gradient partials, one row of len per parameter (AdaptiveParam order).
-      // Scratch rows: v_{t-1}, w_{t-1}, w_{t-2}, carry_w without adaptation, a_t, zeros, then the
-      // parameter-gradient partials (one row per parameter, AdaptiveParam order).
-      constexpr int kRows = 6 + NUM_ADAPTIVE_PARAMS;
+      // Scratch rows: v_{t-1}, w_{t-1}, w_{t-2}, carry_w without adaptation, a_t, zeros.
+      constexpr int kRows = 6;
       acc_t* const rows = scratch_rows<acc_t, 1>(kRows * len);
       std::fill(rows, rows + kRows * len, acc_t(0));
       acc_t* const v_prev = rows;
@@ -129,8 +134,14 @@ extern "C" void exodus_cpu_adaptive_backward(
       const acc_t* const zeros_acc = rows + 5 * len;
       scalar_t* const zeros = scratch_rows<scalar_t, 2>(len);
       std::fill(zeros, zeros + len, from_acc(acc_t(0)));
+#if defined(_OPENMP)
+      const index_t slot = omp_in_parallel() ? omp_get_thread_num() : 0;
+#else
+      const index_t slot = 0;
+#endif
       acc_t* g_row[NUM_ADAPTIVE_PARAMS];
-      for (int q = 0; q < NUM_ADAPTIVE_PARAMS; ++q) g_row[q] = rows + (6 + q) * len;
+      for (int q = 0; q < NUM_ADAPTIVE_PARAMS; ++q)
+        g_row[q] = need_params ? grad_params + (q * partials + slot) * N + n0 : nullptr;
       acc_t* cv = carry_v + b * N + n0;
       acc_t* cw = ADAPT ? carry_w + b * N + n0 : rows + 3 * len;
       const acc_t* extra = grad_rec ? grad_rec + b * N + n0 : zeros_acc;
@@ -189,13 +200,6 @@ extern "C" void exodus_cpu_adaptive_backward(
         }
         if (spikes_out)
           for (index_t k = 0; k < len; ++k) spikes_out[row + k] = from_acc(spikes_row[k]);
-      }
-      if (need_params) {
-        const index_t BN = B * N;
-        for (index_t k = 0; k < len; ++k) {
-          const index_t i = b * N + n0 + k;
-          for (int q = 0; q < NUM_ADAPTIVE_PARAMS; ++q) grad_params[q * BN + i] += g_row[q][k];
-        }
       }
     });
   });

@@ -144,15 +144,16 @@ extern "C" __global__ void exodus_adaptive_forward(
 // Reverse steps t_end - 1 down to t_begin. carry_v / carry_w (B, N): the carries of
 // adaptive.cuh, read at the start and written at the end (dL/dv0, dL/dw0 after step 0);
 // the gradient of the final state enters as their initial value. grad_spikes / grad_v /
-// grad_w: (B, T, N) or null. grad_params: (7, B, N) partials, accumulated (+=), or null (then
-// v_{t-1} is not recomputed). spikes_out: the recomputed a_t (B, T, N) or null.
+// grad_w: (B, T, N) or null. grad_params: (7, P, N) partial sums, accumulated (+=), or null (then
+// v_{t-1} is not recomputed); each slot of P is written by one thread at a time: here slot = batch
+// row (P = B), in the CPU driver slot = OpenMP thread. spikes_out: the recomputed a_t (B, T, N) or null.
 extern "C" __global__ void exodus_adaptive_backward(
     const acc_t* __restrict__ h_save, const acc_t* __restrict__ w_save, const scalar_t* __restrict__ grad_spikes,
     const scalar_t* __restrict__ grad_v, const scalar_t* __restrict__ grad_w, const acc_t* __restrict__ grad_rec,
     const acc_t* __restrict__ params, const acc_t* __restrict__ v0, const acc_t* __restrict__ w0,
     scalar_t* __restrict__ grad_x, scalar_t* __restrict__ spikes_out, acc_t* __restrict__ carry_v,
     acc_t* __restrict__ carry_w, acc_t* __restrict__ grad_params, index_t B, index_t T, index_t N,
-    index_t t_begin, index_t t_end, int reset, int max_spikes, int has_vmin, acc_t v_min, int norm_input,
+    index_t t_begin, index_t t_end, index_t partials, int reset, int max_spikes, int has_vmin, acc_t v_min, int norm_input,
     int adaptive, int gradient, int surrogate, acc_t grad_scale, acc_t p0, acc_t p1, acc_t p2) {
   const index_t tid = EXODUS_THREAD_INDEX;
   if (tid >= B * N) return;
@@ -188,14 +189,14 @@ extern "C" __global__ void exodus_adaptive_backward(
   }
   carry_v[tid] = cv;
   if (adapt) carry_w[tid] = cw;
-  if (grad_params) {
-    const index_t BN = B * N;
-    grad_params[P_ALPHA * BN + tid] += g.alpha;
-    grad_params[P_THETA * BN + tid] += g.theta;
-    grad_params[P_RHO * BN + tid] += g.rho;
-    grad_params[P_BETA * BN + tid] += g.beta;
-    grad_params[P_GAMMA * BN + tid] += g.gamma;
-    grad_params[P_ZETA * BN + tid] += g.zeta;
-    grad_params[P_ETA * BN + tid] += g.eta;
+  if (grad_params) {  // slot b of P = B
+    const index_t PN = partials * N, i = b * N + n;
+    grad_params[P_ALPHA * PN + i] += g.alpha;
+    grad_params[P_THETA * PN + i] += g.theta;
+    grad_params[P_RHO * PN + i] += g.rho;
+    grad_params[P_BETA * PN + i] += g.beta;
+    grad_params[P_GAMMA * PN + i] += g.gamma;
+    grad_params[P_ZETA * PN + i] += g.zeta;
+    grad_params[P_ETA * PN + i] += g.eta;
   }
 }

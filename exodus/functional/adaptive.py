@@ -143,7 +143,9 @@ def adaptive_scan_backward(grad_spikes: Optional[Tensor], grad_v: Optional[Tenso
     recurrent = weight_rec is not None
     spikes = torch.empty_like(grad_x) if recurrent else None
     grad_rec = torch.zeros((B, N), dtype=acc, device=h_save.device) if recurrent else None
-    grad_params = torch.zeros((7, B, N), dtype=acc, device=h_save.device) if need_params else None
+    # Partial sums of the parameter gradients: one slot per batch row (GPU) or per CPU thread.
+    slots = torch.get_num_threads() if backend == "cpu" else B
+    grad_params = torch.zeros((7, slots, N), dtype=acc, device=h_save.device) if need_params else None
     if B * N > 0 and T > 0:
         plan = launch.adaptive_backward_plan(h_save, w_save if adaptive else None, gs, trace(grad_v),
                                              trace(grad_w) if adaptive else None, grad_rec, params, v0,
