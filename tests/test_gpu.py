@@ -187,3 +187,54 @@ def test_auto_backend_uses_cupy_on_cuda():
 def test_cupy_backend_rejects_cpu_tensors():
     with pytest.raises(ValueError, match="backend='cupy' needs CUDA tensors"):
         F.lif(torch.zeros(2, 3, 4), 0.9, backend="cupy")
+
+
+# ----------------------------------------------------------------------------- adaptive / recurrent
+
+ADAPTIVE_CASES = {
+    "alif": dict(couplings=(1.5, 0.0, 0.0, 0.05), recurrent=False, options=dict()),
+    "adlif-recurrent": dict(couplings=(0.0, 1.0, 0.3, 0.8), recurrent=True, options=dict(norm_input=True)),
+    "lif-recurrent-zero": dict(couplings=(0.0, 0.0, 0.0, 0.0), recurrent=True, options=dict(reset="zero", v_min=-0.5)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", list(ADAPTIVE_CASES), ids=list(ADAPTIVE_CASES))
+def test_adaptive_cupy_matches_cpu(case, dtype):
+    """exodus.functional.adaptive_lif on cupy (per-step launches + cuBLAS when recurrent) against the
+    CPU backend on the same values (half types against the CPU in float32)."""
+    spec = ADAPTIVE_CASES[case]
+    g = torch.Generator().manual_seed(3)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    B, T, N = 3, 30, 77
+    amplitude = 4.0 if spec["options"].get("norm_input") else 0.8
+    x = (torch.randn(B, T, N, generator=g, dtype=torch.float64) * amplitude + 0.3).to(dtype)
+    leaves = {
+        "alpha": (0.8 + 0.19 * torch.rand(N, generator=g, dtype=torch.float64)).to(acc),
+        "threshold": (0.7 + 0.7 * torch.rand(N, generator=g, dtype=torch.float64)).to(acc),
+        "rho": (0.9 + 0.09 * torch.rand(N, generator=g, dtype=torch.float64)).to(acc),
+        "v0": (0.4 * torch.randn(B, N, generator=g, dtype=torch.float64)).to(acc),
+    }
+    weight = (torch.randn(N, N, generator=g, dtype=torch.float64) * 0.5 / N ** 0.5).to(acc) if spec["recurrent"] else None
+    weights = [torch.randn(B, T, N, generator=g, dtype=torch.float64).to(dtype) for _ in range(3)]
+
+    def run(device, storage):
+        xs = x.to(storage).to(device).requires_grad_()
+        ls = {k: v.to(device).requires_grad_() for k, v in leaves.items()}
+        ws = weight.to(device).requires_grad_() if weight is not None else None
+        s, v, w = F.adaptive_lif(xs, ls["alpha"], ls["threshold"], ls["rho"], *spec["couplings"], ls["v0"],
+                                 weight_rec=ws, backend="cupy" if device == "cuda" else "cpu", **spec["options"])
+        loss = sum((o.to(acc) * wt.to(device).to(acc)).sum() for o, wt in zip((s, v, w), weights))
+        inputs = [xs, *ls.values()] + ([ws] if ws is not None else [])
+        grads = torch.autograd.grad(loss, inputs)
+        return [o.detach().cpu().to(acc) for o in (s, v, w)], [gr.cpu().to(acc) for gr in grads]
+
+    cpu_storage = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    out_gpu, grad_gpu = run("cuda", dtype)
+    out_cpu, grad_cpu = run("cpu", cpu_storage)
+    if dtype in (torch.float32, torch.float64):
+        for a, b in zip(out_gpu, out_cpu):
+            assert torch.equal(a, b)
+    for a, b in zip(grad_gpu, grad_cpu):
+        scale = b.abs().max().item()
+        assert (a - b).abs().max().item() <= GRAD_PARAM_RTOL[dtype] * max(scale, 1e-30) * 10
