@@ -204,3 +204,59 @@ extern "C" void exodus_cpu_adaptive_backward(
     });
   });
 }
+
+// Recurrent forward in one call (same contract as exodus_adaptive_recurrent_forward in kernels.cu):
+// one work item per batch row; at each step the recurrent input is summed over the neurons that
+// spiked at t-1, in ascending order (the GPU kernel's order: both give the same bits), one
+// vectorised row update rec += a_j * weight_t[j, :] per spike.
+extern "C" void exodus_cpu_adaptive_recurrent_forward(
+    const scalar_t* x, const acc_t* weight_t, acc_t* a_state, const acc_t* params, acc_t* v_state, acc_t* w_state,
+    scalar_t* spikes, scalar_t* v_out, scalar_t* w_out, acc_t* h_save, acc_t* w_save, index_t B, index_t T,
+    index_t N, index_t t_begin, index_t t_end, int reset, int max_spikes, int has_vmin, acc_t v_min, int norm_input,
+    int adaptive, int num_threads) {
+  const LifConfig config = {reset, max_spikes, has_vmin, norm_input, v_min, 0, 0, acc_t(1), acc_t(0), acc_t(0), acc_t(0)};
+  if (num_threads < 1 || B * (t_end - t_begin) * N < kMinParallelWork) num_threads = 1;
+  dispatch_forward(config, adaptive != 0, [&](auto spec) {
+    constexpr bool ADAPT = decltype(spec)::adaptive;
+#pragma omp parallel for schedule(static) num_threads(num_threads) if (B > 1 && num_threads > 1)
+    for (index_t b = 0; b < B; ++b) {
+      const LifConfig c = decltype(spec)::apply(config);
+      const acc_t* const prm = params;
+      acc_t* const rows = scratch_rows<acc_t, 3>(2 * N);  // recurrent input; w without adaptation
+      acc_t* const rec = rows;
+      acc_t* const w = ADAPT ? w_state + b * N : rows + N;
+      if (!ADAPT) std::fill(w, w + N, acc_t(0));
+      acc_t* const v = v_state + b * N;
+      acc_t* const previous = a_state + b * N;
+      for (index_t t = t_begin; t < t_end; ++t) {
+        std::fill(rec, rec + N, acc_t(0));
+        for (index_t j = 0; j < N; ++j) {
+          const acc_t a = previous[j];
+          if (a == acc_t(0)) continue;
+          const acc_t* const column = weight_t + j * N;
+#pragma omp simd
+          for (index_t k = 0; k < N; ++k) rec[k] += a * column[k];
+        }
+        const index_t row = (b * T + t) * N;
+        const scalar_t* x_t = x + row;
+        acc_t* h_t = h_save + row;
+        scalar_t* s_t = spikes + row;
+#pragma omp simd
+        for (index_t k = 0; k < N; ++k) {
+          acc_t s;
+          h_t[k] = adaptive_forward_step(c, ADAPT, to_acc(x_t[k]) + rec[k], load_adaptive_params(prm, N, k), v[k],
+                                         w[k], s);
+          s_t[k] = from_acc(s);
+          previous[k] = s;
+        }
+        if (v_out)
+          for (index_t k = 0; k < N; ++k) v_out[row + k] = from_acc(v[k]);
+        if (ADAPT) {
+          for (index_t k = 0; k < N; ++k) w_save[row + k] = w[k];
+          if (w_out)
+            for (index_t k = 0; k < N; ++k) w_out[row + k] = from_acc(w[k]);
+        }
+      }
+    }
+  });
+}

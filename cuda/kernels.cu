@@ -200,3 +200,61 @@ extern "C" __global__ void exodus_adaptive_backward(
     grad_params[P_ETA * PN + i] += g.eta;
   }
 }
+
+// Recurrent forward fused into one launch (DESIGN §5): one block per batch row, one thread per
+// neuron (N <= 1024, blockDim.x >= N). The spikes of step t-1 live in shared memory; each thread
+// sums its recurrent input M a_{t-1} = sum_j a_{t-1}[j] M[n, j] over the neurons j that spiked, in
+// ascending j (event-driven: the cost is the spike count times N, not N^2). weight_t is M
+// transposed, (N, N) row-major: weight_t[j N + n] = M[n, j], so a warp reads contiguous memory.
+// a_state (B, N): spikes before step t_begin in, spikes of step t_end - 1 out. The CPU driver
+// sums in the same order, so both give the same bits; torch's matrix product (the reference)
+// may round differently. Other arguments as exodus_adaptive_forward.
+#define EXODUS_MAX_RECURRENT_NEURONS 1024
+
+extern "C" __global__ void exodus_adaptive_recurrent_forward(
+    const scalar_t* __restrict__ x, const acc_t* __restrict__ weight_t, acc_t* __restrict__ a_state,
+    const acc_t* __restrict__ params, acc_t* __restrict__ v_state, acc_t* __restrict__ w_state,
+    scalar_t* __restrict__ spikes, scalar_t* __restrict__ v_out, scalar_t* __restrict__ w_out,
+    acc_t* __restrict__ h_save, acc_t* __restrict__ w_save, index_t B, index_t T, index_t N, index_t t_begin,
+    index_t t_end, int reset, int max_spikes, int has_vmin, acc_t v_min, int norm_input, int adaptive) {
+  __shared__ acc_t previous[EXODUS_MAX_RECURRENT_NEURONS];
+  const index_t b = blockIdx.x, n = threadIdx.x;
+  const bool active = b < B && n < N;  // every thread of the block reaches the barriers
+  LifConfig c = {reset, max_spikes, has_vmin, norm_input, v_min, 0, 0, acc_t(1), acc_t(0), acc_t(0), acc_t(0)};
+  AdaptiveParams p = {acc_t(0), acc_t(1), acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
+  acc_t v = acc_t(0), w = acc_t(0);
+  if (active) {
+    p = load_adaptive_params(params, N, n);
+    v = v_state[b * N + n];
+    w = adaptive ? w_state[b * N + n] : acc_t(0);
+    previous[n] = a_state[b * N + n];
+  }
+  __syncthreads();
+  for (index_t t = t_begin; t < t_end; ++t) {
+    acc_t rec = acc_t(0), s = acc_t(0);
+    if (active) {
+      for (index_t j = 0; j < N; ++j) {
+        const acc_t a = previous[j];
+        if (a != acc_t(0)) rec += a * weight_t[j * N + n];
+      }
+    }
+    __syncthreads();  // all reads of a_{t-1} done before a_t is written
+    if (active) {
+      const index_t i = (b * T + t) * N + n;
+      h_save[i] = adaptive_forward_step(c, adaptive != 0, to_acc(x[i]) + rec, p, v, w, s);
+      spikes[i] = from_acc(s);
+      if (v_out) v_out[i] = from_acc(v);
+      if (adaptive) {
+        w_save[i] = w;
+        if (w_out) w_out[i] = from_acc(w);
+      }
+      previous[n] = s;
+    }
+    __syncthreads();
+  }
+  if (active) {
+    v_state[b * N + n] = v;
+    if (adaptive) w_state[b * N + n] = w;
+    a_state[b * N + n] = previous[n];
+  }
+}

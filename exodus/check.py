@@ -6,7 +6,8 @@ run on the CPU through cuda/host_emulation.h, if a C++ compiler works) — a han
 neuron configurations run in float64 and float32 against the plain-PyTorch reference
 (exodus.reference; autograd through it is BPTT):
 
-* forward: spikes and membrane must equal the reference bit for bit;
+* forward: spikes and membrane must equal the reference bit for bit (recurrent layers: to rounding,
+  since the kernels sum the recurrent input in their own order);
 * backward: gradients w.r.t. input, alpha, threshold, v0 (adaptive neurons: also rho, w0 and the
   recurrent weight) of a random linear loss,
   relative to the largest reference gradient, must be below 1e-9 (float64) / 1e-4 (float32).
@@ -32,7 +33,10 @@ from .backends import emulation, launch
 from .reference import adaptive_lif_ref, leaky_ref, lif_ref
 
 GRAD_TOL = {torch.float64: 1e-9, torch.float32: 1e-4}
-FWD_TOL = 0.0  # the fused forward is bitwise equal to the reference
+FWD_TOL = 0.0  # the fused forward is bitwise equal to the reference...
+# ...except the recurrent input M a_{t-1}: the kernels sum it over the spiking neurons in order, torch's
+# matrix product (the reference) in its own order, so membranes may differ by rounding.
+RECURRENT_FWD_TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
 DTYPES = (torch.float64, torch.float32)
 
 
@@ -279,7 +283,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             for case in CASES:
                 try:
                     fwd, rel = _check(backend, case, dtype)
-                    ok = fwd <= FWD_TOL and rel <= GRAD_TOL[dtype]
+                    ok = fwd <= (RECURRENT_FWD_TOL[dtype] if case.recurrent else FWD_TOL) and rel <= GRAD_TOL[dtype]
                     rows.append((backend.name, str(dtype).removeprefix("torch."), case.name, f"{fwd:.1e}",
                                  f"{rel:.1e}", "PASS" if ok else "FAIL"))
                 except Exception as error:  # report, keep checking the rest
@@ -294,7 +298,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)) + "  " + row[5])
     for line in skipped:
         print(f"skipped {line}")
-    print(f"tolerances: forward {FWD_TOL} (bitwise), gradient {GRAD_TOL[torch.float64]:.0e} (float64) / "
+    print(f"tolerances: forward {FWD_TOL} (bitwise; recurrent {RECURRENT_FWD_TOL[torch.float64]:.0e} / "
+          f"{RECURRENT_FWD_TOL[torch.float32]:.0e}: summation order of M a), gradient {GRAD_TOL[torch.float64]:.0e} (float64) / "
           f"{GRAD_TOL[torch.float32]:.0e} (float32) relative to max |reference gradient|")
     passed = bool(rows) and failures == 0
     summary = (f"{len(rows) - failures}/{len(rows)} checks on {', '.join(checked) or 'no backend'}"

@@ -22,7 +22,7 @@ def _load(acc: torch.dtype) -> ctypes.CDLL:
         c_type = _DTYPES[acc]
         path = build_shared_library(
             "host_emulation.cpp",
-            ["-O1", "-ffp-contract=off", f"-DEXODUS_SCALAR={c_type}", f"-DEXODUS_ACC={c_type}"],
+            ["-O1", "-ffp-contract=off", "-pthread", f"-DEXODUS_SCALAR={c_type}", f"-DEXODUS_ACC={c_type}"],
             f"emulation-{c_type}")
         _libraries[acc] = ctypes.CDLL(str(path))
     return _libraries[acc]

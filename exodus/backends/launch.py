@@ -132,3 +132,28 @@ def adaptive_backward_plan(h_save, w_save, grad_spikes, grad_v, grad_w, grad_rec
         ("i32", int(o.norm_input)), ("i32", int(adaptive)), ("i32", o.gradient), ("i32", o.surrogate),
         ("acc", o.grad_scale), ("acc", p0), ("acc", p1), ("acc", p2),
     ])
+
+
+# The fused recurrent forward keeps a batch row's spikes in one GPU block's shared memory.
+MAX_RECURRENT_NEURONS = 1024
+WARP = 32
+
+
+def adaptive_recurrent_forward_plan(x, weight_t, a_state, params, v_state, w_state, spikes, v_out, w_out, h_save,
+                                    w_save, o: LifOptions, adaptive: bool) -> LaunchPlan:
+    """exodus_adaptive_recurrent_forward (cuda/kernels.cu): one block per batch row, one thread per
+    neuron (N <= MAX_RECURRENT_NEURONS). weight_t: the recurrent weight transposed, (N, N) contiguous;
+    a_state (B, N): the spikes before the first step, in/out."""
+    B, T, N = x.shape
+    if N > MAX_RECURRENT_NEURONS:
+        raise ValueError(f"the fused recurrent forward handles at most {MAX_RECURRENT_NEURONS} neurons, got {N}")
+    args = [
+        ("ptr", x), ("ptr", weight_t), ("ptr", a_state), ("ptr", params), ("ptr", v_state), ("ptr", w_state),
+        ("ptr", spikes), ("ptr", v_out), ("ptr", w_out), ("ptr", h_save), ("ptr", w_save), *_dims(x),
+        ("i64", 0), ("i64", T),
+        ("i32", o.reset), ("i32", o.max_spikes), ("i32", int(o.has_vmin)), ("acc", o.v_min),
+        ("i32", int(o.norm_input)), ("i32", int(adaptive)),
+    ]
+    block = max(WARP, (N + WARP - 1) // WARP * WARP)
+    return LaunchPlan("exodus_adaptive_recurrent_forward", (max(B, 1), 1, 1), (block, 1, 1), args,
+                      time_range=(14, 15))

@@ -5,9 +5,11 @@
 
 One pair of ``torch.library`` custom ops (``exodus::adaptive_scan`` /
 ``exodus::adaptive_scan_backward``) runs the kernels of cuda/adaptive.cuh. A feed-forward layer
-is one kernel launch over all steps; a recurrent layer launches the same driver once per step,
-with the (B, N) x (N, N) product M a_{t-1} (forward) and c H_{t+1} M (backward) computed between
-the launches by torch (BLAS / cuBLAS). Saved for the backward: h and w, two elements per
+is one kernel launch over all steps. The recurrent forward is one launch too: the recurrent input
+M a_{t-1} is summed inside the kernel over the neurons that spiked (one GPU block per batch row, the
+spikes in shared memory; N <= 1024 on the GPU, else one launch per step with cuBLAS in between).
+The recurrent backward launches the reverse-step driver once per step, with the dense product
+c H_{t+1} M computed between the launches by torch (BLAS / cuBLAS). Saved for the backward: h and w, two elements per
 neuron-step (h only without adaptation); the spikes needed for dL/dM are recomputed by the
 backward kernel from them.
 
@@ -38,6 +40,12 @@ PARAMETERS = ("alpha", "threshold", "rho", "beta", "gamma", "zeta", "eta")
 COUPLINGS = ("beta", "gamma", "zeta", "eta")
 # Test-only backend: the GPU drivers executed on the CPU through cuda/host_emulation.h.
 EMULATION = "emulation"
+
+
+def _fused_recurrent(backend: str, neurons: int) -> bool:
+    """The recurrent forward runs in one launch (spikes of a batch row shared by one GPU block; the CPU
+    driver has no limit); wider GPU layers take one launch per step with cuBLAS in between."""
+    return backend == "cpu" or neurons <= launch.MAX_RECURRENT_NEURONS
 
 
 def _run_forward(plan, rec: Optional[Tensor], weight_rec: Optional[Tensor], a0: Optional[Tensor],
@@ -75,11 +83,16 @@ def adaptive_scan(x: Tensor, params: Tensor, v0: Tensor, w0: Tensor, weight_rec:
     w_out = torch.empty_like(xs) if state_trace and adaptive else None
     h_save = torch.empty(xs.shape, dtype=acc, device=x.device)
     w_save = torch.empty(xs.shape, dtype=acc, device=x.device) if adaptive else None
-    rec = torch.zeros((B, N), dtype=acc, device=x.device) if weight_rec is not None else None
     if B * N > 0 and T > 0:
-        plan = launch.adaptive_forward_plan(xs, rec, params, v_state, w_state, spikes, v_out, w_out, h_save, w_save,
-                                            o, adaptive)
-        _run_forward(plan, rec, weight_rec, a0, spikes, backend, xs.dtype, acc)
+        if weight_rec is not None and _fused_recurrent(backend, N):
+            plan = launch.adaptive_recurrent_forward_plan(xs, weight_rec.t().contiguous(), a0.clone(), params, v_state,
+                                                          w_state, spikes, v_out, w_out, h_save, w_save, o, adaptive)
+            backends.bind(plan, backend, xs.dtype, acc, x.device)(0, T)
+        else:
+            rec = torch.zeros((B, N), dtype=acc, device=x.device) if weight_rec is not None else None
+            plan = launch.adaptive_forward_plan(xs, rec, params, v_state, w_state, spikes, v_out, w_out, h_save,
+                                                w_save, o, adaptive)
+            _run_forward(plan, rec, weight_rec, a0, spikes, backend, xs.dtype, acc)
     v = v_out if state_trace else v_state
     w = (w_out if state_trace else w_state) if adaptive else x.new_empty((0,))
     return (spikes.to(x.dtype), v.to(x.dtype), w.to(x.dtype), h_save,

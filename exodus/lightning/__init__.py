@@ -4,10 +4,11 @@ Needs the ``train`` extra (``pip install exodus-snn[train]``). See docs/training
 """
 from .data import ConfigError, EpochShuffleSampler, MissingDataError, ResumableLoader, SpikeDataModule, require_files
 from .model import SpikingClassifier
-from .tasks import SpikeTimingData, TemporalOrderData, rate_baseline, spike_timing_task, temporal_order_task
+from .tasks import (SpikeTimingData, StoreRecallData, TemporalOrderData, rate_baseline, spike_timing_task,
+                    store_recall_task, temporal_order_task)
 
 __all__ = [
-    "SpikingClassifier", "SpikeDataModule", "SpikeTimingData", "TemporalOrderData",
-    "spike_timing_task", "temporal_order_task", "rate_baseline",
+    "SpikingClassifier", "SpikeDataModule", "SpikeTimingData", "TemporalOrderData", "StoreRecallData",
+    "spike_timing_task", "temporal_order_task", "store_recall_task", "rate_baseline",
     "ConfigError", "MissingDataError", "require_files", "EpochShuffleSampler", "ResumableLoader",
 ]

@@ -1,11 +1,16 @@
-"""``SpikingClassifier``: a feed-forward spiking network built from plain init arguments.
+"""``SpikingClassifier``: a spiking network classifier built from plain init arguments.
 
 Architecture (input x: (batch, time, *input_shape)):
 
     [conv front-end, for frames (C, H, W)]  Conv2d -> AvgPool2d -> neuron     per entry of conv_channels
-    [hidden layers]                         Linear -> neuron                  per entry of hidden
+    [hidden layers]                         Linear [-> BatchNorm1d] -> neuron per entry of hidden
+                                            (neuron optionally recurrent: + weight_rec @ its last spikes)
     readout                                 Linear -> spiking neuron (readout="spike_count")
                                                    or ExpLeak    ("max_membrane" / "mean_membrane")
+
+The hidden neurons (conv front-end and hidden layers) are LIF, IAF, ALIF (Bellec et al. 2018) or
+adLIF (Bittar & Garner 2022), see ``neuron``; adaptive parameters can be drawn per neuron from
+ranges and kept in them while training (``*_range`` arguments, ``clamp_neuron_parameters``).
 
 Every synaptic map runs SLAYER-style on all time steps at once (batch and time folded into one
 dimension), then each neuron layer runs one fused scan over time. The logits are the spike counts,
@@ -28,18 +33,50 @@ from torch import Tensor, nn
 
 from .. import surrogate as surrogates
 from ..functional import GRADIENTS, RESETS
-from ..layers import IAF, LIF, ExpLeak
+from ..layers import ALIF, IAF, LIF, WEIGHT_REC_INITS, AdLIF, ExpLeak
 from .data import ConfigError
 
-__all__ = ["SpikingClassifier", "NEURONS", "READOUTS"]
+__all__ = ["SpikingClassifier", "NEURONS", "READOUTS", "BITTAR_GARNER_RANGES", "NormalizedLinear"]
 
-NEURONS = ("lif", "iaf")
+NEURONS = ("lif", "iaf", "alif", "adlif")
 READOUTS = ("spike_count", "max_membrane", "mean_membrane")
+
+# Per-neuron initialisation ranges of Bittar & Garner (2022, sparch's adLIF / RadLIF layers), as the
+# SpikingClassifier arguments that take them: tau in steps (alpha = exp(-1/tau_mem) in
+# [e^-1/5, e^-1/25], rho = exp(-1/tau_adapt) in [e^-1/30, e^-1/120]), a in [-1, 1], b in [0, 2].
+BITTAR_GARNER_RANGES = {"tau_mem_range": [5.0, 25.0], "tau_adapt_range": [30.0, 120.0],
+                        "adapt_a_range": [-1.0, 1.0], "adapt_b_range": [0.0, 2.0]}
+
+# range argument -> (neurons it applies to, neuron attribute it sets, is a time constant, trained by)
+_RANGES = {
+    "tau_mem_range": (("lif", "alif", "adlif"), "tau_mem", True, "train_tau"),
+    "tau_adapt_range": (("alif", "adlif"), "tau_adapt", True, "train_adaptation"),
+    "adapt_a_range": (("adlif",), "adapt_membrane", False, "train_adaptation"),
+    "adapt_b_range": (("adlif",), "adapt_spike", False, "train_adaptation"),
+}
+# Couplings each adaptive preset keeps fixed (the layers' train_adaptation would train all four).
+_FIXED_COUPLINGS = {"alif": ("adapt_current", "adapt_membrane"), "adlif": ("adapt_threshold", "adapt_current")}
 
 
 def _choice(key: str, value, choices) -> None:
     if value not in choices:
         raise ConfigError(f"model.{key}: unknown value {value!r}; choose one of {tuple(choices)}")
+
+
+def _range(key: str, value) -> Optional[list]:
+    """A [low, high] range argument as a list of two floats (None stays None)."""
+    if value is None:
+        return None
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"model.{key} must be [low, high] or null, got {value!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high)) or low > high:
+        raise ConfigError(f"model.{key} must be [low, high] with finite low <= high, got {value!r}")
+    time_constant = _RANGES[key][2]
+    if time_constant and low <= 0:
+        raise ConfigError(f"model.{key} is a range of time constants (steps): both ends must be > 0, got {value!r}")
+    return [low, high]
 
 
 def make_surrogate(name: str, args: Optional[dict] = None) -> surrogates.Surrogate:
@@ -54,8 +91,41 @@ def make_surrogate(name: str, args: Optional[dict] = None) -> surrogates.Surroga
         raise ConfigError(f"model.surrogate_args {args!r} do not fit {name}: {error}") from None
 
 
+class NormalizedLinear(nn.Module):
+    """Linear map (no bias) followed by BatchNorm1d over all (batch x time) rows, as in Bittar &
+    Garner's layers (momentum 0.05): (..., in) -> (..., out). BatchNorm's affine shift is the bias."""
+
+    def __init__(self, in_features: int, out_features: int, momentum: float = 0.05):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features, bias=False)
+        self.norm = nn.BatchNorm1d(out_features, momentum=momentum)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.linear(x)
+        return self.norm(y.reshape(-1, y.shape[-1])).reshape(y.shape)
+
+
+def _uniform_time_constant(low: float, high: float, shape) -> Tensor:
+    """tau (steps) per neuron with exp(-1/tau) uniform in [exp(-1/low), exp(-1/high)]."""
+    decay = torch.empty(shape).uniform_(math.exp(-1.0 / low), math.exp(-1.0 / high))
+    return -1.0 / torch.log(decay)
+
+
+def _freeze(module: nn.Module, name: str) -> None:
+    """Turn a trainable coupling the preset fixes back into a constant (number if uniform, else buffer)."""
+    value = getattr(module, name)
+    if not isinstance(value, nn.Parameter):
+        return
+    value = value.detach().clone()
+    delattr(module, name)
+    if bool((value == value.flatten()[0]).all()):
+        setattr(module, name, float(value.flatten()[0]))
+    else:
+        module.register_buffer(name, value)
+
+
 class SpikingClassifier(pl.LightningModule):
-    """Feed-forward SNN classifier. Shapes: x (batch, time, *input_shape), y (batch,) int.
+    """SNN classifier (feed-forward, or with recurrent hidden layers). Shapes: x (batch, time, *input_shape), y (batch,) int.
 
     Args:
         input_shape: features per time step, e.g. (700,) or (2, 32, 32) (exodus-train links it from data).
@@ -64,8 +134,23 @@ class SpikingClassifier(pl.LightningModule):
         conv_channels: output channels of the convolutional front-end (input must be (C, H, W)); [] = none.
         conv_kernel: convolution kernel size (padding keeps the size).
         conv_pool: average-pooling factor after each convolution (1 = none).
-        neuron: "lif" or "iaf" (used in every spiking layer).
+        neuron: "lif", "iaf", "alif" (exodus.ALIF) or "adlif" (exodus.AdLIF), in the hidden spiking layers
+            (conv front-end and hidden). The spike_count readout is LIF for "alif" / "adlif".
+        recurrent: hidden (Linear) layers add their own last spikes, weight_rec @ a_{t-1}; not with
+            conv_channels or tau_syn. weight_rec_init, weight_rec_gain, zero_diagonal: see exodus.LIF.
+        batch_norm: BatchNorm1d on W x over (batch x time, features) before each hidden neuron layer
+            (NormalizedLinear: the Linear then has no bias); not applied to conv layers or the readout.
         tau_mem, tau_syn: membrane / synaptic time constants in steps (tau_syn None = no synapse).
+        tau_adapt: adaptation time constant (steps) of alif / adlif.
+        adapt_threshold: ALIF threshold coupling beta (theta_t = threshold + beta w, w a low-pass of the spikes).
+        adapt_a, adapt_b: adLIF couplings a (membrane -> w) and b (spike -> w).
+        train_adaptation: learn tau_adapt and the preset's free couplings per neuron (alif: beta; adlif: a, b).
+        tau_mem_range, tau_adapt_range, adapt_a_range, adapt_b_range: [low, high] or None. Given, the
+            hidden layers draw the value per neuron uniformly: for the time constants the decay
+            exp(-1/tau) is uniform in [exp(-1/low), exp(-1/high)], for a and b the value itself; the
+            range replaces the scalar (tau_mem, ...) there. When the parameter is trained (train_tau,
+            train_adaptation) it is clamped into its range after every optimizer step
+            (``clamp_neuron_parameters``). BITTAR_GARNER_RANGES holds Bittar & Garner's values.
         threshold, reset, v_min, max_spikes_per_bin: neuron parameters, see exodus.LIF.
         surrogate, surrogate_args: a class of exodus.surrogate by name and its keyword arguments.
         gradient: "exodus", "slayer" or "bptt", applied to every spiking layer.
@@ -88,8 +173,22 @@ class SpikingClassifier(pl.LightningModule):
         conv_kernel: int = 3,
         conv_pool: int = 2,
         neuron: str = "lif",
+        recurrent: bool = False,
+        weight_rec_init: str = "orthogonal",
+        weight_rec_gain: float = 1.0,
+        zero_diagonal: bool = False,
+        batch_norm: bool = False,
         tau_mem: float = 20.0,
         tau_syn: Optional[float] = None,
+        tau_adapt: float = 200.0,
+        adapt_threshold: float = 1.8,
+        adapt_a: float = 0.0,
+        adapt_b: float = 1.0,
+        train_adaptation: bool = False,
+        tau_mem_range: Optional[Sequence[float]] = None,
+        tau_adapt_range: Optional[Sequence[float]] = None,
+        adapt_a_range: Optional[Sequence[float]] = None,
+        adapt_b_range: Optional[Sequence[float]] = None,
         threshold: float = 1.0,
         reset: str = "subtract",
         v_min: Optional[float] = None,
@@ -115,12 +214,22 @@ class SpikingClassifier(pl.LightningModule):
         input_shape = tuple(int(s) for s in input_shape)
         hidden, conv_channels = [int(h) for h in hidden], [int(c) for c in conv_channels]
         # lists, not tuples: hparams.yaml and checkpoints stay plain YAML / JSON
+        ranges = {"tau_mem_range": tau_mem_range, "tau_adapt_range": tau_adapt_range,
+                  "adapt_a_range": adapt_a_range, "adapt_b_range": adapt_b_range}
+        ranges = {key: _range(key, value) for key, value in ranges.items()}
+        # lists, not tuples: hparams.yaml and checkpoints stay plain YAML / JSON
         self.save_hyperparameters({**arguments, "input_shape": list(input_shape), "hidden": hidden,
-                                   "conv_channels": conv_channels})
+                                   "conv_channels": conv_channels, **ranges})
         _choice("neuron", neuron, NEURONS)
         _choice("readout", readout, READOUTS)
         _choice("gradient", gradient, GRADIENTS)
         _choice("reset", reset, RESETS)
+        _choice("weight_rec_init", weight_rec_init, WEIGHT_REC_INITS)
+        for key, value in (("recurrent", recurrent), ("zero_diagonal", zero_diagonal), ("batch_norm", batch_norm),
+                           ("train_adaptation", train_adaptation), ("train_tau", train_tau),
+                           ("train_threshold", train_threshold)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"model.{key} must be true or false, got {value!r}")
         if num_classes < 2:
             raise ConfigError(f"model.num_classes must be >= 2, got {num_classes}")
         if any(s < 1 for s in (*hidden, *conv_channels)) or not input_shape or min(input_shape) < 1:
@@ -128,25 +237,92 @@ class SpikingClassifier(pl.LightningModule):
                               f"{hidden}, {conv_channels}, {input_shape}")
         if readout_steps is not None and readout_steps < 1:
             raise ConfigError(f"model.readout_steps must be >= 1 or null (all steps), got {readout_steps}")
+        adaptive = neuron in ("alif", "adlif")
+        if recurrent and conv_channels:
+            raise ConfigError(f"model.recurrent needs hidden layers with one feature dimension (N,), but "
+                              f"model.conv_channels {conv_channels} builds convolutional (C, H, W) layers: set "
+                              f"model.recurrent: false or remove model.conv_channels")
+        if recurrent and not hidden:
+            raise ConfigError("model.recurrent applies to the hidden layers, but model.hidden is empty: add hidden "
+                              "layers or set model.recurrent: false")
+        if tau_syn is not None and (recurrent or adaptive):
+            what = "model.recurrent: true" if recurrent else f"model.neuron: {neuron}"
+            raise ConfigError(f"model.tau_syn is not supported with {what} (the input would bypass the synapse / "
+                              f"the adaptive neurons have no synaptic current): set model.tau_syn: null")
+        if train_adaptation and not adaptive:
+            raise ConfigError(f"model.train_adaptation needs model.neuron: alif or adlif, got {neuron!r}")
+        for key, value in ranges.items():
+            neurons = _RANGES[key][0]
+            if value is not None and neuron not in neurons:
+                raise ConfigError(f"model.{key} applies to model.neuron {' / '.join(neurons)} only, got "
+                                  f"{neuron!r}: remove model.{key}")
+        if adaptive:
+            for key, value in (("tau_adapt", tau_adapt), ("adapt_threshold", adapt_threshold),
+                               ("adapt_a", adapt_a), ("adapt_b", adapt_b)):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise ConfigError(f"model.{key} must be a finite number, got {value!r}")
+            if tau_adapt <= 0:
+                raise ConfigError(f"model.tau_adapt must be > 0 (steps), got {tau_adapt}")
         self.input_shape = input_shape
         self.num_classes = num_classes
         self.readout = readout
         self.readout_steps = readout_steps
         self.lr, self.weight_decay = lr, weight_decay
+        self.neuron_type = neuron
+        self.ranges = {key: value for key, value in ranges.items() if value is not None}
 
         surrogate_fn = make_surrogate(surrogate, surrogate_args)
-        neuron_args = dict(tau_syn=tau_syn, threshold=threshold, reset=reset, v_min=v_min,
-                           max_spikes_per_bin=max_spikes_per_bin, surrogate=surrogate_fn, gradient=gradient,
-                           grad_scale=grad_scale, train_threshold=train_threshold, backend=backend)
+        common = dict(threshold=threshold, reset=reset, v_min=v_min, max_spikes_per_bin=max_spikes_per_bin,
+                      surrogate=surrogate_fn, gradient=gradient, grad_scale=grad_scale,
+                      train_threshold=train_threshold, backend=backend)
+        neuron_args = dict(tau_syn=tau_syn, **common)
         if neuron == "lif":
             neuron_args.update(tau_mem=tau_mem, train_tau=train_tau)
-        elif train_tau:
-            raise ConfigError("model.train_tau needs model.neuron: lif (IAF has no membrane time constant)")
+        elif neuron == "iaf" and train_tau:
+            raise ConfigError("model.train_tau needs model.neuron: lif, alif or adlif (IAF has no membrane time "
+                              "constant)")
+        per_neuron = train_tau or train_threshold
 
         def spiking(shape) -> nn.Module:
-            per_neuron = train_tau or train_threshold
-            cls = LIF if neuron == "lif" else IAF
-            return cls(shape=tuple(shape) if per_neuron else None, **neuron_args)
+            """The neuron of the readout (spike_count) and, for lif / iaf, of the hidden layers (as before)."""
+            cls = LIF if neuron in ("lif", "alif", "adlif") else IAF
+            args = neuron_args if cls is IAF or neuron == "lif" else dict(neuron_args, tau_mem=tau_mem,
+                                                                          train_tau=train_tau)
+            return cls(shape=tuple(shape) if per_neuron else None, **args)
+
+        def hidden_neuron(shape, can_recur: bool) -> nn.Module:
+            shape = tuple(shape)
+            rec = recurrent and can_recur
+            needs_shape = per_neuron or rec or train_adaptation or bool(self.ranges)
+            values = {}
+            for key, (_, name, time_constant, _) in _RANGES.items():
+                if ranges[key] is not None:
+                    low, high = ranges[key]
+                    values[name] = (_uniform_time_constant(low, high, shape) if time_constant
+                                    else torch.empty(shape).uniform_(low, high))
+            rec_args = dict(recurrent=rec, weight_rec_init=weight_rec_init, weight_rec_gain=weight_rec_gain,
+                            zero_diagonal=zero_diagonal) if rec else {}
+            if not adaptive:
+                args = dict(neuron_args, **rec_args)
+                if neuron == "lif" and "tau_mem" in values:
+                    args["tau_mem"] = values["tau_mem"]
+                cls = LIF if neuron == "lif" else IAF
+                return cls(shape=shape if needs_shape else None, **args)
+            args = dict(common, **rec_args, tau_mem=values.get("tau_mem", tau_mem),
+                        tau_adapt=values.get("tau_adapt", tau_adapt), train_tau=train_tau,
+                        train_adaptation=train_adaptation, shape=shape if needs_shape else None)
+            try:
+                if neuron == "alif":
+                    module = ALIF(adapt_threshold=adapt_threshold, **args)
+                else:
+                    module = AdLIF(a=values.get("adapt_membrane", adapt_a), b=values.get("adapt_spike", adapt_b),
+                                   **args)
+            except ValueError as error:
+                raise ConfigError(f"model ({neuron} neurons): {error}") from None
+            if train_adaptation:
+                for name in _FIXED_COUPLINGS[neuron]:
+                    _freeze(module, name)
+            return module
 
         self.layers = nn.ModuleDict()      # name -> nn.ModuleDict(synapse=..., neuron=...)
         features = input_shape
@@ -164,10 +340,11 @@ class SpikingClassifier(pl.LightningModule):
                     raise ConfigError(f"model.conv_pool {conv_pool} shrinks the {input_shape[1:]} frames to nothing "
                                       f"after {i + 1} conv layers; use fewer conv_channels or a smaller conv_pool")
                 channels, features = out, (out, height, width)
-                self.layers[f"conv{i}"] = nn.ModuleDict(dict(synapse=synapse, neuron=spiking(features)))
+                self.layers[f"conv{i}"] = nn.ModuleDict(dict(synapse=synapse, neuron=hidden_neuron(features, False)))
         size = math.prod(features)
         for i, width in enumerate(hidden):
-            self.layers[f"hidden{i}"] = nn.ModuleDict(dict(synapse=nn.Linear(size, width), neuron=spiking((width,))))
+            synapse = NormalizedLinear(size, width) if batch_norm else nn.Linear(size, width)
+            self.layers[f"hidden{i}"] = nn.ModuleDict(dict(synapse=synapse, neuron=hidden_neuron((width,), True)))
             size = width
         readout_neuron = (spiking((num_classes,)) if readout == "spike_count"
                           else ExpLeak(tau_mem=readout_tau, backend=backend))
@@ -199,6 +376,27 @@ class SpikingClassifier(pl.LightningModule):
         if self.readout_steps is not None and x.shape[1] < self.readout_steps:
             raise ConfigError(f"model.readout_steps ({self.readout_steps}) exceeds the {x.shape[1]} time steps of the "
                               f"data; lower model.readout_steps")
+
+    def clamp_neuron_parameters(self) -> None:
+        """Clamp every trained per-neuron parameter that has a range (``tau_mem_range``, ...) into it, in
+        place: tau_mem / tau_adapt to [low, high] steps (i.e. the decay exp(-1/tau) to
+        [exp(-1/low), exp(-1/high)]), a / b to [low, high]. Runs after every optimizer step
+        (``optimizer_step``); parameters without a range, or not trained, are left alone."""
+        if not self.ranges:
+            return
+        with torch.no_grad():
+            for name, layer in self.layers.items():
+                if name == "readout":
+                    continue
+                module = layer["neuron"]
+                for key, (low, high) in self.ranges.items():
+                    value = getattr(module, _RANGES[key][1], None)
+                    if isinstance(value, nn.Parameter):
+                        value.clamp_(low, high)
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.clamp_neuron_parameters()
 
     def reset_states(self) -> None:
         for layer in self.layers.values():

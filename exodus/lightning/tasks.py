@@ -9,6 +9,12 @@
   each fire one burst during a cue period; the class is which group fired first. A delay of
   noise follows; the answer is read out in a response window at the end
   (``model.readout_steps``). Both groups fire the same number of spikes in both classes.
+* ``store_recall_task`` / ``StoreRecallData`` — working memory beyond the membrane time constant,
+  after the store-recall task of Bellec et al. (2018): a sequence of value slots (one of K value
+  populations active per slot), a STORE cue marks one early slot, a RECALL cue comes at the end;
+  the class is the value shown at the store cue. The slots between them are label-independent
+  distractors, so the value must be held for > 100 steps against interference. Every value
+  population is active in the same number of slots in distribution, whatever the class.
 * ``rate_baseline`` — multinomial logistic regression on spike counts (optionally in coarse time
   bins), the evidence that a rate-only decoder is at chance on these tasks.
 
@@ -28,8 +34,8 @@ from torch.utils.data import TensorDataset
 from .data import ConfigError, SpikeDataModule
 
 __all__ = [
-    "spike_timing_task", "temporal_order_task", "rate_baseline",
-    "SpikeTimingData", "TemporalOrderData",
+    "spike_timing_task", "temporal_order_task", "store_recall_task", "rate_baseline",
+    "SpikeTimingData", "TemporalOrderData", "StoreRecallData",
 ]
 
 _SPLITS = {"train": 1, "val": 2, "test": 3}
@@ -172,6 +178,76 @@ def temporal_order_task(samples: int, *, group_size: int = 10, distractors: int 
     times = (times + spread).clamp(0, cue_steps - 1)
     raster = torch.zeros(samples, time_steps, neurons)
     raster[:, :, : 2 * group_size] = _place_spikes(times, time_steps)
+    return _add_noise(raster, noise_rate, g), labels
+
+
+# ----------------------------------------------------------------------------- task (c)
+
+def _store_recall_check(values: int, group_size: int, slot_steps: int, value_slots: int, store_slots: int,
+                        recall_steps: int, rate: float, noise_rate: float, distractors: int) -> None:
+    if values < 2 or group_size < 1 or slot_steps < 1 or recall_steps < 1 or distractors < 0:
+        raise ValueError(f"need values >= 2, group_size >= 1, slot_steps >= 1, recall_steps >= 1, distractors >= 0; "
+                         f"got {values=}, {group_size=}, {slot_steps=}, {recall_steps=}, {distractors=}")
+    if store_slots < 1 or store_slots + values - 1 > value_slots:
+        raise ValueError(f"need 1 <= store_slots and store_slots + values - 1 <= value_slots (the store slot and the "
+                         f"values - 1 slots after it fit in the sequence); got {store_slots=}, {values=}, "
+                         f"{value_slots=}")
+    if not (0 < rate <= 1 and 0 <= noise_rate < 1):
+        raise ValueError(f"need 0 < rate <= 1 and 0 <= noise_rate < 1, got {rate=}, {noise_rate=}")
+
+
+@_single_threaded
+def store_recall_task(samples: int, *, values: int = 2, group_size: int = 10, slot_steps: int = 10,
+                      value_slots: int = 14, store_slots: int = 3, recall_steps: int = 10, rate: float = 0.3,
+                      noise_rate: float = 0.01, distractors: int = 0, seed: int = 0,
+                      split: str = "train") -> tuple[Tensor, Tensor]:
+    """Store-recall (after Bellec et al. 2018): which value was shown at the STORE cue?
+
+    Inputs, in populations of ``group_size`` neurons: ``values`` value populations, then STORE,
+    then RECALL, then ``distractors`` noise-only neurons. The sample is ``value_slots`` slots of
+    ``slot_steps`` steps followed by a recall period of ``recall_steps`` steps. In every slot one
+    value population is active (each of its neurons spikes with probability ``rate`` per step).
+    The STORE population is active during one slot s, drawn uniformly from the first
+    ``store_slots``; the class is the value of slot s. Slots s+1 .. s+values-1 show the other
+    values once each (random order), so that slots s .. s+values-1 hold every value exactly once;
+    all other slots draw their value uniformly and independently. Hence the number of slots per
+    value population — and every spike count — has the same distribution in all classes, and
+    everything after slot s+values-1 is independent of the class: the answer has to be held for at
+    least (value_slots - store_slots - values + 1) * slot_steps steps of distractors. During the
+    recall period the RECALL population is active and no value is shown; read the answer there
+    (``model.readout_steps = recall_steps``). Bernoulli(``noise_rate``) noise on every neuron
+    throughout.
+
+    Returns x float32 (samples, value_slots * slot_steps + recall_steps,
+    (values + 2) * group_size + distractors) and y int64 (samples,), balanced classes.
+    """
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {tuple(_SPLITS)}, got {split!r}")
+    _store_recall_check(values, group_size, slot_steps, value_slots, store_slots, recall_steps, rate, noise_rate,
+                        distractors)
+    g = _generator(seed, 20 + _SPLITS[split])
+    labels = torch.arange(samples) % values
+    labels = labels[torch.randperm(samples, generator=g)]
+    slot_values = torch.randint(values, (samples, value_slots), generator=g)
+    store = torch.randint(store_slots, (samples,), generator=g)
+    # slots store .. store + values - 1: the label, then the other values in random order
+    others = torch.rand(samples, values, generator=g).argsort(1)          # random permutation of the values
+    others = others[others != labels[:, None]].view(samples, values - 1)  # ... without the label
+    block = torch.cat([labels[:, None], others], 1)                       # (samples, values)
+    positions = store[:, None] + torch.arange(values)
+    slot_values.scatter_(1, positions, block)
+
+    time_steps = value_slots * slot_steps + recall_steps
+    neurons = (values + 2) * group_size + distractors
+    active = torch.zeros(samples, time_steps, values + 2, dtype=torch.bool)  # population active per step
+    step_slot = torch.arange(value_slots * slot_steps) // slot_steps        # slot index of each step
+    active[:, : value_slots * slot_steps].scatter_(2, slot_values[:, step_slot].unsqueeze(2), True)
+    store_steps = step_slot[None, :] == store[:, None]
+    active[:, : value_slots * slot_steps, values] = store_steps
+    active[:, value_slots * slot_steps:, values + 1] = True
+    drive = active.repeat_interleave(group_size, dim=2)
+    raster = torch.zeros(samples, time_steps, neurons)
+    raster[:, :, : (values + 2) * group_size] = (drive & (torch.rand(drive.shape, generator=g) < rate)).float()
     return _add_noise(raster, noise_rate, g), labels
 
 
@@ -318,13 +394,56 @@ class TemporalOrderData(_GeneratedData):
         return self.task["response_steps"]
 
 
+class StoreRecallData(_GeneratedData):
+    """DataModule of ``store_recall_task`` (``values`` classes). Args: see ``store_recall_task``;
+    ``root`` is unused. Inputs (batch, value_slots * slot_steps + recall_steps,
+    (values + 2) group_size + distractors); read the answer in the last ``recall_steps`` steps
+    (set ``model.readout_steps`` to it)."""
+
+    def __init__(self, root: Optional[str] = None, batch_size: int = 64, num_workers: int = 0, seed: int = 0,
+                 train_samples: int = 2000, val_samples: int = 500, test_samples: int = 500,
+                 values: int = 2, group_size: int = 10, slot_steps: int = 10, value_slots: int = 14,
+                 store_slots: int = 3, recall_steps: int = 10, rate: float = 0.3, noise_rate: float = 0.01,
+                 distractors: int = 0):
+        super().__init__(root, batch_size, num_workers, seed, train_samples, val_samples, test_samples)
+        self.task = dict(values=values, group_size=group_size, slot_steps=slot_steps, value_slots=value_slots,
+                         store_slots=store_slots, recall_steps=recall_steps, rate=rate, noise_rate=noise_rate,
+                         distractors=distractors)
+        _validate(lambda: store_recall_task(1, seed=seed, **self.task))
+
+    def generate(self, split: str) -> tuple[Tensor, Tensor]:
+        return store_recall_task(self.sizes[split], seed=self.seed, split=split, **self.task)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return ((self.task["values"] + 2) * self.task["group_size"] + self.task["distractors"],)
+
+    @property
+    def num_classes(self) -> int:
+        return self.task["values"]
+
+    @property
+    def time_steps(self) -> int:
+        return self.task["value_slots"] * self.task["slot_steps"] + self.task["recall_steps"]
+
+    @property
+    def recall_steps(self) -> int:
+        return self.task["recall_steps"]
+
+    @property
+    def min_delay(self) -> int:
+        """Steps between the last class-dependent slot and the recall period."""
+        t = self.task
+        return (t["value_slots"] - t["store_slots"] - t["values"] + 1) * t["slot_steps"]
+
+
 # ----------------------------------------------------------------------------- command line
 
 def _baseline_table(config_paths: list[str], bins: tuple[int, ...] = (1, 2, 4, 10)) -> str:
     """Markdown table of rate_baseline() for the offline task of each config file."""
     import yaml
 
-    known = {cls.__name__: cls for cls in (SpikeTimingData, TemporalOrderData)}
+    known = {cls.__name__: cls for cls in (SpikeTimingData, TemporalOrderData, StoreRecallData)}
     lines = ["| config | task | chance | " + " | ".join(
         "counts (rate only)" if b == 1 else f"counts in {b} time bins" for b in bins) + " |",
         "| --- " * (3 + len(bins)) + "|"]
