@@ -108,7 +108,7 @@ extern "C" void exodus_cpu_adaptive_forward(
 extern "C" void exodus_cpu_adaptive_backward(
     const acc_t* h_save, const acc_t* w_save, const scalar_t* grad_spikes, const scalar_t* grad_v,
     const scalar_t* grad_w, const acc_t* grad_rec, const acc_t* params, const acc_t* v0, const acc_t* w0,
-    scalar_t* grad_x, scalar_t* spikes_out, acc_t* carry_v, acc_t* carry_w, acc_t* grad_params, index_t B,
+    scalar_t* grad_x, scalar_t* prev_spikes, acc_t* carry_v, acc_t* carry_w, acc_t* grad_params, index_t B,
     index_t T, index_t N, index_t t_begin, index_t t_end, index_t partials, int reset, int max_spikes,
     int has_vmin, acc_t v_min, int norm_input, int adaptive, int gradient, int surrogate, acc_t grad_scale, acc_t p0, acc_t p1, acc_t p2,
     int num_threads) {
@@ -116,6 +116,11 @@ extern "C" void exodus_cpu_adaptive_backward(
   // Parameter-gradient partials: slot = OpenMP thread (the batch sum happens in a small (7, P, N)
   // array that stays in cache when the driver is called once per step).
   num_threads = static_cast<int>(std::min<index_t>(std::max(num_threads, 1), std::max<index_t>(partials, 1)));
+  // Single-step launches (the recurrent backward) run on one thread: measured on a 2-core Xeon at
+  // (64, 1000, 512), one thread took 0.38 s for the 1000 steps and two threads 11.6 s (a parallel
+  // region per step with parameter gradients; not understood, see docs/benchmarks.md). The BLAS
+  // product between the steps still uses all threads.
+  if (t_end - t_begin < 4) num_threads = 1;
   dispatch_backward(config, adaptive != 0, [&](auto spec) {
     constexpr bool ADAPT = decltype(spec)::adaptive;
     for_each_tile(B, t_end - t_begin, N, num_threads, [&](index_t b, index_t n0, index_t len) {
@@ -198,8 +203,8 @@ extern "C" void exodus_cpu_adaptive_backward(
             gx[k] = from_acc(c.norm_input ? (acc_t(1) - pk.alpha) * H : H);
           }
         }
-        if (spikes_out)
-          for (index_t k = 0; k < len; ++k) spikes_out[row + k] = from_acc(spikes_row[k]);
+        if (prev_spikes && t + 1 < T)  // a_t is the spikes step t + 1's recurrent input saw
+          for (index_t k = 0; k < len; ++k) prev_spikes[row + N + k] = from_acc(spikes_row[k]);
       }
     });
   });

@@ -146,12 +146,14 @@ extern "C" __global__ void exodus_adaptive_forward(
 // the gradient of the final state enters as their initial value. grad_spikes / grad_v /
 // grad_w: (B, T, N) or null. grad_params: (7, P, N) partial sums, accumulated (+=), or null (then
 // v_{t-1} is not recomputed); each slot of P is written by one thread at a time: here slot = batch
-// row (P = B), in the CPU driver slot = OpenMP thread. spikes_out: the recomputed a_t (B, T, N) or null.
+// row (P = B), in the CPU driver slot = OpenMP thread. prev_spikes (B, T, N) or null: the recomputed
+// a_t written at step t + 1, i.e. the spikes each step's recurrent input saw (step 0, a0, is the
+// caller's), so that dL/dM = sum over (b, t) of dL/dx_t (x) prev_spikes_t is one matrix product.
 extern "C" __global__ void exodus_adaptive_backward(
     const acc_t* __restrict__ h_save, const acc_t* __restrict__ w_save, const scalar_t* __restrict__ grad_spikes,
     const scalar_t* __restrict__ grad_v, const scalar_t* __restrict__ grad_w, const acc_t* __restrict__ grad_rec,
     const acc_t* __restrict__ params, const acc_t* __restrict__ v0, const acc_t* __restrict__ w0,
-    scalar_t* __restrict__ grad_x, scalar_t* __restrict__ spikes_out, acc_t* __restrict__ carry_v,
+    scalar_t* __restrict__ grad_x, scalar_t* __restrict__ prev_spikes, acc_t* __restrict__ carry_v,
     acc_t* __restrict__ carry_w, acc_t* __restrict__ grad_params, index_t B, index_t T, index_t N,
     index_t t_begin, index_t t_end, index_t partials, int reset, int max_spikes, int has_vmin, acc_t v_min, int norm_input,
     int adaptive, int gradient, int surrogate, acc_t grad_scale, acc_t p0, acc_t p1, acc_t p2) {
@@ -185,7 +187,7 @@ extern "C" __global__ void exodus_adaptive_backward(
     const acc_t H = adaptive_backward_step(c, adapt, h_save[i], v_prev, w_prev, ga, gv, gw, p, cv, cw, s,
                                            grad_params != nullptr, g);
     grad_x[i] = from_acc(c.norm_input ? (acc_t(1) - p.alpha) * H : H);
-    if (spikes_out) spikes_out[i] = from_acc(s);
+    if (prev_spikes && t + 1 < T) prev_spikes[i + N] = from_acc(s);
   }
   carry_v[tid] = cv;
   if (adapt) carry_w[tid] = cw;

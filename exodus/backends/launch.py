@@ -119,14 +119,14 @@ def adaptive_forward_plan(x, rec, params, v_state, w_state, spikes, v_out, w_out
 
 
 def adaptive_backward_plan(h_save, w_save, grad_spikes, grad_v, grad_w, grad_rec, params, v0, w0, grad_x,
-                           spikes_out, carry_v, carry_w, grad_params, o: LifOptions, adaptive: bool) -> LaunchPlan:
+                           prev_spikes, carry_v, carry_w, grad_params, o: LifOptions, adaptive: bool) -> LaunchPlan:
     """exodus_adaptive_backward (cuda/kernels.cu); shapes as in the kernel's comment. grad_params
     (7, P, N) or None: P = B for the GPU kernel, P >= the thread count for the CPU driver."""
     B, _, N = h_save.shape
     p0, p1, p2 = o.surrogate_params
     return _ranged("exodus_adaptive_backward", B * N, [
         ("ptr", h_save), ("ptr", w_save), ("ptr", grad_spikes), ("ptr", grad_v), ("ptr", grad_w), ("ptr", grad_rec),
-        ("ptr", params), ("ptr", v0), ("ptr", w0), ("ptr", grad_x), ("ptr", spikes_out), ("ptr", carry_v),
+        ("ptr", params), ("ptr", v0), ("ptr", w0), ("ptr", grad_x), ("ptr", prev_spikes), ("ptr", carry_v),
         ("ptr", carry_w), ("ptr", grad_params), *_dims(h_save), ("name", "t_begin"), ("name", "t_end"),
         ("i64", 0 if grad_params is None else grad_params.shape[1]), ("i32", o.reset), ("i32", o.max_spikes), ("i32", int(o.has_vmin)), ("acc", o.v_min),
         ("i32", int(o.norm_input)), ("i32", int(adaptive)), ("i32", o.gradient), ("i32", o.surrogate),

@@ -154,7 +154,10 @@ def adaptive_scan_backward(grad_spikes: Optional[Tensor], grad_v: Optional[Tenso
     carry_v, carry_w = final(grad_v), final(grad_w if adaptive else None)
     grad_x = torch.empty((B, T, N), dtype=storage, device=h_save.device)
     recurrent = weight_rec is not None
-    spikes = torch.empty_like(grad_x) if recurrent else None
+    # a_{t-1} for every step (a0 first; the kernel fills the rest), for dL/dM in one product
+    prev_spikes = torch.empty_like(grad_x) if recurrent else None
+    if recurrent:
+        prev_spikes[:, 0] = a0
     grad_rec = torch.zeros((B, N), dtype=acc, device=h_save.device) if recurrent else None
     # Partial sums of the parameter gradients: one slot per batch row (GPU) or per CPU thread.
     slots = torch.get_num_threads() if backend == "cpu" else B
@@ -162,15 +165,17 @@ def adaptive_scan_backward(grad_spikes: Optional[Tensor], grad_v: Optional[Tenso
     if B * N > 0 and T > 0:
         plan = launch.adaptive_backward_plan(h_save, w_save if adaptive else None, gs, trace(grad_v),
                                              trace(grad_w) if adaptive else None, grad_rec, params, v0,
-                                             w0 if adaptive else None, grad_x, spikes, carry_v,
+                                             w0 if adaptive else None, grad_x, prev_spikes, carry_v,
                                              carry_w if adaptive else None, grad_params, o, adaptive)
         _run_backward(plan, grad_x, grad_rec, weight_rec, backend, storage, acc)
     out_dtype = given.dtype
     grad_p = grad_params.sum(1) if need_params else torch.zeros((7, N), dtype=acc, device=h_save.device)
-    if recurrent:
-        gx, a = grad_x.to(acc), spikes.to(acc)
-        grad_weight = torch.tensordot(gx[:, 1:], a[:, :-1], dims=([0, 1], [0, 1])) + gx[:, 0].t() @ a0
-        grad_a0 = gx[:, 0] @ weight_rec if T > 0 else torch.zeros_like(a0)
+    if recurrent and T > 0:
+        gx, a_prev = grad_x.to(acc).reshape(B * T, N), prev_spikes.to(acc).reshape(B * T, N)
+        grad_weight = gx.t() @ a_prev                  # sum over (b, t) of dL/dx_t (x) a_{t-1}  (DESIGN §5)
+        grad_a0 = grad_x[:, 0].to(acc) @ weight_rec
+    elif recurrent:
+        grad_weight, grad_a0 = torch.zeros_like(weight_rec), torch.zeros_like(a0)
     else:
         grad_weight, grad_a0 = h_save.new_empty((0,)), h_save.new_empty((0,))
     return grad_x.to(out_dtype), grad_p, carry_v, carry_w, grad_weight, grad_a0
