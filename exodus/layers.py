@@ -372,8 +372,8 @@ class AdaptiveLIF(LIF):
                 raise ValueError(f"{name} must be finite, got {value!r}")
             if train_adaptation:
                 self.register_parameter(name, nn.Parameter(tensor))
-            elif tensor.dim() == 0:
-                setattr(self, name, float(tensor))  # a number: all four 0 runs the plain LIF kernels
+            elif not isinstance(value, Tensor):
+                setattr(self, name, float(value))  # a number (also with shape): all four 0 run the LIF kernels
             else:
                 self.register_buffer(name, tensor)
 

@@ -19,7 +19,9 @@ from exodus.backends import cupy as cupy_backend
 from exodus.backends.sources import GPU_TYPES, cuda_dir, compiler, inline_source, type_defines
 
 KERNELS = ("exodus_lif_forward", "exodus_lif_backward", "exodus_leaky_forward", "exodus_leaky_backward",
-           "exodus_adaptive_forward", "exodus_adaptive_backward")
+           "exodus_adaptive_forward", "exodus_adaptive_backward", "exodus_adaptive_recurrent_forward")
+# The CPU driver sources (each built into its own library by exodus.backends.cpu).
+CPU_SOURCES = ("cpu_drivers.cpp", "cpu_adaptive.cpp")
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 NVCC = shutil.which("nvcc")
 
@@ -138,7 +140,8 @@ def test_nvrtc_forward_has_no_fused_multiply_add(nvrtc_results, dtype):
     forward is bitwise equal to it. The LIF backward calls exp(), whose libdevice code uses
     fma on purpose; it is not checked."""
     entries = _entries(_ptx(nvrtc_results, dtype))
-    for name in ("exodus_lif_forward", "exodus_leaky_forward", "exodus_leaky_backward"):
+    for name in ("exodus_lif_forward", "exodus_leaky_forward", "exodus_leaky_backward", "exodus_adaptive_forward",
+                 "exodus_adaptive_recurrent_forward"):
         assert not re.search(r"\bfma\.", entries[name]), f"{name} contains fused multiply-adds"
 
 
@@ -164,11 +167,12 @@ def _host_compiler() -> str:
     return cxx
 
 
+@pytest.mark.parametrize("source", CPU_SOURCES)
 @pytest.mark.parametrize("c_type, opt", [("float", "-O3"), ("double", "-O1")])
-def test_cpu_drivers_compile_without_warnings(c_type, opt, tmp_path):
+def test_cpu_drivers_compile_without_warnings(c_type, opt, source, tmp_path):
     """With the backend's first flag set (float) — double at -O1 only to save ~10 s: the same
     templates are instantiated and -O1 runs the analyses behind -Wmaybe-uninitialized."""
-    main = _write(tmp_path, inline_source("cpu_drivers.cpp"), "cpu_drivers.cpp")
+    main = _write(tmp_path, inline_source(source), source)
     from exodus.backends import cpu
     flags = [opt if f.startswith("-O") else f for f in cpu._FLAG_SETS[0] if not f.startswith("-l")]  # no linking
     cmd = [_host_compiler(), "-x", "c++", "-std=c++17", *flags, "-fPIC",
@@ -186,7 +190,7 @@ def test_host_emulation_compiles_without_warnings(tmp_path):
     assert result.returncode == 0 and result.stderr.strip() == "", f"{' '.join(cmd)}\n{result.stderr}"
 
 
-@pytest.mark.parametrize("name", ["kernels.cu", "cpu_drivers.cpp", "host_emulation.cpp"])
+@pytest.mark.parametrize("name", ["kernels.cu", *CPU_SOURCES, "host_emulation.cpp"])
 def test_inlined_sources_have_no_pragma_once(name):
     """Compiled as a main file, '#pragma once' makes GCC warn on every native build."""
     assert not re.search(r"^\s*#\s*pragma\s+once", inline_source(name), flags=re.M)
@@ -200,12 +204,15 @@ def test_drivers_only_loop_over_the_step_functions():
     # Calls, not declarations (cpu_drivers.cpp declares the SIMD variants of exp for the vectoriser).
     math_calls = re.compile(r"(?<!float )(?<!double )\b(?:std::)?(?:exp|expf|floor|floorf|fmod|fabs|sqrt|pow|log|tanh"
                             r"|atan)\s*\(|\bEXODUS_MATH\s*\(")
-    for name in ("kernels.cu", "cpu_drivers.cpp", "host_emulation.h", "host_emulation.cpp"):
+    for name in ("kernels.cu", *CPU_SOURCES, "host_emulation.h", "host_emulation.cpp"):
         text = (cuda_dir() / name).read_text()
         assert not math_calls.search(text), f"{name} contains math library calls; use the neuron.cuh step functions"
         assert not re.search(r"\bsurrogate_sigma\s*\(", text), f"{name} calls a surrogate directly"
-    steps = ("lif_forward_step", "lif_backward_step", "leaky_forward_step", "leaky_backward_step", "membrane_from_h")
-    for name in ("kernels.cu", "cpu_drivers.cpp"):
+    lif_steps = ("lif_forward_step", "lif_backward_step", "leaky_forward_step", "leaky_backward_step",
+                 "membrane_from_h")
+    adaptive_steps = ("adaptive_forward_step", "adaptive_backward_step", "membrane_from_h")  # adaptive.cuh
+    for name, steps in (("kernels.cu", lif_steps + adaptive_steps), ("cpu_drivers.cpp", lif_steps),
+                        ("cpu_adaptive.cpp", adaptive_steps)):
         text = (cuda_dir() / name).read_text()
         for step in steps:
             assert f"{step}(" in text, f"{name} does not use {step}"

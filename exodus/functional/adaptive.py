@@ -156,7 +156,7 @@ def adaptive_scan_backward(grad_spikes: Optional[Tensor], grad_v: Optional[Tenso
     recurrent = weight_rec is not None
     # a_{t-1} for every step (a0 first; the kernel fills the rest), for dL/dM in one product
     prev_spikes = torch.empty_like(grad_x) if recurrent else None
-    if recurrent:
+    if recurrent and T > 0:
         prev_spikes[:, 0] = a0
     grad_rec = torch.zeros((B, N), dtype=acc, device=h_save.device) if recurrent else None
     # Partial sums of the parameter gradients: one slot per batch row (GPU) or per CPU thread.
