@@ -8,9 +8,10 @@
 Each fused op sits next to its plain-PyTorch reference (``*_ref``, from exodus.reference), the oracle
 its tests compare against.
 """
-from .adaptive import COUPLINGS, adaptive_lif, adaptive_lif_ref
+from .adaptive import COUPLINGS, adaptive_lif, adaptive_lif_ref, adaptive_scan, adaptive_scan_backward
 from .lif import (GRADIENTS, RESETS, _as_parameter, _check_choice, _check_number, _check_range, _check_threshold,
-                  _check_v0, _max_spikes_code, check_input, leaky, leaky_ref, lif, lif_ref)
+                  _check_v0, _max_spikes_code, check_input, leaky, leaky_ref, leaky_scan, leaky_scan_backward, lif,
+                  lif_ref, lif_scan, lif_scan_backward)
 
 __all__ = ["lif", "leaky", "adaptive_lif", "lif_ref", "leaky_ref", "adaptive_lif_ref", "RESETS", "GRADIENTS",
            "COUPLINGS", "check_input"]
