@@ -141,3 +141,20 @@ def test_memory_tracker_sees_saved_activations():
     short, _ = C.peak_step_memory(model, (torch.rand(2, 20, 8), y), torch.device("cpu"))
     long, _ = C.peak_step_memory(model, (torch.rand(2, 200, 8), y), torch.device("cpu"))
     assert short > 0 and long > 5 * short
+
+
+def test_recurrent_adaptive_config_exodus_matches_bptt(tmp_path):
+    """The store-recall config (recurrent ALIF, weight_rec among hidden0's parameters): EXODUS'
+    gradient is BPTT's on every layer, at the initial and the final weights."""
+    config = os.path.join(ROOT, "experiments", "configs", "store_recall.yaml")
+    tiny = ["--trainer.max_epochs", "1", "--data.init_args.train_samples", "64", "--data.init_args.val_samples", "64",
+            "--data.init_args.batch_size", "32", "--model.hidden", "[16]", "--num_threads", "1"]
+    C.main(["--config", config, "--gradients", "exodus", "bptt", "--seeds", "1", "--output", str(tmp_path),
+            "--no-progress", *tiny])
+    with open(tmp_path / "summary.json") as handle:
+        summary = json.load(handle)
+    assert summary["exodus_matches_bptt"] is True
+    exodus = next(r for r in summary["runs"] if r["gradient"] == "exodus")
+    for when in ("init", "final"):
+        assert set(exodus["grad_rel_error_vs_bptt"][when]) == {"hidden0", "readout"}
+        assert all(e < 1e-4 for e in exodus["grad_rel_error_vs_bptt"][when].values()), when

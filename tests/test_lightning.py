@@ -289,6 +289,12 @@ def test_missing_dataset_files_name_the_files_and_data_root(tmp_path, monkeypatc
     assert "missing" in message and "data.root" in message and str(tmp_path) in message
 
 
+def test_recurrent_with_conv_front_end_says_which_key(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    message = exit_message(["fit", "--config", os.path.join(CONFIGS, "nmnist.yaml"), "--model.recurrent", "true"])
+    assert "model.recurrent" in message and "model.conv_channels" in message
+
+
 def test_conv_front_end_on_vector_data_says_which_key(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     message = exit_message(["fit", "--config", DEFAULT, "--model.conv_channels", "[4]"])
@@ -335,6 +341,10 @@ def test_batches_that_do_not_fit_the_model_say_which_key(tmp_path):
     (dict(neuron="iaf", train_tau=True), "model.train_tau"),
     (dict(readout_steps=0), "model.readout_steps"),
     (dict(input_shape=(2, 4, 4), conv_channels=[2, 2, 2], conv_pool=2), "model.conv_pool"),
+    (dict(input_shape=(2, 8, 8), conv_channels=[2], recurrent=True), "model.recurrent"),
+    (dict(neuron="alif", tau_syn=4.0), "model.tau_syn"),
+    (dict(neuron="lif", train_adaptation=True), "model.train_adaptation"),
+    (dict(neuron="lif", adapt_b_range=[0, 2]), "model.adapt_b_range"),
 ])
 def test_bad_model_arguments_say_what_to_fix(args, message):
     with pytest.raises(ConfigError, match=message):

@@ -6,11 +6,14 @@ pytest.importorskip("pytorch_lightning")
 
 from exodus.lightning.data import EpochShuffleSampler  # noqa: E402
 from exodus.lightning.tasks import (  # noqa: E402
-    SpikeTimingData, TemporalOrderData, rate_baseline, spike_timing_task, temporal_order_task,
+    SpikeTimingData, StoreRecallData, TemporalOrderData, rate_baseline, spike_timing_task, store_recall_task,
+    temporal_order_task,
 )
 
 TIMING = dict(num_classes=5, neurons=20, time_steps=40, jitter=1.0, noise_rate=0.002)
 ORDER = dict(group_size=6, distractors=4, cue_steps=20, min_gap=4, delay_steps=20, response_steps=5, noise_rate=0.01)
+RECALL = dict(values=3, group_size=4, slot_steps=5, value_slots=10, store_slots=3, recall_steps=5, rate=0.4,
+              noise_rate=0.01, distractors=2)
 
 
 def first_spike_times(x):
@@ -19,7 +22,8 @@ def first_spike_times(x):
     return torch.where(x > 0, steps, torch.full_like(x, float("inf"))).min(1).values
 
 
-@pytest.mark.parametrize("task, args", [(spike_timing_task, TIMING), (temporal_order_task, ORDER)])
+@pytest.mark.parametrize("task, args", [(spike_timing_task, TIMING), (temporal_order_task, ORDER),
+                                        (store_recall_task, RECALL)])
 def test_generation_is_a_function_of_seed_and_split(task, args):
     x1, y1 = task(50, seed=3, split="train", **args)
     x2, y2 = task(50, seed=3, split="train", **args)
@@ -63,25 +67,75 @@ def test_temporal_order_label_is_the_order_of_the_groups():
     assert x[:, ORDER["cue_steps"]:].sum() == 0                              # silent delay without noise
 
 
-def test_rate_baseline_near_chance_on_both_tasks_but_timing_bins_decode():
+def active_slots(x, args):
+    """(samples, T, neurons) without noise -> which populations are active in each value slot and in the
+    recall period: (samples, value_slots + 1, values + 2) bool."""
+    k, g, steps = args["values"], args["group_size"], args["slot_steps"]
+    populations = x[:, :, : (k + 2) * g].unflatten(2, (k + 2, g)).sum(3)           # (S, T, k + 2)
+    slots = populations[:, : args["value_slots"] * steps].unflatten(1, (args["value_slots"], steps)).sum(2)
+    recall = populations[:, args["value_slots"] * steps:].sum(1, keepdim=True)
+    return torch.cat([slots, recall], 1) > 0
+
+
+def test_store_recall_label_is_the_value_at_the_store_cue():
+    args = {**RECALL, "noise_rate": 0.0, "rate": 1.0}
+    x, y = store_recall_task(300, seed=0, **args)
+    k = args["values"]
+    assert x.shape == (300, args["value_slots"] * args["slot_steps"] + args["recall_steps"], (k + 2) * 4 + 2)
+    active = active_slots(x, args)
+    values = active[:, :-1, :k]
+    assert torch.equal(values.sum(2), torch.ones(300, args["value_slots"], dtype=torch.long))   # one value per slot
+    store = active[:, :-1, k]
+    assert torch.equal(store.sum(1), torch.ones(300, dtype=torch.long))                        # one store slot
+    s = store.float().argmax(1)
+    assert int(s.max()) < args["store_slots"] and len(s.unique()) == args["store_slots"]
+    slot_value = values.float().argmax(2)                                                     # (S, value_slots)
+    assert torch.equal(slot_value[torch.arange(300), s], y)
+    # the store slot and the values - 1 slots after it show every value once
+    block = torch.stack([slot_value[torch.arange(300), s + i] for i in range(k)], 1)
+    assert torch.equal(block.sort(1).values, torch.arange(k).expand(300, k))
+    # recall period: only the RECALL population; no stores or values; distractors silent without noise
+    assert torch.all(active[:, -1, k + 1]) and not torch.any(active[:, -1, : k + 1])
+    assert not torch.any(active[:, :-1, k + 1]) and x[:, :, (k + 2) * 4:].sum() == 0
+    assert torch.equal(torch.bincount(y), torch.full((k,), 100))
+
+
+def test_store_recall_after_the_block_nothing_depends_on_the_label():
+    """Slots after s + values - 1 are drawn independently of the label: the value shown in the last
+    slots is at chance as a predictor of the class, while the store slot predicts it exactly."""
+    args = {**RECALL, "values": 2, "noise_rate": 0.0, "rate": 1.0, "value_slots": 12}
+    x, y = store_recall_task(4000, seed=1, **args)
+    slot_value = active_slots(x, args)[:, :-1, :2].float().argmax(2)
+    first_free = args["store_slots"] + args["values"] - 1
+    for slot in range(first_free, args["value_slots"]):
+        agreement = float((slot_value[:, slot] == y).float().mean())
+        assert abs(agreement - 0.5) < 0.04, (slot, agreement)
+    data = StoreRecallData(**{**args, "train_samples": 10, "val_samples": 10, "test_samples": 10})
+    assert data.min_delay == (args["value_slots"] - first_free) * args["slot_steps"]
+
+
+def test_rate_baseline_near_chance_on_every_task_but_timing_bins_decode():
     """Spike counts -> logistic regression stays near chance; the same decoder on counts in 8 time
-    bins reads the timing and is far above chance (so the baseline is able to learn)."""
+    bins reads the timing and is well above chance (so the baseline is able to learn)."""
     data = [
         (spike_timing_task(1000, seed=0, split="train", **TIMING), spike_timing_task(400, seed=0, split="test", **TIMING),
-         1 / TIMING["num_classes"]),
+         1 / TIMING["num_classes"], 0.3),
         (temporal_order_task(1000, seed=0, split="train", **ORDER), temporal_order_task(400, seed=0, split="test", **ORDER),
-         0.5),
+         0.5, 0.3),
+        (store_recall_task(1000, seed=0, split="train", **RECALL), store_recall_task(400, seed=0, split="test", **RECALL),
+         1 / RECALL["values"], 0.15),     # linear in bin counts: store x value is a product, partly decodable
     ]
-    for (x_tr, y_tr), (x_te, y_te), chance in data:
+    for (x_tr, y_tr), (x_te, y_te), chance, margin in data:
         rate = rate_baseline(x_tr, y_tr, x_te, y_te, time_bins=1)
         timed = rate_baseline(x_tr, y_tr, x_te, y_te, time_bins=8)
         assert abs(rate - chance) < 0.08, (rate, chance)
-        assert timed > chance + 0.3, (timed, chance)
+        assert timed > chance + margin, (timed, chance)
 
 
 def test_datamodules_shapes_match_batches():
     for data in (SpikeTimingData(batch_size=16, train_samples=40, val_samples=20, test_samples=20, **TIMING),
-                 TemporalOrderData(batch_size=16, train_samples=40, val_samples=20, test_samples=20, **ORDER)):
+                 TemporalOrderData(batch_size=16, train_samples=40, val_samples=20, test_samples=20, **ORDER),
+                 StoreRecallData(batch_size=16, train_samples=40, val_samples=20, test_samples=20, **RECALL)):
         data.setup("fit")
         for loader in (data.train_dataloader(), data.val_dataloader(), data.test_dataloader()):
             x, y = next(iter(loader))
@@ -116,6 +170,10 @@ def test_epoch_shuffle_depends_on_seed_and_epoch_only():
     (lambda: spike_timing_task(10, time_steps=20, spike_window=30), "spike_window"),
     (lambda: spike_timing_task(10, split="dev"), "split"),
     (lambda: temporal_order_task(10, cue_steps=5, min_gap=5), "cue_steps"),
+    (lambda: store_recall_task(10, values=3, value_slots=4, store_slots=3), "store_slots"),
+    (lambda: store_recall_task(10, values=1), "values"),
+    (lambda: store_recall_task(10, rate=0.0), "rate"),
+    (lambda: StoreRecallData(slot_steps=0), "data.init_args.*slot_steps"),
     (lambda: SpikeTimingData(train_samples=0), "data.train_samples"),
     (lambda: SpikeTimingData(batch_size=0), "data.batch_size"),
 ])

@@ -398,6 +398,8 @@ def _mean_std(values: Sequence[Optional[float]], digits: int, scale: float = 1.0
         return "—"
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if len(values) > 1 else 0.0
+    if abs(mean) >= 1e4 or std >= 1e4:     # e.g. an exploding gradient's norm ratio: no 20-digit fixed point
+        return f"{mean:.2e} ± {std:.1e}"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
