@@ -349,6 +349,7 @@ class AdaptiveLIF(LIF):
         shape: Optional[Sequence[int]] = None,
         record_states: bool = False,
         backend: str = "auto",
+        _fixed: tuple = (),
     ):
         super().__init__(tau_mem=tau_mem, tau_syn=None, threshold=threshold, reset=reset, v_min=v_min,
                          max_spikes_per_bin=max_spikes_per_bin, surrogate=surrogate, norm_input=norm_input,
@@ -370,7 +371,7 @@ class AdaptiveLIF(LIF):
             tensor = _parameter_tensor(name, value, shape)
             if not bool(torch.isfinite(tensor).all()):
                 raise ValueError(f"{name} must be finite, got {value!r}")
-            if train_adaptation:
+            if train_adaptation and name not in _fixed:  # presets keep the couplings they fix constant
                 self.register_parameter(name, nn.Parameter(tensor))
             elif not isinstance(value, Tensor):
                 setattr(self, name, float(value))  # a number (also with shape): all four 0 run the LIF kernels
@@ -411,7 +412,8 @@ class AdaptiveLIF(LIF):
 
 class ALIF(AdaptiveLIF):
     """ALIF of Bellec et al. 2018 (LSNN): threshold theta + beta w, w_t = rho w_{t-1} + (1 - rho) a_t
-    (adapt_spike tied to 1 - rho), no adaptation current or membrane coupling. Other arguments as
+    (adapt_spike tied to 1 - rho), no adaptation current or membrane coupling. With
+    train_adaptation, tau_adapt and beta are trained (gamma = zeta = 0 stay fixed). Other arguments as
     AdaptiveLIF."""
 
     def __init__(self, tau_mem=20.0, tau_adapt=200.0, adapt_threshold=1.8, **kwargs):
@@ -419,18 +421,21 @@ class ALIF(AdaptiveLIF):
             if name in kwargs:
                 raise TypeError(f"ALIF fixes {name}; use AdaptiveLIF to set it")
         super().__init__(tau_mem=tau_mem, tau_adapt=tau_adapt, adapt_threshold=adapt_threshold, adapt_current=0.0,
-                         adapt_membrane=0.0, adapt_spike=None, **kwargs)
+                         adapt_membrane=0.0, adapt_spike=None, _fixed=("adapt_current", "adapt_membrane"), **kwargs)
 
 
 class AdLIF(AdaptiveLIF):
     """adLIF of Bittar & Garner 2022: adaptation current w subtracted from the input (gamma = 1),
     normalised input, w_t = rho w_{t-1} + a h_t + b a_t, threshold 1, subtract reset, no threshold
-    adaptation. a (in [-1, 1] in their work) and b (in [0, 2]) are numbers or per-neuron tensors.
-    Other arguments as AdaptiveLIF."""
+    adaptation. a (in [-1, 1] in their work) and b (in [0, 2]) are numbers or per-neuron tensors;
+    with train_adaptation, tau_adapt, a and b are trained (beta = 0, gamma = 1 stay fixed). With
+    norm_input the input is scaled by 1 - alpha: scale the input weights up (e.g. weight_gain) or the
+    layer stays nearly silent on sparse input. Other arguments as AdaptiveLIF."""
 
     def __init__(self, tau_mem=20.0, tau_adapt=200.0, a=0.0, b=0.0, **kwargs):
         for name in ("adapt_threshold", "adapt_current", "adapt_membrane", "adapt_spike", "norm_input"):
             if name in kwargs:
                 raise TypeError(f"AdLIF fixes {name}; use AdaptiveLIF to set it")
         super().__init__(tau_mem=tau_mem, tau_adapt=tau_adapt, adapt_threshold=0.0, adapt_current=1.0,
-                         adapt_membrane=a, adapt_spike=b, norm_input=True, **kwargs)
+                         adapt_membrane=a, adapt_spike=b, norm_input=True,
+                         _fixed=("adapt_threshold", "adapt_current"), **kwargs)
