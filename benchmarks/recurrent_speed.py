@@ -21,15 +21,17 @@ Euler step) get x and M multiplied by 1 / (1 - alpha) so that all see the same d
 firing rate of each is printed (a few percent per neuron-step for all).
 
 Per implementation: forward, backward and forward+backward wall time (median; repetitions of all
-implementations interleaved round-robin, so the machine's noise hits all alike), the peak resident
-memory one forward+backward adds (Linux: /proc/self/status VmHWM after clear_refs, large blocks
-returned to the OS on free, as in benchmarks/lif_speed.py; measured in a fresh process per
-implementation and shape, after a warm-up on the first 8 steps, because in the process that ran all
-the timings the heap left by the others inflated the figures by up to 2.7x) and the bytes autograd
-saves for backward, with ratios against the fastest peer and against the reference BPTT of the same
-neuron. All run in one process with the same
-torch.get_num_threads(). An implementation whose first (warm-up) step takes longer than --budget
-seconds is not repeated (its row shows that one step and says so); one slower than --slow seconds
+implementations interleaved round-robin, so the machine's noise hits all alike; all in one process
+with the same torch.get_num_threads()), the peak resident memory one forward+backward adds and the
+bytes autograd saves for backward, with ratios against the fastest peer and against the reference
+BPTT of the same neuron. Peak memory is /proc/self/status VmHWM after clear_refs with large blocks
+returned to the OS on free (Linux, glibc; as in benchmarks/lif_speed.py), measured in a fresh process
+per implementation and shape: warm-up step first (the first 8 steps only for an implementation
+slower than --slow seconds per step), then the layer's state is reset (exodus' carried spikes are a
+view of the last output) and the baseline taken. Measured in the process that ran all the timings,
+the heap left by the other implementations inflated some figures up to 6x.
+An implementation whose first (warm-up) step takes longer than --budget seconds is not repeated (its
+row shows that one step and says so; its memory is not measured); one slower than --slow seconds
 gets at most 3 repetitions.
 
 The breakdown section splits exodus' time into the per-step (B, N) x (N, N) products (timed

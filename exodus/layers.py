@@ -232,7 +232,7 @@ class LIF(_StatefulNeuron):
                 a0=self._state("a", x), reset=self.reset, v_min=self.v_min, max_spikes_per_bin=self.max_spikes_per_bin,
                 surrogate=self.surrogate, norm_input=self.norm_input, gradient=self.gradient,
                 grad_scale=self.grad_scale, state_trace=self.record_states, **options)
-            self.a = spikes[:, -1] if spikes.shape[1] > 0 else self._initial("a", x)
+            self.a = spikes[:, -1].clone() if spikes.shape[1] > 0 else self._initial("a", x)
         else:
             spikes, v = F.lif(current, self.alpha(), self.threshold, self._state("v", x),
                               reset=self.reset, v_min=self.v_min, max_spikes_per_bin=self.max_spikes_per_bin,
@@ -401,7 +401,7 @@ class AdaptiveLIF(LIF):
         adaptive = not all(isinstance(c, float) and c == 0 for c in self.couplings())
         self.w = last(w, "w") if adaptive else None
         if self.recurrent:
-            self.a = spikes[:, -1] if spikes.shape[1] > 0 else self._initial("a", x)
+            self.a = spikes[:, -1].clone() if spikes.shape[1] > 0 else self._initial("a", x)
         if self.record_states:
             self.recordings = {"v": v, "w": w}
         return spikes
