@@ -50,6 +50,19 @@ def spike_ref(h, theta, max_spikes_per_bin=1, surrogate: Optional[Surrogate] = N
     return _Spike.apply(h, theta.expand_as(h), max_spikes_per_bin, surrogate, scale)
 
 
+def spike_reset_ref(h, theta, *, reset, v_min, max_spikes_per_bin, surrogate, detach, scale):
+    """Spike count a_t = S(h_t; theta) and post-reset membrane v_t (DESIGN.md §1); theta may be the
+    adaptive threshold of §4. detach: SLAYER mode (the reset carries no gradient)."""
+    a = spike_ref(h, theta, max_spikes_per_bin, surrogate, scale)
+    if reset == "subtract":
+        r = h - theta * (a.detach() if detach else a)
+    else:
+        fired = spike_ref(h, theta, 1, surrogate, scale)
+        r = h * (1 - (fired.detach() if detach else fired))
+    v = r if v_min is None else torch.where(r <= v_min, torch.full_like(r, v_min), r)
+    return a, v
+
+
 def lif_ref(
     x: torch.Tensor,
     alpha,
@@ -77,13 +90,8 @@ def lif_ref(
     for x_t in xs.unbind(1):  # unbind, not xs[:, t]: one backward node for all steps, O(T) BPTT
         u = (1 - alpha) * x_t if norm_input else x_t
         h = alpha * v + u
-        a = spike_ref(h, theta, max_spikes_per_bin, surrogate, scale)
-        if reset == "subtract":
-            r = h - theta * (a.detach() if detach else a)
-        else:
-            fired = spike_ref(h, theta, 1, surrogate, scale)
-            r = h * (1 - (fired.detach() if detach else fired))
-        v = r if v_min is None else torch.where(r <= v_min, torch.full_like(r, v_min), r)
+        a, v = spike_reset_ref(h, theta, reset=reset, v_min=v_min, max_spikes_per_bin=max_spikes_per_bin,
+                               surrogate=surrogate, detach=detach, scale=scale)
         spikes.append(a)
         trace.append(v)
     if not spikes:
@@ -158,13 +166,8 @@ def adaptive_lif_ref(
         drive = x_t - gamma * w
         u = (1 - alpha) * drive if norm_input else drive
         h = alpha * v + u
-        a = spike_ref(h, theta_t, max_spikes_per_bin, surrogate, scale)
-        if reset == "subtract":
-            r = h - theta_t * (a.detach() if detach else a)
-        else:
-            fired = spike_ref(h, theta_t, 1, surrogate, scale)
-            r = h * (1 - (fired.detach() if detach else fired))
-        v = r if v_min is None else torch.where(r <= v_min, torch.full_like(r, v_min), r)
+        a, v = spike_reset_ref(h, theta_t, reset=reset, v_min=v_min, max_spikes_per_bin=max_spikes_per_bin,
+                               surrogate=surrogate, detach=detach, scale=scale)
         w = rho * w + zeta * h + eta * a
         spikes.append(a)
         v_trace.append(v)

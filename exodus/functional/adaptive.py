@@ -26,10 +26,10 @@ from torch import Tensor
 
 from .. import backends, reference
 from ..reference import acc_dtype
-from ..surrogate import SingleExponential, Surrogate
+from ..surrogate import Surrogate
 from ..backends import launch
-from .lif import (GRADIENTS, RESETS, _as_parameter, _check_choice, _check_number, _check_range, _check_threshold,
-                  _check_v0, _is_compiling, _max_spikes_code, _options, _storage, check_input)
+from .lif import (RESETS, _as_parameter, _check_range, _check_threshold, _check_v0, _initial_state, _is_compiling, _options,
+                  _storage, check_input, check_spiking_options)
 
 __all__ = ["adaptive_lif", "adaptive_lif_ref", "COUPLINGS"]
 
@@ -283,13 +283,7 @@ def adaptive_lif(
     grad_scale) or "bptt" (autograd through exodus.reference.adaptive_lif_ref).
     """
     check_input(x)
-    _check_choice("reset", reset, RESETS)
-    _check_choice("gradient", gradient, GRADIENTS)
-    max_spikes = _max_spikes_code(max_spikes_per_bin)
-    surrogate = surrogate if surrogate is not None else SingleExponential()
-    if not isinstance(surrogate, Surrogate):
-        raise TypeError(f"surrogate must be an exodus.surrogate.Surrogate, got {type(surrogate).__name__}")
-    _check_number("grad_scale", grad_scale)
+    max_spikes, surrogate = check_spiking_options(reset, gradient, max_spikes_per_bin, surrogate, grad_scale)
     adaptive = not (all(_is_zero_number(c) for c in (beta, gamma, zeta, eta)) and w0 is None)
     values = dict(zip(PARAMETERS, (alpha, threshold, rho, beta, gamma, zeta, eta)))
     tensors = {name: _as_parameter(name, value, x) for name, value in values.items()}
@@ -312,14 +306,14 @@ def adaptive_lif(
             v_min=v_min, max_spikes_per_bin=max_spikes_per_bin, surrogate=surrogate, norm_input=norm_input,
             gradient=gradient, grad_scale=grad_scale)
         if not state_trace:
-            v = v[:, -1].clone() if x.shape[1] > 0 else _initial(v0, x)
-            w = w[:, -1].clone() if x.shape[1] > 0 else _initial(w0, x)
+            v = v[:, -1].clone() if x.shape[1] > 0 else _initial_state(v0, x)
+            w = w[:, -1].clone() if x.shape[1] > 0 else _initial_state(w0, x)
         return spikes, v, w
     B, T, features = x.shape[0], x.shape[1], tuple(x.shape[2:])
     N = math.prod(features)
     acc = acc_dtype(x.dtype)
     if T == 0 and not state_trace:
-        return x.clone(), _initial(v0, x), _initial(w0, x)
+        return x.clone(), _initial_state(v0, x), _initial_state(w0, x)
     x3 = x.reshape(B, T, N).contiguous()
     params = torch.stack([tensors[name].to(acc).expand(features).reshape(N) for name in PARAMETERS]).contiguous()
 
@@ -338,8 +332,3 @@ def adaptive_lif(
     v = v.view(out_shape)
     w = w.view(out_shape) if adaptive else x.new_zeros(()).expand(out_shape)
     return spikes.view(x.shape), v, w
-
-
-def _initial(value: Optional[Tensor], x: Tensor) -> Tensor:
-    shape = (x.shape[0], *x.shape[2:])
-    return x.new_zeros(shape) if value is None else value.to(x.dtype).expand(shape).clone()

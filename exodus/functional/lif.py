@@ -126,6 +126,19 @@ def _check_choice(name: str, value, choices: Sequence) -> None:
         raise ValueError(f"unknown {name} {value!r}; expected one of {tuple(choices)}")
 
 
+def check_spiking_options(reset, gradient, max_spikes_per_bin, surrogate, grad_scale) -> tuple[int, Surrogate]:
+    """Options every spiking op takes; returns the kernels' max-spikes code and the surrogate (default
+    SingleExponential)."""
+    _check_choice("reset", reset, RESETS)
+    _check_choice("gradient", gradient, GRADIENTS)
+    max_spikes = _max_spikes_code(max_spikes_per_bin)
+    surrogate = surrogate if surrogate is not None else SingleExponential()
+    if not isinstance(surrogate, Surrogate):
+        raise TypeError(f"surrogate must be an exodus.surrogate.Surrogate, got {type(surrogate).__name__}")
+    _check_number("grad_scale", grad_scale)
+    return max_spikes, surrogate
+
+
 def _max_spikes_code(max_spikes_per_bin: Optional[int]) -> int:
     if max_spikes_per_bin is None:
         return 0
@@ -342,13 +355,7 @@ def lif(
     "bptt" (autograd through the reference loop).
     """
     check_input(x)
-    _check_choice("reset", reset, RESETS)
-    _check_choice("gradient", gradient, GRADIENTS)
-    max_spikes = _max_spikes_code(max_spikes_per_bin)
-    surrogate = surrogate if surrogate is not None else SingleExponential()
-    if not isinstance(surrogate, Surrogate):
-        raise TypeError(f"surrogate must be an exodus.surrogate.Surrogate, got {type(surrogate).__name__}")
-    _check_number("grad_scale", grad_scale)
+    max_spikes, surrogate = check_spiking_options(reset, gradient, max_spikes_per_bin, surrogate, grad_scale)
     alpha = _as_parameter("alpha", alpha, x)
     theta = _as_parameter("threshold", threshold, x)
     # With norm_input the input is scaled by 1 - alpha; alpha = 1 would discard it (and dL/dalpha
