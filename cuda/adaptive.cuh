@@ -73,7 +73,7 @@ EXODUS_HD acc_t adaptive_backward_step(const LifConfig& c, bool adaptive, acc_t 
                                        acc_t& carry_v, acc_t& carry_w, acc_t& spikes, bool need_grads,
                                        AdaptiveGrads& grads) {
   const acc_t theta_t = adaptive_threshold(p, w_prev, adaptive);
-  acc_t sigma = surrogate_sigma(c.surrogate, h, theta_t, c.p0, c.p1, c.p2);
+  acc_t sigma = banded_sigma(c.surrogate, h, theta_t, c.p0, c.p1, c.p2, c.band);
   if (c.gradient == GRADIENT_SLAYER) sigma *= c.grad_scale;
   const acc_t a = spike_count(h, theta_t, c.max_spikes);
   const acc_t r = reset_membrane(h, theta_t, a, c.reset);

@@ -110,9 +110,9 @@ extern "C" void exodus_cpu_adaptive_backward(
     const scalar_t* grad_w, const acc_t* grad_rec, const acc_t* params, const acc_t* v0, const acc_t* w0,
     scalar_t* grad_x, scalar_t* prev_spikes, acc_t* carry_v, acc_t* carry_w, acc_t* grad_params, index_t B,
     index_t T, index_t N, index_t t_begin, index_t t_end, index_t partials, int reset, int max_spikes,
-    int has_vmin, acc_t v_min, int norm_input, int adaptive, int gradient, int surrogate, acc_t grad_scale, acc_t p0, acc_t p1, acc_t p2,
+    int has_vmin, acc_t v_min, int norm_input, int adaptive, int gradient, int surrogate, acc_t grad_scale, acc_t p0, acc_t p1, acc_t p2, acc_t band,
     int num_threads) {
-  const LifConfig config = {reset, max_spikes, has_vmin, norm_input, v_min, gradient, surrogate, grad_scale, p0, p1, p2};
+  const LifConfig config = {reset, max_spikes, has_vmin, norm_input, v_min, gradient, surrogate, grad_scale, p0, p1, p2, band};
   // Parameter-gradient partials: slot = OpenMP thread (the batch sum happens in a small (7, P, N)
   // array that stays in cache when the driver is called once per step).
   num_threads = static_cast<int>(std::min<index_t>(std::max(num_threads, 1), std::max<index_t>(partials, 1)));

@@ -124,8 +124,8 @@ extern "C" void exodus_cpu_lif_backward(
     const acc_t* theta, const acc_t* v0, scalar_t* grad_x, acc_t* grad_v0, acc_t* grad_alpha,
     acc_t* grad_theta, index_t B, index_t T, index_t N, int reset, int max_spikes, int has_vmin,
     acc_t v_min, int norm_input, int v_trace, int gradient, int surrogate, acc_t grad_scale, acc_t p0,
-    acc_t p1, acc_t p2, int num_threads) {
-  const LifConfig config = {reset, max_spikes, has_vmin, norm_input, v_min, gradient, surrogate, grad_scale, p0, p1, p2};
+    acc_t p1, acc_t p2, acc_t band, int num_threads) {
+  const LifConfig config = {reset, max_spikes, has_vmin, norm_input, v_min, gradient, surrogate, grad_scale, p0, p1, p2, band};
   dispatch_backward(config, [&](auto spec) {
     const bool streaming = use_streaming(B * T * N, sizeof(scalar_t));
     for_each_tile(B, T, N, num_threads, [&](index_t b, index_t n0, index_t len) {

@@ -43,11 +43,11 @@ extern "C" __global__ void exodus_lif_backward(
     acc_t* __restrict__ grad_v0, acc_t* __restrict__ grad_alpha, acc_t* __restrict__ grad_theta,
     index_t B, index_t T, index_t N, int reset, int max_spikes, int has_vmin, acc_t v_min,
     int norm_input, int v_trace, int gradient, int surrogate, acc_t grad_scale, acc_t p0, acc_t p1,
-    acc_t p2) {
+    acc_t p2, acc_t band) {
   const index_t tid = EXODUS_THREAD_INDEX;
   if (tid >= B * N) return;
   const index_t b = tid / N, n = tid - b * N;
-  LifConfig c = {reset, max_spikes, has_vmin, norm_input, v_min, gradient, surrogate, grad_scale, p0, p1, p2};
+  LifConfig c = {reset, max_spikes, has_vmin, norm_input, v_min, gradient, surrogate, grad_scale, p0, p1, p2, band};
   const acc_t a_n = alpha[n], th_n = theta[n];
   acc_t lambda = acc_t(0), g_alpha = acc_t(0), g_theta = acc_t(0);
   if (T > 0) {
@@ -156,11 +156,11 @@ extern "C" __global__ void exodus_adaptive_backward(
     scalar_t* __restrict__ grad_x, scalar_t* __restrict__ prev_spikes, acc_t* __restrict__ carry_v,
     acc_t* __restrict__ carry_w, acc_t* __restrict__ grad_params, index_t B, index_t T, index_t N,
     index_t t_begin, index_t t_end, index_t partials, int reset, int max_spikes, int has_vmin, acc_t v_min, int norm_input,
-    int adaptive, int gradient, int surrogate, acc_t grad_scale, acc_t p0, acc_t p1, acc_t p2) {
+    int adaptive, int gradient, int surrogate, acc_t grad_scale, acc_t p0, acc_t p1, acc_t p2, acc_t band) {
   const index_t tid = EXODUS_THREAD_INDEX;
   if (tid >= B * N) return;
   const index_t b = tid / N, n = tid - b * N;
-  LifConfig c = {reset, max_spikes, has_vmin, norm_input, v_min, gradient, surrogate, grad_scale, p0, p1, p2};
+  LifConfig c = {reset, max_spikes, has_vmin, norm_input, v_min, gradient, surrogate, grad_scale, p0, p1, p2, band};
   const AdaptiveParams p = load_adaptive_params(params, N, n);
   const bool adapt = adaptive != 0;
   const acc_t extra = grad_rec ? grad_rec[tid] : acc_t(0);
@@ -259,4 +259,64 @@ extern "C" __global__ void exodus_adaptive_recurrent_forward(
     if (adaptive) w_state[b * N + n] = w;
     a_state[b * N + n] = previous[n];
   }
+}
+
+// Sparse reverse scan of a LIF layer over its active points only (DESIGN.md §6). One block per
+// batch row b; the points of row b are in CSR order over (b, t) rows: point i in
+// [row_ptr[b T + t], row_ptr[b T + t + 1]) is neuron col[i] at step t, with its saved h, q (v_{t-1}
+// filtered by alpha) and y (x filtered by alpha; norm_input only, else null). grad_spikes is the
+// dense (B, T, N) gradient (null: none). lambda_state / t_state (B, N): the last visited lambda and
+// its step (scratch). Writes e (nnz); grad_v0 (B, N); per-(b, n) partial sums grad_alpha / grad_theta
+// (null: not needed). The threads of a block take the points of one step together (distinct
+// neurons), then synchronise before the step below.
+extern "C" __global__ void exodus_lif_sparse_backward(
+    const index_t* __restrict__ row_ptr, const index_t* __restrict__ col, const acc_t* __restrict__ h,
+    const acc_t* __restrict__ q, const acc_t* __restrict__ y, const scalar_t* __restrict__ grad_spikes,
+    const acc_t* __restrict__ alpha, const acc_t* __restrict__ theta, acc_t* __restrict__ lambda_state,
+    index_t* __restrict__ t_state, acc_t* __restrict__ e_out, acc_t* __restrict__ grad_v0,
+    acc_t* __restrict__ grad_alpha, acc_t* __restrict__ grad_theta, index_t B, index_t T, index_t N,
+    int reset, int max_spikes, int has_vmin, acc_t v_min, int norm_input, int gradient, int surrogate,
+    acc_t grad_scale, acc_t p0, acc_t p1, acc_t p2, acc_t band) {
+  const index_t b = blockIdx.x;
+  if (b >= B) return;
+  const LifConfig c = {reset, max_spikes, has_vmin, norm_input, v_min, gradient, surrogate, grad_scale, p0, p1, p2, band};
+  for (index_t n = threadIdx.x; n < N; n += blockDim.x) {
+    lambda_state[b * N + n] = acc_t(0);
+    t_state[b * N + n] = T;
+    if (grad_alpha) grad_alpha[b * N + n] = acc_t(0);
+    if (grad_theta) grad_theta[b * N + n] = acc_t(0);
+  }
+  __syncthreads();
+  for (index_t t = T - 1; t >= 0; --t) {
+    const index_t row = b * T + t;
+    for (index_t i = row_ptr[row] + threadIdx.x; i < row_ptr[row + 1]; i += blockDim.x) {
+      const index_t n = col[i], s = b * N + n;
+      const acc_t a_n = alpha[n];
+      const acc_t after = t_state[s] < T ? decay_over(a_n, t_state[s] - t - 1) * lambda_state[s] : acc_t(0);
+      const acc_t ga = grad_spikes ? to_acc(grad_spikes[row * N + n]) : acc_t(0);
+      acc_t g_theta = acc_t(0), e = acc_t(0);
+      lambda_state[s] = lif_sparse_point_step(c, h[i], ga, after, a_n, theta[n], g_theta, e);
+      t_state[s] = t;
+      e_out[i] = e;
+      if (grad_theta) grad_theta[s] += g_theta;
+      if (grad_alpha) grad_alpha[s] += e * (norm_input ? q[i] - y[i] : q[i]);
+    }
+    __syncthreads();
+  }
+  // dL/dv0 = alpha lambda_0, and lambda_0 = alpha^k lambda_k for the first active point k.
+  for (index_t n = threadIdx.x; n < N; n += blockDim.x) {
+    const index_t s = b * N + n;
+    grad_v0[s] = t_state[s] < T ? decay_over(alpha[n], t_state[s] + 1) * lambda_state[s] : acc_t(0);
+  }
+}
+
+// mask (B, T, N) = 1 where a neuron-step is an active point of the sparse scan (lif_active_point).
+extern "C" __global__ void exodus_lif_sparse_active(
+    const acc_t* __restrict__ h, const acc_t* __restrict__ theta, unsigned char* __restrict__ mask, index_t B,
+    index_t T, index_t N, int reset, int max_spikes, int has_vmin, acc_t v_min, int gradient, int surrogate,
+    acc_t grad_scale, acc_t p0, acc_t p1, acc_t p2, acc_t band) {
+  const index_t i = EXODUS_THREAD_INDEX;
+  if (i >= B * T * N) return;
+  const LifConfig c = {reset, max_spikes, has_vmin, 0, v_min, gradient, surrogate, grad_scale, p0, p1, p2, band};
+  mask[i] = lif_active_point(c, h[i], theta[i % N]) ? 1 : 0;
 }

@@ -33,6 +33,7 @@ struct LifConfig {
   int surrogate;    // SurrogateKind (backward only)
   acc_t grad_scale; // SLAYER mode only
   acc_t p0, p1, p2; // surrogate parameters (see surrogates.cuh)
+  acc_t band;       // surrogate truncation band (0: none)
 };
 
 EXODUS_HD acc_t input_current(acc_t x, acc_t alpha, int norm_input) {
@@ -84,7 +85,7 @@ EXODUS_HD acc_t input_from_membranes(acc_t h, acc_t v_prev, acc_t alpha) {
 EXODUS_HD acc_t lif_backward_step(const LifConfig& c, acc_t h, acc_t v_prev, acc_t grad_spikes,
                                   acc_t grad_v, acc_t lambda_next, acc_t alpha, acc_t theta,
                                   acc_t& grad_alpha, acc_t& grad_theta) {
-  acc_t sigma = surrogate_sigma(c.surrogate, h, theta, c.p0, c.p1, c.p2);
+  acc_t sigma = banded_sigma(c.surrogate, h, theta, c.p0, c.p1, c.p2, c.band);
   if (c.gradient == GRADIENT_SLAYER) sigma *= c.grad_scale;
   const acc_t a = spike_count(h, theta, c.max_spikes);
   const acc_t r = reset_membrane(h, theta, a, c.reset);
@@ -119,5 +120,34 @@ EXODUS_HD acc_t leaky_backward_step(acc_t v, acc_t v_prev, acc_t grad_v, acc_t l
   const acc_t lambda = grad_v + alpha * lambda_next;
   grad_alpha += lambda * v_prev;
   grad_alpha -= norm_input ? lambda * input_from_membranes(v, v_prev, alpha) : acc_t(0);
+  return lambda;
+}
+
+// Sparse reverse scan (DESIGN.md §6). With a truncated surrogate and no gradient on v, the scan
+// between two "active" points of a neuron (sigma != 0, a spike, or a v_min clamp) only decays:
+// lambda_t = alpha lambda_{t+1}. This step runs lif_backward_step at one active point t, given
+// lambda_after = lambda_{t+1} (= alpha^{k - t - 1} lambda_k for the next active point k), and
+// returns lambda_t; e = lambda_t - alpha lambda_{t+1} is the point's contribution to the filtered
+// sums  dL/dW = sum e (x) s_hat,  dL/db = sum e c,  dL/dalpha = sum e (q - y)  (s_hat, c, q, y:
+// input, ones, v_{t-1} and x filtered by alpha; see the sparse drivers).
+// alpha^steps: how lambda decays over `steps` inactive points.
+EXODUS_HD acc_t decay_over(acc_t alpha, index_t steps) { return EXODUS_MATH(pow)(alpha, acc_t(steps)); }
+
+// Whether a neuron-step with pre-reset membrane h is an active point of the sparse scan: its
+// (banded, scaled) surrogate is nonzero, it spikes, or v_min clamps it (kappa = 0, NaN included).
+EXODUS_HD bool lif_active_point(const LifConfig& c, acc_t h, acc_t theta) {
+  acc_t sigma = banded_sigma(c.surrogate, h, theta, c.p0, c.p1, c.p2, c.band);
+  if (c.gradient == GRADIENT_SLAYER) sigma *= c.grad_scale;
+  const acc_t a = spike_count(h, theta, c.max_spikes);
+  const bool kappa = !c.has_vmin || reset_membrane(h, theta, a, c.reset) > c.v_min;
+  return sigma != acc_t(0) || a > acc_t(0) || !kappa;
+}
+
+EXODUS_HD acc_t lif_sparse_point_step(const LifConfig& c, acc_t h, acc_t grad_spikes, acc_t lambda_after,
+                                      acc_t alpha, acc_t theta, acc_t& grad_theta, acc_t& e) {
+  acc_t unused_grad_alpha = acc_t(0);  // dL/dalpha comes from the filtered traces instead
+  const acc_t lambda = lif_backward_step(c, h, acc_t(0), grad_spikes, acc_t(0), lambda_after, alpha, theta,
+                                         unused_grad_alpha, grad_theta);
+  e = lambda - alpha * lambda_after;
   return lambda;
 }

@@ -2,7 +2,7 @@
 //
 // DESIGN.md §1: in the backward pass  da_t/dh_t := sigma_t  and  da_t/dtheta := -sigma_t.
 // Every surrogate is written here once; exodus/surrogate.py holds the plain-PyTorch twin
-// of each formula (the oracle) and the parameter packing (p0, p1, p2) passed to kernels.
+// of each formula (the oracle) and the parameter packing (p0, p1, p2, band) passed to kernels.
 //
 //   SingleExponential(w, k):    k/(theta w) * exp(-|h - theta| / (theta w))
 //   PeriodicExponential(w, k):  k/(theta w) * exp(-d / (theta w)),  d = distance of h to the
@@ -11,6 +11,10 @@
 //   Gaussian(mu, s, k):         k/(sqrt(2 pi) s) * exp(-(h - theta - mu)^2 / (2 s^2))
 //   FastSigmoid(slope, k):      k / (1 + slope |h - theta|)^2        (SuperSpike)
 //   ATan(a):                    (a/2) / (1 + (pi/2 * a * (h - theta))^2)
+//
+// Truncated(base, band) (Perez-Nieves & Goodman 2021; DESIGN.md §6): the base surrogate inside
+// the band |h - theta| < band * theta and exactly 0 outside (band = 0: no truncation). The zeros
+// are what lets the sparse backward skip the inactive neuron-steps.
 #pragma once
 #include "common.cuh"
 
@@ -50,4 +54,10 @@ EXODUS_HD acc_t surrogate_sigma(int kind, acc_t h, acc_t theta, acc_t p0, acc_t 
     default:
       return acc_t(0);
   }
+}
+
+// The surrogate as the kernels use it: sigma(h; theta), zero outside the band when band > 0.
+EXODUS_HD acc_t banded_sigma(int kind, acc_t h, acc_t theta, acc_t p0, acc_t p1, acc_t p2, acc_t band) {
+  const acc_t sigma = surrogate_sigma(kind, h, theta, p0, p1, p2);
+  return (band > acc_t(0) && !(EXODUS_MATH(fabs)(h - theta) < band * theta)) ? acc_t(0) : sigma;
 }

@@ -162,7 +162,7 @@ def _lif_options(options: dict) -> launch.LifOptions:
         has_vmin=v_min is not None, v_min=0.0 if v_min is None else v_min,
         norm_input=bool(options.get("norm_input", False)), v_trace=bool(options.get("v_trace", True)),
         gradient=1 if options.get("gradient", "exodus") == "slayer" else 0, surrogate=surrogate.kind,
-        grad_scale=float(options.get("grad_scale", 1.0)), surrogate_params=surrogate.params())
+        grad_scale=float(options.get("grad_scale", 1.0)), surrogate_params=surrogate.kernel_params())
 
 
 def _emulated(case: Case, leaves: dict, weights: dict):

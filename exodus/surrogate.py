@@ -15,7 +15,7 @@ import torch
 
 __all__ = [
     "Surrogate", "SingleExponential", "PeriodicExponential", "Heaviside", "Gaussian",
-    "FastSigmoid", "SuperSpike", "ATan",
+    "FastSigmoid", "SuperSpike", "ATan", "Truncated",
 ]
 
 
@@ -26,6 +26,13 @@ class Surrogate:
 
     def params(self) -> tuple[float, float, float]:
         raise NotImplementedError
+
+    #: Truncation band (Truncated): sigma = 0 where |h - theta| >= band * theta; 0 = no truncation.
+    band: float = 0.0
+
+    def kernel_params(self) -> tuple[float, float, float, float]:
+        """(p0, p1, p2, band): what the kernels receive (cuda/surrogates.cuh, banded_sigma)."""
+        return (*self.params(), float(self.band))
 
     def derivative(self, h: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         """sigma(h; theta), elementwise; h and theta broadcast."""
@@ -153,3 +160,31 @@ class ATan(Surrogate):
     def derivative(self, h, theta):
         z = math.pi / 2 * self.alpha * (h - theta)
         return self.alpha / 2 / (1.0 + z * z)
+
+
+@dataclass(frozen=True)
+class Truncated(Surrogate):
+    """``base`` inside the band |h - theta| < band * theta, exactly 0 outside (Perez-Nieves & Goodman
+    2021). The zeros make neuron-steps outside the band "inactive": ``gradient="sparse"`` skips them
+    (DESIGN.md §6). On a dense layer it is an ordinary surrogate, so dense and sparse runs compute the
+    same function. S3GD's surrogate is ``Truncated(FastSigmoid(slope=100), band)``.
+    """
+
+    base: Surrogate = FastSigmoid(slope=100.0)
+    band: float = 0.2
+
+    def __post_init__(self):
+        if not isinstance(self.base, Surrogate) or isinstance(self.base, Truncated):
+            raise TypeError(f"Truncated: base must be an (untruncated) exodus surrogate, got {self.base!r}")
+        self._check_positive(band=self.band)
+
+    @property
+    def kind(self) -> int:  # type: ignore[override]
+        return self.base.kind
+
+    def params(self):
+        return self.base.params()
+
+    def derivative(self, h, theta):
+        inside = torch.abs(h - theta) < self.band * theta
+        return torch.where(inside, self.base.derivative(h, theta), torch.zeros_like(h))

@@ -305,7 +305,7 @@ def test_emulated_kernels_stay_inside_their_buffers():
                           ((0.6, 0.95), (0.8, 1.2), (0.7, 0.95), (0.0, 0.5), (0.0, 0.4), (-0.05, 0.2), (0.0, 0.4))])
     v0, w0 = randn((B, N), F64, g, 0.3), randn((B, N), F64, g, 0.3)
     o = launch.LifOptions(has_vmin=True, v_min=-0.4, surrogate=S.Gaussian().kind,
-                          surrogate_params=S.Gaussian().params())
+                          surrogate_params=S.Gaussian().kernel_params())
     v_state, w_state = Guarded((B, N), F64), Guarded((B, N), F64)
     v_state.view.copy_(v0)
     w_state.view.copy_(w0)

@@ -19,9 +19,10 @@ from exodus.backends import cupy as cupy_backend
 from exodus.backends.sources import GPU_TYPES, cuda_dir, compiler, inline_source, type_defines
 
 KERNELS = ("exodus_lif_forward", "exodus_lif_backward", "exodus_leaky_forward", "exodus_leaky_backward",
-           "exodus_adaptive_forward", "exodus_adaptive_backward", "exodus_adaptive_recurrent_forward")
+           "exodus_adaptive_forward", "exodus_adaptive_backward", "exodus_adaptive_recurrent_forward",
+           "exodus_lif_sparse_backward", "exodus_lif_sparse_active")
 # The CPU driver sources (each built into its own library by exodus.backends.cpu).
-CPU_SOURCES = ("cpu_drivers.cpp", "cpu_adaptive.cpp")
+CPU_SOURCES = ("cpu_drivers.cpp", "cpu_adaptive.cpp", "cpu_sparse.cpp")
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 NVCC = shutil.which("nvcc")
 

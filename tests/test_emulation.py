@@ -74,7 +74,7 @@ def _options(case) -> launch.LifOptions:
         reset=RESETS[case["reset"]], max_spikes=0 if max_spikes is None else max_spikes, has_vmin=v_min is not None,
         v_min=0.0 if v_min is None else v_min, norm_input=case["norm_input"], v_trace=case["v_trace"],
         gradient=1 if case["gradient"] == "slayer" else 0, surrogate=case["surrogate"].kind,
-        grad_scale=case["grad_scale"], surrogate_params=case["surrogate"].params())
+        grad_scale=case["grad_scale"], surrogate_params=case["surrogate"].kernel_params())
 
 
 def emulate_lif_forward(x, alpha, theta, v0, o):

@@ -41,7 +41,8 @@ _warned = False
 
 
 # Driver source of each kernel family (one shared library per source and dtype, built at first use).
-_SOURCES = {"exodus_adaptive_": "cpu_adaptive.cpp"}
+_SOURCES = {"exodus_adaptive_": "cpu_adaptive.cpp", "exodus_lif_sparse_": "cpu_sparse.cpp",
+            "exodus_sparse_": "cpu_sparse.cpp"}
 _DEFAULT_SOURCE = "cpu_drivers.cpp"
 
 

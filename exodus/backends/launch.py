@@ -30,7 +30,7 @@ class LifOptions:
     gradient: int = 0         # 0 exodus, 1 slayer
     surrogate: int = 0
     grad_scale: float = 1.0
-    surrogate_params: tuple[float, float, float] = (0.5, 1.0, 0.0)
+    surrogate_params: tuple[float, float, float, float] = (0.5, 1.0, 0.0, 0.0)  # p0, p1, p2, band
 
 
 @dataclass
@@ -67,13 +67,13 @@ def lif_forward_plan(x, alpha, theta, v0, spikes, v, h, o: LifOptions) -> Launch
 def lif_backward_plan(h, grad_spikes: Optional[torch.Tensor], grad_v: Optional[torch.Tensor], alpha, theta,
                       v0, grad_x, grad_v0, grad_alpha, grad_theta, o: LifOptions) -> LaunchPlan:
     B, _, N = h.shape
-    p0, p1, p2 = o.surrogate_params
+    p0, p1, p2, band = o.surrogate_params
     return _plan("exodus_lif_backward", B * N, [
         ("ptr", h), ("ptr", grad_spikes), ("ptr", grad_v), ("ptr", alpha), ("ptr", theta), ("ptr", v0),
         ("ptr", grad_x), ("ptr", grad_v0), ("ptr", grad_alpha), ("ptr", grad_theta), *_dims(h),
         ("i32", o.reset), ("i32", o.max_spikes), ("i32", int(o.has_vmin)), ("acc", o.v_min),
         ("i32", int(o.norm_input)), ("i32", int(o.v_trace)), ("i32", o.gradient), ("i32", o.surrogate), ("acc", o.grad_scale),
-        ("acc", p0), ("acc", p1), ("acc", p2),
+        ("acc", p0), ("acc", p1), ("acc", p2), ("acc", band),
     ])
 
 
@@ -123,14 +123,14 @@ def adaptive_backward_plan(h_save, w_save, grad_spikes, grad_v, grad_w, grad_rec
     """exodus_adaptive_backward (cuda/kernels.cu); shapes as in the kernel's comment. grad_params
     (7, P, N) or None: P = B for the GPU kernel, P >= the thread count for the CPU driver."""
     B, _, N = h_save.shape
-    p0, p1, p2 = o.surrogate_params
+    p0, p1, p2, band = o.surrogate_params
     return _ranged("exodus_adaptive_backward", B * N, [
         ("ptr", h_save), ("ptr", w_save), ("ptr", grad_spikes), ("ptr", grad_v), ("ptr", grad_w), ("ptr", grad_rec),
         ("ptr", params), ("ptr", v0), ("ptr", w0), ("ptr", grad_x), ("ptr", prev_spikes), ("ptr", carry_v),
         ("ptr", carry_w), ("ptr", grad_params), *_dims(h_save), ("name", "t_begin"), ("name", "t_end"),
         ("i64", 0 if grad_params is None else grad_params.shape[1]), ("i32", o.reset), ("i32", o.max_spikes), ("i32", int(o.has_vmin)), ("acc", o.v_min),
         ("i32", int(o.norm_input)), ("i32", int(adaptive)), ("i32", o.gradient), ("i32", o.surrogate),
-        ("acc", o.grad_scale), ("acc", p0), ("acc", p1), ("acc", p2),
+        ("acc", o.grad_scale), ("acc", p0), ("acc", p1), ("acc", p2), ("acc", band),
     ])
 
 
@@ -157,3 +157,42 @@ def adaptive_recurrent_forward_plan(x, weight_t, a_state, params, v_state, w_sta
     block = max(WARP, (N + WARP - 1) // WARP * WARP)
     return LaunchPlan("exodus_adaptive_recurrent_forward", (max(B, 1), 1, 1), (block, 1, 1), args,
                       time_range=(14, 15))
+
+
+def lif_sparse_backward_plan(row_ptr, col, h, q, y, grad_spikes, alpha, theta, lambda_state, t_state, e, grad_v0,
+                             grad_alpha, grad_theta, B: int, T: int, N: int, o: LifOptions) -> LaunchPlan:
+    """exodus_lif_sparse_backward (cuda/kernels.cu): the reverse scan over a layer's active points
+    (DESIGN.md §6), one block per batch row; point arrays (nnz,), row_ptr (B T + 1,), states (B, N)."""
+    p0, p1, p2, band = o.surrogate_params
+    args = [
+        ("ptr", row_ptr), ("ptr", col), ("ptr", h), ("ptr", q), ("ptr", y), ("ptr", grad_spikes), ("ptr", alpha),
+        ("ptr", theta), ("ptr", lambda_state), ("ptr", t_state), ("ptr", e), ("ptr", grad_v0), ("ptr", grad_alpha),
+        ("ptr", grad_theta), ("i64", B), ("i64", T), ("i64", N),
+        ("i32", o.reset), ("i32", o.max_spikes), ("i32", int(o.has_vmin)), ("acc", o.v_min),
+        ("i32", int(o.norm_input)), ("i32", o.gradient), ("i32", o.surrogate), ("acc", o.grad_scale),
+        ("acc", p0), ("acc", p1), ("acc", p2), ("acc", band),
+    ]
+    return LaunchPlan("exodus_lif_sparse_backward", (max(B, 1), 1, 1), (BLOCK_SIZE, 1, 1), args)
+
+
+def sparse_weight_grad_plan(s, row_ptr, col, e, alpha: float, grad_w, grad_b) -> LaunchPlan:
+    """exodus_sparse_weight_grad (CPU driver only, cuda/cpu_sparse.cpp): s (B, T, N_in); grad_w
+    (P, N_out, N_in) and grad_b (P, N_out) per-thread partials."""
+    B, T, N_in = s.shape
+    P, N_out, _ = grad_w.shape
+    return LaunchPlan("exodus_sparse_weight_grad", (1, 1, 1), (1, 1, 1), [
+        ("ptr", s), ("ptr", row_ptr), ("ptr", col), ("ptr", e), ("acc", alpha), ("ptr", grad_w), ("ptr", grad_b),
+        ("i64", B), ("i64", T), ("i64", N_in), ("i64", N_out), ("i64", P),
+    ])
+
+
+def lif_sparse_active_plan(h, theta, mask, o: LifOptions) -> LaunchPlan:
+    """exodus_lif_sparse_active: mask (B, T, N) uint8 of the active points of h (B, T, N)."""
+    B, T, N = h.shape
+    p0, p1, p2, band = o.surrogate_params
+    return _plan("exodus_lif_sparse_active", B * T * N, [
+        ("ptr", h), ("ptr", theta), ("ptr", mask), ("i64", B), ("i64", T), ("i64", N),
+        ("i32", o.reset), ("i32", o.max_spikes), ("i32", int(o.has_vmin)), ("acc", o.v_min),
+        ("i32", o.gradient), ("i32", o.surrogate), ("acc", o.grad_scale),
+        ("acc", p0), ("acc", p1), ("acc", p2), ("acc", band),
+    ])

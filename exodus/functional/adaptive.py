@@ -327,7 +327,7 @@ def adaptive_lif(
         x3, params, state(v0), state(w0), weight_rec.to(acc).contiguous() if recurrent else None,
         state(a0) if recurrent else None, RESETS[reset], max_spikes, v_min is not None,
         0.0 if v_min is None else float(v_min), bool(norm_input), bool(state_trace), adaptive,
-        1 if gradient == "slayer" else 0, surrogate.kind, float(grad_scale), list(surrogate.params()), chosen)
+        1 if gradient == "slayer" else 0, surrogate.kind, float(grad_scale), list(surrogate.kernel_params()), chosen)
     out_shape = x.shape if state_trace else (B, *features)
     v = v.view(out_shape)
     w = w.view(out_shape) if adaptive else x.new_zeros(()).expand(out_shape)

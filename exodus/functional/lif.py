@@ -378,7 +378,7 @@ def lif(
     spikes, v, _ = lif_scan(x3, alpha_n, theta_n, v0n, RESETS[reset], max_spikes, v_min is not None,
                             0.0 if v_min is None else float(v_min), bool(norm_input), bool(v_trace),
                             1 if gradient == "slayer" else 0, surrogate.kind, float(grad_scale),
-                            list(surrogate.params()), chosen)
+                            list(surrogate.kernel_params()), chosen)
     return spikes.view(x.shape), v.view(x.shape if v_trace else (x.shape[0], *x.shape[2:]))
 
 

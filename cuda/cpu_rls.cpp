@@ -1,0 +1,183 @@
+// exodus.rls — compiled simulation loop and batched RLS update of the E/I LIF network
+// (DESIGN.md §9). Built by exodus/rls/_native.py with -DEXODUS_SCALAR=<float|double>; the math is
+// in rls_neurons.h, the plain reference in exodus/rls/reference.py.
+//
+// Per step t (1-based, time t dt), in the order of the reference:
+//   1. every neuron: filter the charges of step t-1 into u_exc, u_inh, u_plastic and the spike
+//      flag of step t-1 into r; u = u_exc + u_inh (+ u_plastic); v update unless refractory;
+//      spike if v > threshold (reset, refractory for refractory_steps steps);
+//   2. every neuron that spiked, in ascending order: add its static out-weights (CSR) to the
+//      postsynaptic charges (excitatory presynaptic cell -> in_exc, inhibitory -> in_inh) and
+//      its plastic out-weights (read from the trained (N, 2L) weight matrix through the
+//      out-slot list) to in_plastic.
+// Only the spikes drive the synaptic input: no dense products.
+#include "rls_neurons.h"
+
+#include <cstdint>
+#include <vector>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#ifndef EXODUS_SCALAR
+#error "compile with -DEXODUS_SCALAR=float or double"
+#endif
+
+using scalar = EXODUS_SCALAR;
+using exodus_rls::membrane_step;
+using exodus_rls::synaptic_filter;
+
+extern "C" {
+
+// Read-only description of the network (mirrored by ctypes in exodus/rls/_native.py).
+struct RlsNetwork {
+  int64_t n_cells, n_exc;
+  const int64_t* static_ptr;      // (N+1) CSR row pointers by presynaptic cell
+  const int32_t* static_post;     // (nnz) postsynaptic cells
+  const scalar* static_weight;    // (nnz)
+  const int64_t* plastic_ptr;     // (N+1) CSR by presynaptic cell, or null: no plastic input
+  const int32_t* plastic_post;    // (N*2L) postsynaptic cells
+  const int64_t* plastic_slot;    // (N*2L) post * 2L + s: index into plastic_weight
+  const scalar* plastic_weight;   // (N, 2L) trained weights, row = postsynaptic cell
+  const scalar* x_bal;            // (N) constant external input
+  const scalar* x_stim;           // (stim_rows, N) stimulus, or null
+  int64_t stim_first_step, stim_rows;  // x_stim row t - stim_first_step is added at step t
+  scalar dt, mem_rate, threshold, v_reset, inv_tau_exc, inv_tau_inh, inv_tau_plastic;
+  int64_t refractory_steps;
+};
+
+// Dynamic state, updated in place.
+struct RlsState {
+  scalar *v, *u_exc, *u_inh, *u_plastic, *r, *in_exc, *in_inh, *in_plastic, *u_static;
+  uint8_t* spiked;       // spike flags of the last step
+  int32_t* refractory;   // steps left in the refractory period
+  int64_t* spike_count;
+};
+
+// Optional recordings: u_total (rows, N) at steps first_step + m every (m < rows); per-neuron
+// sums of u and u^2 (double) over steps >= sum_first_step.
+struct RlsRecord {
+  scalar* u_total;
+  int64_t first_step, every, rows;
+  double* u_sum;
+  double* u_sq_sum;
+  int64_t sum_first_step;
+};
+
+// Simulate steps [step_begin, step_end). Returns 0, or -1 on inconsistent arguments.
+int exodus_rls_simulate(const RlsNetwork* net, RlsState* s, const RlsRecord* rec, int64_t step_begin,
+                        int64_t step_end, int threads) {
+  (void)threads;  // the per-step work is a few microseconds: one thread (see docs/rls.md)
+  if (net == nullptr || s == nullptr || net->n_cells < 0 || step_end < step_begin) return -1;
+  const int64_t n = net->n_cells;
+  const bool plastic = net->plastic_ptr != nullptr;
+  const scalar dt = net->dt, mem_rate = net->mem_rate, thr = net->threshold, v_reset = net->v_reset;
+  const scalar ie = net->inv_tau_exc, ii = net->inv_tau_inh, ip = net->inv_tau_plastic;
+  std::vector<int64_t> fired;
+  fired.reserve(64);
+  for (int64_t t = step_begin; t < step_end; ++t) {
+    const scalar* stim = nullptr;
+    if (net->x_stim != nullptr && t >= net->stim_first_step && t < net->stim_first_step + net->stim_rows)
+      stim = net->x_stim + (t - net->stim_first_step) * n;
+    scalar* record = nullptr;
+    if (rec != nullptr && rec->u_total != nullptr && t >= rec->first_step && (t - rec->first_step) % rec->every == 0 &&
+        (t - rec->first_step) / rec->every < rec->rows)
+      record = rec->u_total + ((t - rec->first_step) / rec->every) * n;
+    const bool summing = rec != nullptr && rec->u_sum != nullptr && t >= rec->sum_first_step;
+    scalar* v = s->v;
+    scalar* u_exc = s->u_exc;
+    scalar* u_inh = s->u_inh;
+    scalar* u_pl = s->u_plastic;
+    scalar* r = s->r;
+    scalar* in_exc = s->in_exc;
+    scalar* in_inh = s->in_inh;
+    scalar* in_pl = s->in_plastic;
+    scalar* u_static = s->u_static;
+    uint8_t* spiked = s->spiked;
+    int32_t* refractory = s->refractory;
+    const scalar* x_bal = net->x_bal;
+    // 1. neuron updates (vectorised: no branches the compiler cannot turn into selects)
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      const scalar ue = synaptic_filter(u_exc[i], in_exc[i], dt, ie);
+      const scalar ui = synaptic_filter(u_inh[i], in_inh[i], dt, ii);
+      u_exc[i] = ue;
+      u_inh[i] = ui;
+      in_exc[i] = scalar(0);
+      in_inh[i] = scalar(0);
+      const scalar us = ue + ui;
+      u_static[i] = us;
+      scalar u = us;
+      if (plastic) {
+        const scalar up = synaptic_filter(u_pl[i], in_pl[i], dt, ip);
+        u_pl[i] = up;
+        in_pl[i] = scalar(0);
+        u = us + up;
+        r[i] = synaptic_filter(r[i], scalar(spiked[i]), dt, ip);
+      }
+      if (record != nullptr) record[i] = u;
+      const scalar x = stim != nullptr ? x_bal[i] + stim[i] : x_bal[i];
+      const bool active = refractory[i] <= 0;
+      const scalar v_new = membrane_step(v[i], x, u, mem_rate);
+      const bool spike = active && v_new > thr;
+      v[i] = spike ? v_reset : (active ? v_new : v[i]);
+      refractory[i] = spike ? int32_t(net->refractory_steps) : (active ? 0 : refractory[i] - 1);
+      spiked[i] = spike ? 1 : 0;
+    }
+    if (summing) {
+      for (int64_t i = 0; i < n; ++i) {
+        const double u = double(u_static[i]) + (plastic ? double(u_pl[i]) : 0.0);
+        rec->u_sum[i] += u;
+        rec->u_sq_sum[i] += u * u;
+      }
+    }
+    // 2. spike-driven charges for the next step
+    fired.clear();
+    for (int64_t i = 0; i < n; ++i)
+      if (spiked[i]) fired.push_back(i);
+    for (const int64_t pre : fired) {
+      s->spike_count[pre] += 1;
+      scalar* target = pre < net->n_exc ? in_exc : in_inh;
+      const int64_t b = net->static_ptr[pre], e = net->static_ptr[pre + 1];
+      const int32_t* post = net->static_post;
+      const scalar* weight = net->static_weight;
+      for (int64_t m = b; m < e; ++m) target[post[m]] += weight[m];
+      if (plastic) {
+        const int64_t pb = net->plastic_ptr[pre], pe = net->plastic_ptr[pre + 1];
+        for (int64_t m = pb; m < pe; ++m) in_pl[net->plastic_post[m]] += net->plastic_weight[net->plastic_slot[m]];
+      }
+    }
+  }
+  return 0;
+}
+
+// One RLS update of every neuron (DESIGN §9), batched over neurons: P (N, n(n+1)/2) upper-packed,
+// w (N, n), inputs (N, n) presynaptic cells of each neuron's plastic weights, r (N) filtered
+// spike trains, u_static (N), u_target (N). xk_out (N) receives x^T P x, or is null.
+// OpenMP over neurons (each neuron's P, 16 KiB in float32 at n = 90, stays in L1 between the
+// product and the downdate: P is read and written once per update).
+int exodus_rls_update(int64_t n_cells, int64_t n, scalar* P, scalar* w, const int64_t* inputs, const scalar* r,
+                      const scalar* u_static, const scalar* u_target, int normalized, scalar* xk_out, int threads) {
+  if (n_cells < 0 || n <= 0 || P == nullptr || w == nullptr || inputs == nullptr) return -1;
+  const int64_t packed = exodus_rls::packed_size(n);
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(threads > 0 ? threads : 1)
+#endif
+  {
+    std::vector<scalar> x(n), k(n);
+#if defined(_OPENMP)
+#pragma omp for schedule(static)
+#endif
+    for (int64_t i = 0; i < n_cells; ++i) {
+      const int64_t* in = inputs + i * n;
+      for (int64_t j = 0; j < n; ++j) x[j] = r[in[j]];
+      const scalar xk = exodus_rls::rls_neuron_step(P + i * packed, w + i * n, x.data(), k.data(), n, u_static[i],
+                                                    u_target[i], normalized != 0);
+      if (xk_out != nullptr) xk_out[i] = xk;
+    }
+  }
+  (void)threads;
+  return 0;
+}
+
+}  // extern "C"

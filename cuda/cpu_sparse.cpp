@@ -1,0 +1,112 @@
+// exodus — CPU drivers of the sparse backward of a Linear -> LIF block (DESIGN.md §6).
+//
+// The active points of a layer (truncated surrogate != 0, spikes, v_min clamps) are given in CSR
+// order over (batch, time) rows: point i in [row_ptr[b T + t], row_ptr[b T + t + 1]) is neuron
+// col[i] at step t of batch row b.
+//
+//   exodus_cpu_lif_sparse_backward  the reverse scan over the active points only; the per-point
+//                                   update is lif_sparse_point_step (neuron.cuh), as in the GPU
+//                                   driver exodus_lif_sparse_backward (kernels.cu)
+//   exodus_cpu_sparse_weight_grad   dL/dW = sum_points e (x) s_hat,  dL/db = sum_points e c, with the
+//                                   input filtered by the membrane, s_hat_t = alpha s_hat_{t-1} + s_t,
+//                                   (and c_t = alpha c_{t-1} + 1) recomputed on the fly: O(B T N_in)
+//                                   for the filter plus O(#points N_in) for the outer products
+//
+// Compiled by exodus/backends/cpu.py with -DEXODUS_SCALAR=<float|double>.
+#include "cpu_common.h"
+#include "neuron.cuh"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+extern "C" void exodus_cpu_lif_sparse_backward(
+    const index_t* row_ptr, const index_t* col, const acc_t* h, const acc_t* q, const acc_t* y,
+    const scalar_t* grad_spikes, const acc_t* alpha, const acc_t* theta, acc_t* lambda_state, index_t* t_state,
+    acc_t* e_out, acc_t* grad_v0, acc_t* grad_alpha, acc_t* grad_theta, index_t B, index_t T, index_t N,
+    int reset, int max_spikes, int has_vmin, acc_t v_min, int norm_input, int gradient, int surrogate,
+    acc_t grad_scale, acc_t p0, acc_t p1, acc_t p2, acc_t band, int num_threads) {
+  const LifConfig c = {reset, max_spikes, has_vmin, norm_input, v_min, gradient, surrogate, grad_scale, p0, p1, p2, band};
+  const index_t points = B > 0 ? row_ptr[B * T] : 0;
+  if (num_threads < 1 || points < 4096) num_threads = 1;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads) if (num_threads > 1 && B > 1)
+  for (index_t b = 0; b < B; ++b) {
+    acc_t* lam = lambda_state + b * N;
+    index_t* last = t_state + b * N;
+    for (index_t n = 0; n < N; ++n) {
+      lam[n] = acc_t(0);
+      last[n] = T;
+      if (grad_alpha) grad_alpha[b * N + n] = acc_t(0);
+      if (grad_theta) grad_theta[b * N + n] = acc_t(0);
+    }
+    for (index_t t = T - 1; t >= 0; --t) {
+      const index_t row = b * T + t;
+      for (index_t i = row_ptr[row]; i < row_ptr[row + 1]; ++i) {
+        const index_t n = col[i];
+        const acc_t a_n = alpha[n];
+        const acc_t after = last[n] < T ? decay_over(a_n, last[n] - t - 1) * lam[n] : acc_t(0);
+        const acc_t ga = grad_spikes ? static_cast<acc_t>(grad_spikes[row * N + n]) : acc_t(0);
+        acc_t g_theta = acc_t(0), e = acc_t(0);
+        lam[n] = lif_sparse_point_step(c, h[i], ga, after, a_n, theta[n], g_theta, e);
+        last[n] = t;
+        e_out[i] = e;
+        if (grad_theta) grad_theta[b * N + n] += g_theta;
+        if (grad_alpha) grad_alpha[b * N + n] += e * (norm_input ? q[i] - y[i] : q[i]);
+      }
+    }
+    for (index_t n = 0; n < N; ++n)
+      grad_v0[b * N + n] = last[n] < T ? decay_over(alpha[n], last[n] + 1) * lam[n] : acc_t(0);
+  }
+}
+
+// grad_w (P, N_out, N_in) and grad_b (P, N_out) (null: not needed): per-thread partial sums (slot =
+// OpenMP thread), all P zeroed here and summed by the caller. alpha: the layer's one membrane decay.
+extern "C" void exodus_cpu_sparse_weight_grad(
+    const scalar_t* s, const index_t* row_ptr, const index_t* col, const acc_t* e, acc_t alpha, acc_t* grad_w,
+    acc_t* grad_b, index_t B, index_t T, index_t N_in, index_t N_out, index_t partials, int num_threads) {
+  num_threads = static_cast<int>(std::min<index_t>(std::max(num_threads, 1), std::max<index_t>(partials, 1)));
+  if (B * T * N_in < (index_t(1) << 15)) num_threads = 1;
+  std::fill(grad_w, grad_w + partials * N_out * N_in, acc_t(0));  // every slot: fewer threads may run
+  if (grad_b) std::fill(grad_b, grad_b + partials * N_out, acc_t(0));
+#pragma omp parallel num_threads(num_threads) if (num_threads > 1)
+  {
+#if defined(_OPENMP)
+    const int slot = omp_get_thread_num();
+#else
+    const int slot = 0;
+#endif
+    acc_t* gw = grad_w + index_t(slot) * N_out * N_in;
+    acc_t* gb = grad_b ? grad_b + index_t(slot) * N_out : nullptr;
+    std::vector<acc_t> s_hat(N_in);
+#pragma omp for schedule(dynamic, 1)
+    for (index_t b = 0; b < B; ++b) {
+      std::fill(s_hat.begin(), s_hat.end(), acc_t(0));
+      acc_t ones_hat = acc_t(0);
+      for (index_t t = 0; t < T; ++t) {
+        const scalar_t* s_t = s + (b * T + t) * N_in;
+        acc_t* sh = s_hat.data();
+        for (index_t j = 0; j < N_in; ++j) sh[j] = alpha * sh[j] + static_cast<acc_t>(s_t[j]);
+        ones_hat = alpha * ones_hat + acc_t(1);
+        const index_t row = b * T + t;
+        for (index_t i = row_ptr[row]; i < row_ptr[row + 1]; ++i) {
+          const acc_t e_i = e[i];
+          acc_t* w_row = gw + col[i] * N_in;
+          for (index_t j = 0; j < N_in; ++j) w_row[j] += e_i * sh[j];
+          if (gb) gb[col[i]] += e_i * ones_hat;
+        }
+      }
+    }
+  }
+}
+
+extern "C" void exodus_cpu_lif_sparse_active(
+    const acc_t* h, const acc_t* theta, unsigned char* mask, index_t B, index_t T, index_t N, int reset,
+    int max_spikes, int has_vmin, acc_t v_min, int gradient, int surrogate, acc_t grad_scale, acc_t p0, acc_t p1,
+    acc_t p2, acc_t band, int num_threads) {
+  const LifConfig c = {reset, max_spikes, has_vmin, 0, v_min, gradient, surrogate, grad_scale, p0, p1, p2, band};
+  const index_t rows = B * T;
+  if (num_threads < 1 || rows * N < (index_t(1) << 15)) num_threads = 1;
+#pragma omp parallel for schedule(static) num_threads(num_threads) if (num_threads > 1)
+  for (index_t row = 0; row < rows; ++row)
+    for (index_t n = 0; n < N; ++n) mask[row * N + n] = lif_active_point(c, h[row * N + n], theta[n]) ? 1 : 0;
+}
