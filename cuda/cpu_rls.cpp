@@ -14,6 +14,7 @@
 #include "rls_neurons.h"
 
 #include <cstdint>
+#include <cstring>
 #include <vector>
 #if defined(_OPENMP)
 #include <omp.h>
@@ -64,6 +65,63 @@ struct RlsRecord {
   int64_t sum_first_step;
 };
 
+}  // extern "C"
+
+// Step 1 for all neurons. Compile-time Plastic / Stim so the loop has no invariant branches;
+// restrict pointers so it vectorises (checked with -fopt-info-vec).
+template <bool Plastic, bool Stim>
+static void neuron_updates(const RlsNetwork& net, RlsState& s, const scalar* __restrict__ stim,
+                           scalar* __restrict__ record) {
+  const int64_t n = net.n_cells;
+  const scalar dt = net.dt, mem_rate = net.mem_rate, thr = net.threshold, v_reset = net.v_reset;
+  const scalar ie = net.inv_tau_exc, ii = net.inv_tau_inh, ip = net.inv_tau_plastic;
+  const int32_t refractory_steps = int32_t(net.refractory_steps);
+  scalar* __restrict__ v = s.v;
+  scalar* __restrict__ u_exc = s.u_exc;
+  scalar* __restrict__ u_inh = s.u_inh;
+  scalar* __restrict__ u_pl = s.u_plastic;
+  scalar* __restrict__ r = s.r;
+  scalar* __restrict__ in_exc = s.in_exc;
+  scalar* __restrict__ in_inh = s.in_inh;
+  scalar* __restrict__ in_pl = s.in_plastic;
+  scalar* __restrict__ u_static = s.u_static;
+  uint8_t* __restrict__ spiked = s.spiked;
+  int32_t* __restrict__ refractory = s.refractory;
+  const scalar* __restrict__ x_bal = net.x_bal;
+  const bool recording = record != nullptr;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const scalar ue = synaptic_filter(u_exc[i], in_exc[i], dt, ie);
+    const scalar ui = synaptic_filter(u_inh[i], in_inh[i], dt, ii);
+    u_exc[i] = ue;
+    u_inh[i] = ui;
+    in_exc[i] = scalar(0);
+    in_inh[i] = scalar(0);
+    const scalar us = ue + ui;
+    u_static[i] = us;
+    scalar u = us;
+    if (Plastic) {
+      const scalar up = synaptic_filter(u_pl[i], in_pl[i], dt, ip);
+      u_pl[i] = up;
+      in_pl[i] = scalar(0);
+      u = us + up;
+      r[i] = synaptic_filter(r[i], scalar(spiked[i]), dt, ip);
+    }
+    if (recording) record[i] = u;
+    const scalar x = Stim ? x_bal[i] + stim[i] : x_bal[i];
+    const int32_t left = refractory[i];
+    const bool active = left <= 0;
+    const scalar v_old = v[i];
+    const scalar v_new = membrane_step(v_old, x, u, mem_rate);
+    const bool spike = active && v_new > thr;
+    v[i] = spike ? v_reset : (active ? v_new : v_old);
+    refractory[i] = spike ? refractory_steps : (active ? 0 : left - 1);
+    spiked[i] = spike ? 1 : 0;
+  }
+}
+
+extern "C" {
+
 // Simulate steps [step_begin, step_end). Returns 0, or -1 on inconsistent arguments.
 int exodus_rls_simulate(const RlsNetwork* net, RlsState* s, const RlsRecord* rec, int64_t step_begin,
                         int64_t step_end, int threads) {
@@ -71,8 +129,6 @@ int exodus_rls_simulate(const RlsNetwork* net, RlsState* s, const RlsRecord* rec
   if (net == nullptr || s == nullptr || net->n_cells < 0 || step_end < step_begin) return -1;
   const int64_t n = net->n_cells;
   const bool plastic = net->plastic_ptr != nullptr;
-  const scalar dt = net->dt, mem_rate = net->mem_rate, thr = net->threshold, v_reset = net->v_reset;
-  const scalar ie = net->inv_tau_exc, ii = net->inv_tau_inh, ip = net->inv_tau_plastic;
   std::vector<int64_t> fired;
   fired.reserve(64);
   for (int64_t t = step_begin; t < step_end; ++t) {
@@ -84,94 +140,75 @@ int exodus_rls_simulate(const RlsNetwork* net, RlsState* s, const RlsRecord* rec
         (t - rec->first_step) / rec->every < rec->rows)
       record = rec->u_total + ((t - rec->first_step) / rec->every) * n;
     const bool summing = rec != nullptr && rec->u_sum != nullptr && t >= rec->sum_first_step;
-    scalar* v = s->v;
-    scalar* u_exc = s->u_exc;
-    scalar* u_inh = s->u_inh;
-    scalar* u_pl = s->u_plastic;
-    scalar* r = s->r;
-    scalar* in_exc = s->in_exc;
-    scalar* in_inh = s->in_inh;
-    scalar* in_pl = s->in_plastic;
-    scalar* u_static = s->u_static;
-    uint8_t* spiked = s->spiked;
-    int32_t* refractory = s->refractory;
-    const scalar* x_bal = net->x_bal;
-    // 1. neuron updates (vectorised: no branches the compiler cannot turn into selects)
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) {
-      const scalar ue = synaptic_filter(u_exc[i], in_exc[i], dt, ie);
-      const scalar ui = synaptic_filter(u_inh[i], in_inh[i], dt, ii);
-      u_exc[i] = ue;
-      u_inh[i] = ui;
-      in_exc[i] = scalar(0);
-      in_inh[i] = scalar(0);
-      const scalar us = ue + ui;
-      u_static[i] = us;
-      scalar u = us;
-      if (plastic) {
-        const scalar up = synaptic_filter(u_pl[i], in_pl[i], dt, ip);
-        u_pl[i] = up;
-        in_pl[i] = scalar(0);
-        u = us + up;
-        r[i] = synaptic_filter(r[i], scalar(spiked[i]), dt, ip);
-      }
-      if (record != nullptr) record[i] = u;
-      const scalar x = stim != nullptr ? x_bal[i] + stim[i] : x_bal[i];
-      const bool active = refractory[i] <= 0;
-      const scalar v_new = membrane_step(v[i], x, u, mem_rate);
-      const bool spike = active && v_new > thr;
-      v[i] = spike ? v_reset : (active ? v_new : v[i]);
-      refractory[i] = spike ? int32_t(net->refractory_steps) : (active ? 0 : refractory[i] - 1);
-      spiked[i] = spike ? 1 : 0;
+    // 1. neuron updates
+    if (plastic) {
+      if (stim != nullptr) neuron_updates<true, true>(*net, *s, stim, record);
+      else neuron_updates<true, false>(*net, *s, stim, record);
+    } else {
+      if (stim != nullptr) neuron_updates<false, true>(*net, *s, stim, record);
+      else neuron_updates<false, false>(*net, *s, stim, record);
     }
     if (summing) {
       for (int64_t i = 0; i < n; ++i) {
-        const double u = double(u_static[i]) + (plastic ? double(u_pl[i]) : 0.0);
+        const double u = double(s->u_static[i]) + (plastic ? double(s->u_plastic[i]) : 0.0);
         rec->u_sum[i] += u;
         rec->u_sq_sum[i] += u * u;
       }
     }
     // 2. spike-driven charges for the next step
     fired.clear();
-    for (int64_t i = 0; i < n; ++i)
-      if (spiked[i]) fired.push_back(i);
+    // cells that spiked, ascending; eight flags per test (spikes are sparse: a few per step)
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      uint64_t word;
+      std::memcpy(&word, s->spiked + i, 8);
+      if (word == 0) continue;
+      for (int64_t m = i; m < i + 8; ++m)
+        if (s->spiked[m]) fired.push_back(m);
+    }
+    for (; i < n; ++i)
+      if (s->spiked[i]) fired.push_back(i);
     for (const int64_t pre : fired) {
       s->spike_count[pre] += 1;
-      scalar* target = pre < net->n_exc ? in_exc : in_inh;
+      scalar* target = pre < net->n_exc ? s->in_exc : s->in_inh;
       const int64_t b = net->static_ptr[pre], e = net->static_ptr[pre + 1];
       const int32_t* post = net->static_post;
       const scalar* weight = net->static_weight;
       for (int64_t m = b; m < e; ++m) target[post[m]] += weight[m];
       if (plastic) {
         const int64_t pb = net->plastic_ptr[pre], pe = net->plastic_ptr[pre + 1];
-        for (int64_t m = pb; m < pe; ++m) in_pl[net->plastic_post[m]] += net->plastic_weight[net->plastic_slot[m]];
+        for (int64_t m = pb; m < pe; ++m) s->in_plastic[net->plastic_post[m]] += net->plastic_weight[net->plastic_slot[m]];
       }
     }
   }
   return 0;
 }
 
-// One RLS update of every neuron (DESIGN §9), batched over neurons: P (N, n(n+1)/2) upper-packed,
-// w (N, n), inputs (N, n) presynaptic cells of each neuron's plastic weights, r (N) filtered
-// spike trains, u_static (N), u_target (N). xk_out (N) receives x^T P x, or is null.
-// OpenMP over neurons (each neuron's P, 16 KiB in float32 at n = 90, stays in L1 between the
-// product and the downdate: P is read and written once per update).
+// One RLS update of every neuron (DESIGN §9), batched over neurons: P (N, blocked_size(n))
+// block-packed (rls_neurons.h), w (N, n), inputs (N, n) presynaptic cells of each neuron's
+// plastic weights, r (N) filtered spike trains, u_static (N), u_target (N). xk_out (N) receives
+// x^T P x, or is null. OpenMP over neurons; each neuron's P (21 KiB in float32 at n = 90) stays
+// in L1 between the product and the downdate, so P is read and written once per update.
+int64_t exodus_rls_blocked_size(int64_t n) { return exodus_rls::blocked_size<scalar>(n); }
+
 int exodus_rls_update(int64_t n_cells, int64_t n, scalar* P, scalar* w, const int64_t* inputs, const scalar* r,
                       const scalar* u_static, const scalar* u_target, int normalized, scalar* xk_out, int threads) {
   if (n_cells < 0 || n <= 0 || P == nullptr || w == nullptr || inputs == nullptr) return -1;
-  const int64_t packed = exodus_rls::packed_size(n);
+  const int64_t stride = exodus_rls::blocked_size<scalar>(n);
+  constexpr int64_t B = exodus_rls::Block<scalar>::size;
+  const int64_t padded = (n + B - 1) / B * B;
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(threads > 0 ? threads : 1)
 #endif
   {
-    std::vector<scalar> x(n), k(n);
+    std::vector<scalar> x(padded, scalar(0)), k(padded);
 #if defined(_OPENMP)
 #pragma omp for schedule(static)
 #endif
     for (int64_t i = 0; i < n_cells; ++i) {
       const int64_t* in = inputs + i * n;
       for (int64_t j = 0; j < n; ++j) x[j] = r[in[j]];
-      const scalar xk = exodus_rls::rls_neuron_step(P + i * packed, w + i * n, x.data(), k.data(), n, u_static[i],
+      const scalar xk = exodus_rls::rls_neuron_step(P + i * stride, w + i * n, x.data(), k.data(), n, u_static[i],
                                                     u_target[i], normalized != 0);
       if (xk_out != nullptr) xk_out[i] = xk;
     }
