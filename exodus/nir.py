@@ -741,6 +741,13 @@ def to_nir(module: nn.Module, sample_input: Tensor, dt: float = 1.0, discretizat
     except Exception as error:
         raise ValueError(f"to_nir could not trace {type(module).__name__} with torch.fx ({error}); its forward "
                          "must only call submodules") from error
+    for fx_node in fx_graph.nodes:  # refuse per-step modules called on (batch, time, ...) before running them
+        if fx_node.op == "call_module":
+            submodule = module.get_submodule(fx_node.target)
+            if isinstance(submodule, (nn.modules.conv._ConvNd, nn.modules.pooling._AvgPoolNd,
+                                      nn.modules.pooling._MaxPoolNd)):
+                raise ValueError(f"{fx_node.target}: wrap {type(submodule).__name__} in exodus.nir.TimeDistributed so "
+                                 "that it runs per time step on (batch, time, channels, ...)")
     # shapes: run the traced graph on a copy (layers keep state, the original must not change)
     traced = torch.fx.GraphModule(_stateless_copy(module), fx_graph)
     shapes = {}
@@ -859,9 +866,9 @@ def _reference_graph(graph, dt, discretization, reset):
             for source in sources[name]:
                 value = previous.get(source) if (source, name) in back_edges else values[source]
                 if value is None:
-                    continue  # back edge at t = 0
+                    continue  # a back edge at t = 0 (or a node fed only by one) delivers nothing yet
                 total = value if total is None else total + value
-            values[name] = steppers[name](total, state, (graph_id, name))
+            values[name] = None if total is None else steppers[name](total, state, (graph_id, name))
         state[(graph_id, "values")] = values
         return values[output]
 
