@@ -1,0 +1,376 @@
+// exodus.events — exact event-based simulation of pulse-coupled networks with O(log N) work per
+// target and spike (SparseProp, Engelken 2023; DESIGN.md §8). Sequential by nature: one thread.
+//
+// Homogeneous drive (every neuron has the same speed omega): the phases live in one indexed
+// binary heap as phi~ = phi - Phi (Phi a global offset), keyed by -phi~ (a min-heap on -phi~ is
+// a max-heap on phi~). The top is the next spiker j; Phi <- phi_th - phi~_j advances every phase
+// at once; each target's key changes by its PTC (O(log N) sift); j resets.
+// Heterogeneous drive (per-neuron omega_i): each neuron keeps (phase, time of last update);
+// the heap is keyed by the next spike time t_i + (phi_th - phi_i)/omega_i.
+// Ties are broken by the lower neuron id (as numpy's argmax/argmin in the reference).
+//
+// Connectivity: CSR given by the user, or K distinct random targets of presynaptic neuron j
+// (no self-connection) drawn from a counter-based hash of (seed, j): nothing N x K is stored.
+// Spec (exodus/events/reference.py reimplements it in numpy):
+//   fmix(z)   = splitmix64 finaliser: z ^= z >> 30; z *= C1; z ^= z >> 27; z *= C2; z ^= z >> 31
+//   key_j     = fmix(seed ^ fmix((j + 1) G))
+//   x_m       = fmix(key_j + (m + 1) G),  m = 0, 1, 2, ...
+//   cand_m    = x_m mod (N - 1);  target = cand_m + (cand_m >= j)
+//   targets   = the first K distinct targets in draw order; synapse (j, r) is the r-th of them.
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "events_neurons.h"
+
+namespace exodus_events {
+
+constexpr uint64_t GOLDEN = 0x9E3779B97F4A7C15ull;
+
+inline uint64_t fmix(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// Small open-addressing set of drawn targets (reset per presynaptic neuron by a stamp).
+struct DrawnSet {
+  std::vector<int64_t> value;
+  std::vector<uint32_t> stamp;
+  uint32_t current = 0;
+  uint64_t mask = 0;
+  explicit DrawnSet(int64_t k) {
+    uint64_t size = 16;
+    while (size < uint64_t(4 * k)) size <<= 1;
+    value.assign(size, 0);
+    stamp.assign(size, 0);
+    mask = size - 1;
+  }
+  void clear() {
+    if (++current == 0) {  // stamp wrapped: really clear
+      std::fill(stamp.begin(), stamp.end(), 0u);
+      current = 1;
+    }
+  }
+  bool insert(int64_t x) {  // false if already present
+    uint64_t h = (uint64_t(x) * GOLDEN) >> 32;
+    for (;; ++h) {
+      const uint64_t slot = h & mask;
+      if (stamp[slot] != current) {
+        stamp[slot] = current;
+        value[slot] = x;
+        return true;
+      }
+      if (value[slot] == x) return false;
+    }
+  }
+};
+
+// Calls f(target, synapse_index) for the K random targets of j (in draw order).
+template <typename F>
+inline void random_targets(uint64_t seed, int64_t n, int64_t k, int64_t j, DrawnSet& drawn, F&& f) {
+  const uint64_t key = fmix(seed ^ fmix(uint64_t(j + 1) * GOLDEN));
+  const uint64_t range = uint64_t(n - 1);
+  drawn.clear();
+  int64_t found = 0;
+  for (uint64_t m = 1; found < k; ++m) {
+    const int64_t cand = int64_t(fmix(key + m * GOLDEN) % range);
+    const int64_t target = cand + (cand >= j);
+    if (drawn.insert(target)) {
+      f(target, j * k + found);
+      ++found;
+    }
+  }
+}
+
+// Indexed binary min-heap on (key, id): key/id arrays by heap slot, pos by neuron id.
+struct Heap {
+  double* key;
+  int64_t* id;
+  int64_t* pos;
+  int64_t n;
+
+  bool less(int64_t a, int64_t b) const { return key[a] < key[b] || (key[a] == key[b] && id[a] < id[b]); }
+  void swap_slots(int64_t a, int64_t b) {
+    std::swap(key[a], key[b]);
+    std::swap(id[a], id[b]);
+    pos[id[a]] = a;
+    pos[id[b]] = b;
+  }
+  void sift_up(int64_t i) {
+    const double k0 = key[i];
+    const int64_t id0 = id[i];
+    while (i > 0) {
+      const int64_t parent = (i - 1) >> 1;
+      if (!(k0 < key[parent] || (k0 == key[parent] && id0 < id[parent]))) break;
+      key[i] = key[parent];
+      id[i] = id[parent];
+      pos[id[i]] = i;
+      i = parent;
+    }
+    key[i] = k0;
+    id[i] = id0;
+    pos[id0] = i;
+  }
+  void sift_down(int64_t i) {
+    const double k0 = key[i];
+    const int64_t id0 = id[i];
+    for (;;) {
+      int64_t child = 2 * i + 1;
+      if (child >= n) break;
+      if (child + 1 < n && less(child + 1, child)) ++child;
+      if (!(key[child] < k0 || (key[child] == k0 && id[child] < id0))) break;
+      key[i] = key[child];
+      id[i] = id[child];
+      pos[id[i]] = i;
+      i = child;
+    }
+    key[i] = k0;
+    id[i] = id0;
+    pos[id0] = i;
+  }
+  void update(int64_t neuron, double new_key) {
+    const int64_t i = pos[neuron];
+    const double old = key[i];
+    key[i] = new_key;
+    if (new_key < old) sift_up(i); else sift_down(i);
+  }
+  void build() {
+    for (int64_t i = 0; i < n; ++i) pos[id[i]] = i;
+    for (int64_t i = n / 2 - 1; i >= 0; --i) sift_down(i);
+  }
+};
+
+}  // namespace exodus_events
+
+using namespace exodus_events;
+
+extern "C" {
+
+// Read-only description of the network (mirrored by ctypes in exodus/events/_native.py).
+struct EventsNetwork {
+  int64_t n;                  // neurons
+  int64_t k;                  // out-degree of the random graph (unused with CSR)
+  int32_t model;              // LIF, QIF, EIF
+  int32_t heterogeneous;      // 0: phase heap with global offset; 1: next-spike-time heap
+  uint64_t seed;              // random-graph seed
+  const int64_t* csr_indptr;  // (n + 1,) or null (random graph)
+  const int64_t* csr_indices; // (nnz,)
+  const double* weights;      // (n k,) or (nnz,) per-synapse multipliers, or null (all 1)
+  const double* omega;        // (n,) phase speeds (heterogeneous) or null
+  const double* coupling;     // (n,) kick parameter of a unit-weight synapse onto i (heterogeneous) or null
+  const double* drive;        // (n,) LIF drive I_i (voltages only) or null
+  double omega0, coupling0, drive0;  // homogeneous values
+  double phase_th, phase_reset;
+  const double* eif_v;        // EIF table (see events_neurons.h)
+  const double* eif_slope;
+  int64_t eif_n;
+  double eif_phase_lo, eif_step;
+};
+
+// Mutable state, all arrays owned by the caller (numpy).
+struct EventsState {
+  double* heap_key;     // (n,)
+  int64_t* heap_id;     // (n,)
+  int64_t* heap_pos;    // (n,)
+  double* phase;        // (n,) heterogeneous: phase at last_time; homogeneous: unused
+  double* last_time;    // (n,) heterogeneous only
+  int64_t* spike_count; // (n,)
+  double offset;        // homogeneous: Phi
+  double time_base;     // homogeneous: time at which Phi was 0
+  double time;          // time of the last spike (units of tau)
+  int64_t n_spikes;     // spikes so far
+};
+
+// Optional voltage sampling: at each of times[0..n_times) (ascending, units of tau) the
+// voltages of neurons[0..n_neurons) are written to out[row * n_neurons + col].
+struct EventsSamples {
+  const double* times;
+  int64_t n_times;
+  int64_t next;          // first sample not yet written (advanced by the simulator)
+  const int64_t* neurons;
+  int64_t n_neurons;
+  double* out;
+};
+
+enum Status : int32_t { OK_MAX_SPIKES = 0, OK_END_TIME = 1, ERR_CROSSING = -1, ERR_NONFINITE = -2, ERR_ARGS = -3,
+                        ERR_EIF_RANGE = -4 };
+
+}  // extern "C"
+
+namespace {
+
+template <int M>
+double kick(const EifTable& table, double phase, double c, [[maybe_unused]] double omega) {
+  if constexpr (M == LIF) return lif_ptc(phase, c, omega);
+  else if constexpr (M == QIF) return qif_ptc(phase, c);
+  else return eif_ptc(table, phase, c);
+}
+
+template <int M>
+double voltage(const EventsNetwork& net, const EifTable& table, int64_t i, double phase) {
+  if constexpr (M == LIF) return lif_voltage(phase, net.drive ? net.drive[i] : net.drive0, net.omega ? net.omega[i] : net.omega0);
+  else if constexpr (M == QIF) return qif_voltage(phase, net.omega ? net.omega[i] : net.omega0);
+  else return eif_voltage(table, phase);
+}
+
+// Phase of neuron i at time t (units of tau) from the state.
+template <bool Hetero>
+double phase_at(const EventsNetwork& net, const EventsState& s, int64_t i, double t) {
+  if constexpr (Hetero) return s.phase[i] + net.omega[i] * (t - s.last_time[i]);
+  else return -s.heap_key[s.heap_pos[i]] + (t - s.time_base) * net.omega0;
+}
+
+template <int M, bool Hetero>
+void write_samples_before(const EventsNetwork& net, const EventsState& s, const EifTable& table, EventsSamples* smp,
+                          double t_limit, bool inclusive) {
+  if (smp == nullptr) return;
+  while (smp->next < smp->n_times && (smp->times[smp->next] < t_limit || (inclusive && smp->times[smp->next] == t_limit))) {
+    const double t = smp->times[smp->next];
+    double* row = smp->out + smp->next * smp->n_neurons;
+    for (int64_t c = 0; c < smp->n_neurons; ++c) {
+      const int64_t i = smp->neurons[c];
+      row[c] = voltage<M>(net, table, i, phase_at<Hetero>(net, s, i, t));
+    }
+    ++smp->next;
+  }
+}
+
+// Renormalise the global offset once it exceeds this many phase units (keeps phi~ + Phi exact to
+// ~eps |phi| over arbitrarily long runs; O(N) once per ~N/K.. spikes).
+constexpr double RENORMALISE_AT = 1.0;
+
+template <int M, bool Hetero, bool Csr>
+int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double t_end, double* out_time,
+            int64_t* out_id, EventsSamples* smp) {
+  Heap heap{s.heap_key, s.heap_id, s.heap_pos, net.n};
+  const EifTable table{net.eif_v, net.eif_slope, net.eif_n, net.eif_phase_lo, net.eif_step};
+  DrawnSet drawn(Csr ? 1 : net.k);
+  for (int64_t count = 0; count < max_spikes; ++count) {
+    const int64_t j = heap.id[0];
+    double t;
+    if constexpr (Hetero) t = heap.key[0];
+    else t = s.time_base + (net.phase_th + heap.key[0]) / net.omega0;  // Phi_new = phi_th - phi~_j
+    if (!std::isfinite(t)) return ERR_NONFINITE;
+    if (t > t_end) {
+      write_samples_before<M, Hetero>(net, s, table, smp, t_end, true);
+      s.n_spikes += count;
+      return OK_END_TIME;
+    }
+    write_samples_before<M, Hetero>(net, s, table, smp, t, false);
+    if constexpr (!Hetero) s.offset = net.phase_th + heap.key[0];
+    s.time = t;
+    if (out_time) out_time[count] = t;
+    if (out_id) out_id[count] = j;
+
+    int32_t status = 0;
+    auto apply = [&](int64_t i, int64_t synapse) {
+      const double w = net.weights ? net.weights[synapse] : 1.0;
+      if constexpr (Hetero) {
+        const double omega = net.omega[i];
+        const double before = s.phase[i] + omega * (t - s.last_time[i]);
+        const double after = kick<M>(table, before, net.coupling[i] * w, omega);
+        if (!(after < net.phase_th)) status = (M == EIF && std::isnan(after)) ? ERR_EIF_RANGE : ERR_CROSSING;
+        s.phase[i] = after;
+        s.last_time[i] = t;
+        heap.update(i, t + (net.phase_th - after) / omega);
+      } else {
+        const double before = -s.heap_key[s.heap_pos[i]] + s.offset;
+        const double after = kick<M>(table, before, net.coupling0 * w, net.omega0);
+        if (!(after < net.phase_th)) status = (M == EIF && std::isnan(after)) ? ERR_EIF_RANGE : ERR_CROSSING;
+        heap.update(i, -(after - s.offset));
+      }
+    };
+    if constexpr (Csr) {
+      for (int64_t e = net.csr_indptr[j]; e < net.csr_indptr[j + 1]; ++e) apply(net.csr_indices[e], e);
+    } else {
+      random_targets(net.seed, net.n, net.k, j, drawn, apply);
+    }
+    if (status != 0) {
+      s.n_spikes += count + 1;
+      return status;
+    }
+    // Reset the spiker.
+    if constexpr (Hetero) {
+      s.phase[j] = net.phase_reset;
+      s.last_time[j] = t;
+      heap.update(j, t + (net.phase_th - net.phase_reset) / net.omega[j]);
+    } else {
+      heap.update(j, -(net.phase_reset - s.offset));
+      if (s.offset > RENORMALISE_AT) {  // phi~ += Phi for all (keys -= Phi): the order is unchanged
+        for (int64_t h = 0; h < net.n; ++h) heap.key[h] -= s.offset;
+        s.time_base = t;
+        s.offset = 0.0;
+      }
+    }
+    ++s.spike_count[j];
+  }
+  s.n_spikes += max_spikes;
+  return OK_MAX_SPIKES;
+}
+
+template <int M>
+int32_t dispatch_model(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double t_end, double* out_time,
+                       int64_t* out_id, EventsSamples* smp) {
+  const bool csr = net.csr_indptr != nullptr;
+  if (net.heterogeneous) {
+    return csr ? run<M, true, true>(net, s, max_spikes, t_end, out_time, out_id, smp)
+               : run<M, true, false>(net, s, max_spikes, t_end, out_time, out_id, smp);
+  }
+  return csr ? run<M, false, true>(net, s, max_spikes, t_end, out_time, out_id, smp)
+             : run<M, false, false>(net, s, max_spikes, t_end, out_time, out_id, smp);
+}
+
+}  // namespace
+
+extern "C" {
+
+// Builds the heap from the initial phases (homogeneous: phase0 -> keys -phase0 with Phi = 0;
+// heterogeneous: s.phase must hold the phases, last_time the start time).
+int32_t exodus_events_init(const EventsNetwork* net, EventsState* s, const double* phase0, double t0) {
+  if (net == nullptr || s == nullptr || net->n < 2) return ERR_ARGS;
+  Heap heap{s->heap_key, s->heap_id, s->heap_pos, net->n};
+  for (int64_t i = 0; i < net->n; ++i) {
+    heap.id[i] = i;
+    if (net->heterogeneous) {
+      s->phase[i] = phase0[i];
+      s->last_time[i] = t0;
+      heap.key[i] = t0 + (net->phase_th - phase0[i]) / net->omega[i];
+    } else {
+      heap.key[i] = -phase0[i];
+    }
+  }
+  heap.build();
+  s->offset = 0.0;
+  s->time_base = t0;
+  s->time = t0;
+  s->n_spikes = 0;
+  return OK_MAX_SPIKES;
+}
+
+// Simulates up to max_spikes spikes or until the next spike would come after t_end. Writes the
+// spikes to out_time / out_id (may be null) and returns a Status; *n_done = spikes simulated.
+int32_t exodus_events_run(const EventsNetwork* net, EventsState* s, int64_t max_spikes, double t_end,
+                          double* out_time, int64_t* out_id, EventsSamples* samples, int64_t* n_done) {
+  if (net == nullptr || s == nullptr || n_done == nullptr || max_spikes < 0) return ERR_ARGS;
+  const int64_t before = s->n_spikes;  // run() adds the spikes it simulated
+  int32_t status;
+  switch (net->model) {
+    case LIF: status = dispatch_model<LIF>(*net, *s, max_spikes, t_end, out_time, out_id, samples); break;
+    case QIF: status = dispatch_model<QIF>(*net, *s, max_spikes, t_end, out_time, out_id, samples); break;
+    case EIF: status = dispatch_model<EIF>(*net, *s, max_spikes, t_end, out_time, out_id, samples); break;
+    default: return ERR_ARGS;
+  }
+  *n_done = s->n_spikes - before;
+  return status;
+}
+
+// The K random targets of presynaptic neuron j (for the tests and the Python adjoint).
+int32_t exodus_events_targets(uint64_t seed, int64_t n, int64_t k, int64_t j, int64_t* out) {
+  if (n < 2 || k < 1 || k >= n || j < 0 || j >= n || out == nullptr) return ERR_ARGS;
+  DrawnSet drawn(k);
+  random_targets(seed, n, k, j, drawn, [&](int64_t target, int64_t synapse) { out[synapse - j * k] = target; });
+  return OK_MAX_SPIKES;
+}
+
+}  // extern "C"

@@ -1,0 +1,12 @@
+"""exodus.events — exact event-based simulation and training of sparse pulse-coupled networks
+(SparseProp, Engelken 2023; DESIGN.md §8). See docs/events.md.
+
+    import exodus.events as ev
+    net = ev.Network(n=100_000, k=100)               # balanced inhibitory LIF network, tau = 10 ms
+    spikes = ev.simulate(net, n_spikes=1_000_000)    # compiled heap: O(K log N) per spike
+    spikes.times, spikes.neurons, spikes.mean_rate() # seconds, ids, Hz
+"""
+from .network import MODELS, Network, Spikes, simulate
+from .reference import random_targets, simulate_reference, uniform_phases
+
+__all__ = ["MODELS", "Network", "Spikes", "simulate", "random_targets", "simulate_reference", "uniform_phases"]

@@ -1,0 +1,81 @@
+"""ctypes loader of cuda/cpu_events.cpp (the heap simulator, extern "C" API).
+
+Built at first use through exodus.backends.sources.build_shared_library with the CPU backend's
+flag sets (tried in order; -ffp-contract=off in all of them), cached in ``~/.cache/exodus``.
+The simulation is sequential: no OpenMP is used even where the flags allow it.
+"""
+from __future__ import annotations
+
+import ctypes
+import threading
+
+from exodus.backends.cpu import _FLAG_SETS
+from exodus.backends.sources import BuildError, build_shared_library
+
+_P = ctypes.c_void_p
+_I64 = ctypes.c_int64
+_I32 = ctypes.c_int32
+_F64 = ctypes.c_double
+
+# Status codes of exodus_events_run (enum Status in cpu_events.cpp).
+OK_MAX_SPIKES, OK_END_TIME, ERR_CROSSING, ERR_NONFINITE, ERR_ARGS, ERR_EIF_RANGE = 0, 1, -1, -2, -3, -4
+
+
+class EventsNetwork(ctypes.Structure):
+    _fields_ = [("n", _I64), ("k", _I64), ("model", _I32), ("heterogeneous", _I32), ("seed", ctypes.c_uint64),
+                ("csr_indptr", _P), ("csr_indices", _P), ("weights", _P), ("omega", _P), ("coupling", _P),
+                ("drive", _P), ("omega0", _F64), ("coupling0", _F64), ("drive0", _F64), ("phase_th", _F64),
+                ("phase_reset", _F64), ("eif_v", _P), ("eif_slope", _P), ("eif_n", _I64), ("eif_phase_lo", _F64),
+                ("eif_step", _F64)]
+
+
+class EventsState(ctypes.Structure):
+    _fields_ = [("heap_key", _P), ("heap_id", _P), ("heap_pos", _P), ("phase", _P), ("last_time", _P),
+                ("spike_count", _P), ("offset", _F64), ("time_base", _F64), ("time", _F64), ("n_spikes", _I64)]
+
+
+class EventsSamples(ctypes.Structure):
+    _fields_ = [("times", _P), ("n_times", _I64), ("next", _I64), ("neurons", _P), ("n_neurons", _I64), ("out", _P)]
+
+
+_library: ctypes.CDLL | None = None
+_error: str | None = None
+_lock = threading.Lock()
+
+
+def load() -> ctypes.CDLL:
+    """The compiled simulator (built at first use); BuildError if no flag set compiles."""
+    global _library, _error
+    with _lock:
+        if _library is not None:
+            return _library
+        if _error is not None:
+            raise BuildError(_error)
+        errors = []
+        for flags in _FLAG_SETS:
+            flags = [f for f in flags if f != "-fopenmp"]
+            try:
+                library = ctypes.CDLL(str(build_shared_library("cpu_events.cpp", flags, "cpu-events")))
+            except (BuildError, OSError) as error:
+                errors.append(str(error))
+                continue
+            library.exodus_events_init.restype = _I32
+            library.exodus_events_init.argtypes = [ctypes.POINTER(EventsNetwork), ctypes.POINTER(EventsState), _P, _F64]
+            library.exodus_events_run.restype = _I32
+            library.exodus_events_run.argtypes = [ctypes.POINTER(EventsNetwork), ctypes.POINTER(EventsState), _I64,
+                                                  _F64, _P, _P, ctypes.POINTER(EventsSamples),
+                                                  ctypes.POINTER(_I64)]
+            library.exodus_events_targets.restype = _I32
+            library.exodus_events_targets.argtypes = [ctypes.c_uint64, _I64, _I64, _I64, _P]
+            _library = library
+            return library
+        _error = "the exodus.events simulator (cuda/cpu_events.cpp) could not be built:\n" + "\n".join(errors)
+        raise BuildError(_error)
+
+
+def available() -> bool:
+    try:
+        load()
+        return True
+    except BuildError:
+        return False
