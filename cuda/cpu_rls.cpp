@@ -187,7 +187,8 @@ int exodus_rls_simulate(const RlsNetwork* net, RlsState* s, const RlsRecord* rec
 // One RLS update of every neuron (DESIGN §9), batched over neurons: P (N, blocked_size(n))
 // block-packed (rls_neurons.h), w (N, n), inputs (N, n) presynaptic cells of each neuron's
 // plastic weights, r (N) filtered spike trains, u_static (N), u_target (N). xk_out (N) receives
-// x^T P x, or is null. OpenMP over neurons; each neuron's P (21 KiB in float32 at n = 90) stays
+// x^T P x, or is null. OpenMP over neurons in chunks of 16 taken dynamically (on a shared
+// machine a thread that loses its core then holds up at most one chunk); each neuron's P (21 KiB in float32 at n = 90) stays
 // in L1 between the product and the downdate, so P is read and written once per update.
 int64_t exodus_rls_blocked_size(int64_t n) { return exodus_rls::blocked_size<scalar>(n); }
 
@@ -203,7 +204,7 @@ int exodus_rls_update(int64_t n_cells, int64_t n, scalar* P, scalar* w, const in
   {
     std::vector<scalar> x(padded, scalar(0)), k(padded);
 #if defined(_OPENMP)
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 16)
 #endif
     for (int64_t i = 0; i < n_cells; ++i) {
       const int64_t* in = inputs + i * n;

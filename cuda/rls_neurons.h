@@ -48,33 +48,69 @@ inline int64_t blocked_size(int64_t n) {
   return B * B * (nb * (nb + 1) / 2);
 }
 
-// One RLS step of one neuron (DESIGN §9), P block-packed (see above), w (n), x (n padded to
-// nb B with zeros) its inputs r, k scratch (nb B):
+// One vector of a block (B lanes, 64 bytes) in GCC/Clang vector extensions: compiled to one
+// AVX-512 register with -march=native on AVX-512 CPUs, to 2-4 narrower ones elsewhere.
+template <typename T>
+struct Lanes {
+  typedef T type __attribute__((vector_size(64)));
+};
+
+template <typename T>
+inline typename Lanes<T>::type load_lanes(const T* p) {
+  typename Lanes<T>::type v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename T>
+inline void store_lanes(T* p, typename Lanes<T>::type v) {
+  __builtin_memcpy(p, &v, sizeof(v));
+}
+
+// One RLS step of one neuron (DESIGN §9), P block-packed (see above), w (n), x (nb B, zero
+// beyond n) its inputs r, k scratch (nb B):
 //   k = P x ;  c = 1 / (1 + x^T k) ;  P <- P - (k k^T) c ;
 //   e = w^T x + u_static - u_target ;  w <- w - e c k   (normalized == false: w <- w - e k).
 // Returns x^T k. The downdate computes (k_i k_j) c, the same number for (i, j) and (j, i), so
 // the duplicated diagonal blocks stay exactly symmetric; it is the exact Sherman-Morrison form
 // (c > 0 since x^T P x >= 0), which keeps P positive definite in exact arithmetic.
+//
+// k = P x by block-columns b (columns j = bB + m, m < B): for each row block a < b the B
+// columns add P[aB.., j] x_j to k[aB..] (one load and store of k per row block) and
+// accumulate P[aB.., j] . x[aB..] for k[j] (the mirror entries (j, aB..), not stored) in B
+// vector accumulators, summed once per block-column; the diagonal block adds P[bB.., j] x_j.
 template <typename T>
 inline T rls_neuron_step(T* P, T* w, const T* x, T* k, int64_t n, T u_static, T u_target, bool normalized) {
+  typedef typename Lanes<T>::type V;
   constexpr int64_t B = Block<T>::size;
-  const int64_t padded = (n + B - 1) / B * B;
-  for (int64_t i = 0; i < padded; ++i) k[i] = T(0);
-  // k = P x: column j adds P[i, j] x_j to k[i] for all stored rows, and P[i, j] x_i to k[j] for
-  // the rows above its diagonal block (their mirror images (j, i) are not stored).
-  for (int64_t j = 0; j < n; ++j) {
-    const T* col = P + blocked_column<T>(j);
-    const int64_t diag = j / B * B;
-    const T xj = x[j];
-    T dot = T(0);
-#pragma omp simd reduction(+ : dot)
-    for (int64_t i = 0; i < diag; ++i) {
-      k[i] += col[i] * xj;
-      dot += col[i] * x[i];
+  const int64_t nb = (n + B - 1) / B;
+  for (int64_t i = 0; i < nb * B; ++i) k[i] = T(0);
+  for (int64_t b = 0; b < nb; ++b) {
+    const T* panel = P + blocked_column<T>(b * B);
+    const int64_t ld = (b + 1) * B;  // stored rows per column of this block-column
+    const T* xb = x + b * B;
+    V dots[B];
+    for (int64_t m = 0; m < B; ++m) dots[m] = V{} ;
+    for (int64_t a = 0; a < b; ++a) {
+      V kv = load_lanes(k + a * B);
+      const V xv = load_lanes(x + a * B);
+#pragma GCC unroll 16
+      for (int64_t m = 0; m < B; ++m) {
+        const V cv = load_lanes(panel + m * ld + a * B);
+        kv += cv * xb[m];
+        dots[m] += cv * xv;
+      }
+      store_lanes(k + a * B, kv);
     }
-#pragma omp simd
-    for (int64_t i = diag; i < diag + B; ++i) k[i] += col[i] * xj;
-    k[j] += dot;
+    V kd = load_lanes(k + b * B);
+#pragma GCC unroll 16
+    for (int64_t m = 0; m < B; ++m) kd += load_lanes(panel + m * ld + b * B) * xb[m];
+    for (int64_t m = 0; m < B; ++m) {
+      T sum = T(0);
+      for (int64_t l = 0; l < B; ++l) sum += dots[m][l];
+      kd[m] += sum;
+    }
+    store_lanes(k + b * B, kd);
   }
   T xk = T(0), wx = T(0);
   for (int64_t i = 0; i < n; ++i) {
@@ -84,10 +120,12 @@ inline T rls_neuron_step(T* P, T* w, const T* x, T* k, int64_t n, T u_static, T 
   const T c = T(1) / (T(1) + xk);
   for (int64_t j = 0; j < n; ++j) {
     T* col = P + blocked_column<T>(j);
-    const int64_t rows = (j / B + 1) * B;
+    const int64_t row_blocks = j / B + 1;
     const T kj = k[j];
-#pragma omp simd
-    for (int64_t i = 0; i < rows; ++i) col[i] -= (k[i] * kj) * c;
+    for (int64_t a = 0; a < row_blocks; ++a) {
+      const V kv = load_lanes(k + a * B);
+      store_lanes(col + a * B, load_lanes(col + a * B) - (kv * kj) * c);
+    }
   }
   const T e = (wx + u_static) - u_target;
   const T step = normalized ? e * c : e;

@@ -10,6 +10,7 @@ rates (0-15 Hz) and that the correlation with the target rises with training.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -406,3 +407,27 @@ def test_cuda_torch_backend_matches_cpu():
     cpu.train_loop()
     gpu.train_loop()
     assert_close(gpu.w.cpu(), cpu.w, 1e-10, "w")
+
+
+def test_cli_tutorial_config_small(tmp_path):
+    """exodus-rls with the tutorial config, shrunk: learning curve, checkpoint, plots; then resume."""
+    from exodus.rls import cli
+
+    out = tmp_path / "run"
+    config = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "rls_tutorial.yaml"
+    args = ["--config", str(config), "--n-cells", "200", "--loops", "2",
+            "--out", str(out), "--no-progress"]
+    assert cli.main(args) == 0
+    import json
+
+    curve = json.loads((out / "learning_curve.json").read_text())
+    assert [row["loop"] for row in curve] == [1, 2]
+    for name in ("checkpoint.pt", "correlation.png", "currents.png", "config.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert cli.main(["--resume", str(out / "checkpoint.pt"), "--loops", "1", "--out", str(out),
+                     "--no-plots", "--no-progress"]) == 0
+    assert [row["loop"] for row in json.loads((out / "learning_curve.json").read_text())] == [1, 2, 3]
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"training": {"loop": 3}}')
+    with pytest.raises(ValueError, match="unknown keys"):
+        cli.main(["--config", str(bad)])

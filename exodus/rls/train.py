@@ -123,12 +123,23 @@ def rls_update_native(P_blocked: torch.Tensor, w: torch.Tensor, inputs: torch.Te
     library = _native.load(dtype)
     xk = torch.empty(n_cells, dtype=dtype)
     ptr = _native.pointer
+    if threads is None:
+        threads = default_threads(P_blocked)
     status = library.exodus_rls_update(n_cells, n, ptr(P_blocked), ptr(w), ptr(inputs), ptr(r), ptr(u_static),
-                                       ptr(u_target), int(bool(normalized)), ptr(xk),
-                                       int(threads if threads is not None else torch.get_num_threads()))
+                                       ptr(u_target), int(bool(normalized)), ptr(xk), int(threads))
     if status != 0:
         raise RuntimeError(f"exodus_rls_update failed ({status})")
     return xk
+
+
+# Below this many bytes of P one thread does the update: an update then takes well under a
+# millisecond, and an OpenMP region on a loaded 2-core machine can cost tens of milliseconds
+# (measured: N = 512, L = 10: 0.34 ms on one thread, 22-24 ms on two while other jobs ran).
+SMALL_P_BYTES = 8 << 20
+
+
+def default_threads(P: torch.Tensor) -> int:
+    return 1 if P.numel() * P.element_size() < SMALL_P_BYTES else torch.get_num_threads()
 
 
 def _check_rls_args(P, w, inputs, r, u_static, u_target, blocked: bool) -> None:
