@@ -734,6 +734,9 @@ def to_nir(module: nn.Module, sample_input: Tensor, dt: float = 1.0, discretizat
         raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
     if not isinstance(sample_input, Tensor) or sample_input.dim() < 2 or not sample_input.is_floating_point():
         raise ValueError("sample_input must be a floating-point tensor of shape (batch, time, *features)")
+    if isinstance(module, GraphModule):
+        raise ValueError("to_nir of an imported exodus.nir.GraphModule is not supported: export the original "
+                         "module, or write the NIR graph it came from")
     if isinstance(module, L._StatefulNeuron) or isinstance(module, TimeDistributed):
         module = nn.Sequential(module)
     try:

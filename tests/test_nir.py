@@ -170,6 +170,18 @@ def test_from_nir_v_leak_is_an_input_offset():
         en.from_nir(graph, discretization="impulse")
 
 
+@pytest.mark.skipif(not hasattr(nir, "CubaLI"), reason="nir.CubaLI needs nir >= 1.0.6")
+def test_from_nir_cuba_li_matches_the_reference():
+    graph = nir.NIRGraph.from_list(nir.Affine(weight=np.array([[1.0, -0.5], [0.3, 2.0]]), bias=np.zeros(2)),
+                                   nir.CubaLI(tau_syn=np.array([2.0, 3.0]), tau_mem=np.array([5.0, 8.0]),
+                                              r=np.array([1.0, 2.0]), v_leak=np.zeros(2), w_in=np.array([1.0, 0.5])))
+    x = rand(B, T, 2, seed=6)
+    for discretization in en.DISCRETIZATIONS:
+        expected = en.simulate(graph, x, discretization=discretization)
+        torch.testing.assert_close(en.from_nir(graph, discretization=discretization)(x).double(), expected,
+                                   rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------- export: exodus -> NIR -> exodus
 
 def exodus_nets():
@@ -293,6 +305,8 @@ def test_to_nir_bad_arguments():
         en.to_nir(AddsInForward(), x)
     with pytest.raises(ValueError, match="batch/time"):
         en.to_nir(nn.Sequential(nn.Flatten()), x)
+    with pytest.raises(ValueError, match="GraphModule"):
+        en.to_nir(en.from_nir(en.to_nir(net, x)), x)
 
 
 def test_from_nir_bad_input(tmp_path):
