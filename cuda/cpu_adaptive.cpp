@@ -70,7 +70,7 @@ extern "C" void exodus_cpu_adaptive_forward(
     scalar_t* v_out, scalar_t* w_out, acc_t* h_save, acc_t* w_save, index_t B, index_t T, index_t N,
     index_t t_begin, index_t t_end, int reset, int max_spikes, int has_vmin, acc_t v_min, int norm_input,
     int adaptive, int num_threads) {
-  const LifConfig config = {reset, max_spikes, has_vmin, norm_input, v_min, 0, 0, acc_t(1), acc_t(0), acc_t(0), acc_t(0)};
+  const LifConfig config = {reset, max_spikes, has_vmin, norm_input, v_min, 0, 0, acc_t(1), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
   dispatch_forward(config, adaptive != 0, [&](auto spec) {
     constexpr bool ADAPT = decltype(spec)::adaptive;
     for_each_tile(B, t_end - t_begin, N, num_threads, [&](index_t b, index_t n0, index_t len) {
@@ -219,7 +219,7 @@ extern "C" void exodus_cpu_adaptive_recurrent_forward(
     scalar_t* spikes, scalar_t* v_out, scalar_t* w_out, acc_t* h_save, acc_t* w_save, index_t B, index_t T,
     index_t N, index_t t_begin, index_t t_end, int reset, int max_spikes, int has_vmin, acc_t v_min, int norm_input,
     int adaptive, int num_threads) {
-  const LifConfig config = {reset, max_spikes, has_vmin, norm_input, v_min, 0, 0, acc_t(1), acc_t(0), acc_t(0), acc_t(0)};
+  const LifConfig config = {reset, max_spikes, has_vmin, norm_input, v_min, 0, 0, acc_t(1), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
   if (num_threads < 1 || B * (t_end - t_begin) * N < kMinParallelWork) num_threads = 1;
   dispatch_forward(config, adaptive != 0, [&](auto spec) {
     constexpr bool ADAPT = decltype(spec)::adaptive;

@@ -49,7 +49,7 @@ extern "C" void exodus_cpu_lif_forward(const scalar_t* x, const acc_t* alpha, co
                                        acc_t* h_out, index_t B, index_t T, index_t N, int reset,
                                        int max_spikes, int has_vmin, acc_t v_min, int norm_input,
                                        int v_trace, int num_threads) {
-  const LifConfig config = {reset, max_spikes, has_vmin, norm_input, v_min, 0, 0, acc_t(1), acc_t(0), acc_t(0), acc_t(0)};
+  const LifConfig config = {reset, max_spikes, has_vmin, norm_input, v_min, 0, 0, acc_t(1), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
   dispatch_options(config, [&](auto spec) {
     const bool streaming = use_streaming(B * T * N, sizeof(acc_t));
     for_each_tile(B, T, N, num_threads, [&](index_t b, index_t n0, index_t len) {

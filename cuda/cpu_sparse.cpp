@@ -102,11 +102,11 @@ extern "C" void exodus_cpu_sparse_weight_grad(
 extern "C" void exodus_cpu_lif_sparse_active(
     const acc_t* h, const acc_t* theta, unsigned char* mask, index_t B, index_t T, index_t N, int reset,
     int max_spikes, int has_vmin, acc_t v_min, int gradient, int surrogate, acc_t grad_scale, acc_t p0, acc_t p1,
-    acc_t p2, acc_t band, int num_threads) {
+    acc_t p2, acc_t band, int with_theta, int num_threads) {
   const LifConfig c = {reset, max_spikes, has_vmin, 0, v_min, gradient, surrogate, grad_scale, p0, p1, p2, band};
   const index_t rows = B * T;
   if (num_threads < 1 || rows * N < (index_t(1) << 15)) num_threads = 1;
 #pragma omp parallel for schedule(static) num_threads(num_threads) if (num_threads > 1)
   for (index_t row = 0; row < rows; ++row)
-    for (index_t n = 0; n < N; ++n) mask[row * N + n] = lif_active_point(c, h[row * N + n], theta[n]) ? 1 : 0;
+    for (index_t n = 0; n < N; ++n) mask[row * N + n] = lif_active_point(c, h[row * N + n], theta[n], with_theta != 0) ? 1 : 0;
 }

@@ -19,7 +19,7 @@ extern "C" __global__ void exodus_lif_forward(
   const index_t tid = EXODUS_THREAD_INDEX;
   if (tid >= B * N) return;
   const index_t b = tid / N, n = tid - b * N;
-  LifConfig c = {reset, max_spikes, has_vmin, norm_input, v_min, 0, 0, acc_t(1), acc_t(0), acc_t(0), acc_t(0)};
+  LifConfig c = {reset, max_spikes, has_vmin, norm_input, v_min, 0, 0, acc_t(1), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
   const acc_t a_n = alpha[n], th_n = theta[n];
   acc_t v = v0[tid];
   index_t i = b * T * N + n;
@@ -121,7 +121,7 @@ extern "C" __global__ void exodus_adaptive_forward(
   const index_t tid = EXODUS_THREAD_INDEX;
   if (tid >= B * N) return;
   const index_t b = tid / N, n = tid - b * N;
-  LifConfig c = {reset, max_spikes, has_vmin, norm_input, v_min, 0, 0, acc_t(1), acc_t(0), acc_t(0), acc_t(0)};
+  LifConfig c = {reset, max_spikes, has_vmin, norm_input, v_min, 0, 0, acc_t(1), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
   const AdaptiveParams p = load_adaptive_params(params, N, n);
   const acc_t extra = rec ? rec[tid] : acc_t(0);
   acc_t v = v_state[tid], w = adaptive ? w_state[tid] : acc_t(0);
@@ -222,7 +222,7 @@ extern "C" __global__ void exodus_adaptive_recurrent_forward(
   __shared__ acc_t previous[EXODUS_MAX_RECURRENT_NEURONS];
   const index_t b = blockIdx.x, n = threadIdx.x;
   const bool active = b < B && n < N;  // every thread of the block reaches the barriers
-  LifConfig c = {reset, max_spikes, has_vmin, norm_input, v_min, 0, 0, acc_t(1), acc_t(0), acc_t(0), acc_t(0)};
+  LifConfig c = {reset, max_spikes, has_vmin, norm_input, v_min, 0, 0, acc_t(1), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
   AdaptiveParams p = {acc_t(0), acc_t(1), acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
   acc_t v = acc_t(0), w = acc_t(0);
   if (active) {
@@ -314,9 +314,9 @@ extern "C" __global__ void exodus_lif_sparse_backward(
 extern "C" __global__ void exodus_lif_sparse_active(
     const acc_t* __restrict__ h, const acc_t* __restrict__ theta, unsigned char* __restrict__ mask, index_t B,
     index_t T, index_t N, int reset, int max_spikes, int has_vmin, acc_t v_min, int gradient, int surrogate,
-    acc_t grad_scale, acc_t p0, acc_t p1, acc_t p2, acc_t band) {
+    acc_t grad_scale, acc_t p0, acc_t p1, acc_t p2, acc_t band, int with_theta) {
   const index_t i = EXODUS_THREAD_INDEX;
   if (i >= B * T * N) return;
   const LifConfig c = {reset, max_spikes, has_vmin, 0, v_min, gradient, surrogate, grad_scale, p0, p1, p2, band};
-  mask[i] = lif_active_point(c, h[i], theta[i % N]) ? 1 : 0;
+  mask[i] = lif_active_point(c, h[i], theta[i % N], with_theta != 0) ? 1 : 0;
 }

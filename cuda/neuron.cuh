@@ -134,13 +134,17 @@ EXODUS_HD acc_t leaky_backward_step(acc_t v, acc_t v_prev, acc_t grad_v, acc_t l
 EXODUS_HD acc_t decay_over(acc_t alpha, index_t steps) { return EXODUS_MATH(pow)(alpha, acc_t(steps)); }
 
 // Whether a neuron-step with pre-reset membrane h is an active point of the sparse scan: its
-// (banded, scaled) surrogate is nonzero, it spikes, or v_min clamps it (kappa = 0, NaN included).
-EXODUS_HD bool lif_active_point(const LifConfig& c, acc_t h, acc_t theta) {
+// (banded, scaled) surrogate is nonzero, v_min clamps it (kappa = 0, NaN included), or it spikes and
+// the spike matters. With sigma = 0 a spike leaves lambda unchanged under the subtract reset
+// (rho = 1); it only adds -mu a to dL/dtheta. So spikes are points for the zero reset (rho = 0
+// there) or when dL/dtheta is needed (`with_theta`).
+EXODUS_HD bool lif_active_point(const LifConfig& c, acc_t h, acc_t theta, bool with_theta) {
   acc_t sigma = banded_sigma(c.surrogate, h, theta, c.p0, c.p1, c.p2, c.band);
   if (c.gradient == GRADIENT_SLAYER) sigma *= c.grad_scale;
   const acc_t a = spike_count(h, theta, c.max_spikes);
   const bool kappa = !c.has_vmin || reset_membrane(h, theta, a, c.reset) > c.v_min;
-  return sigma != acc_t(0) || a > acc_t(0) || !kappa;
+  const bool spike_matters = a > acc_t(0) && (with_theta || c.reset == RESET_ZERO);
+  return sigma != acc_t(0) || spike_matters || !kappa;
 }
 
 EXODUS_HD acc_t lif_sparse_point_step(const LifConfig& c, acc_t h, acc_t grad_spikes, acc_t lambda_after,

@@ -15,9 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as F
-from .surrogate import SingleExponential, Surrogate
+from .surrogate import SingleExponential, Surrogate, Truncated
 
-__all__ = ["LIF", "IAF", "ExpLeak", "AdaptiveLIF", "ALIF", "AdLIF", "WEIGHT_REC_INITS"]
+__all__ = ["LIF", "IAF", "ExpLeak", "AdaptiveLIF", "ALIF", "AdLIF", "LinearLIF", "WEIGHT_REC_INITS"]
 
 
 def _parameter_tensor(name: str, value, shape: Optional[Sequence[int]]) -> Tensor:
@@ -439,3 +439,60 @@ class AdLIF(AdaptiveLIF):
         super().__init__(tau_mem=tau_mem, tau_adapt=tau_adapt, adapt_threshold=0.0, adapt_current=1.0,
                          adapt_membrane=a, adapt_spike=b, norm_input=True,
                          _fixed=("adapt_threshold", "adapt_current"), **kwargs)
+
+
+class LinearLIF(LIF):
+    """A fused Linear -> LIF block: spikes of LIF(s W^T + b), (batch, time, in_features) -> spikes
+    (batch, time, out_features); carries the membrane ``v`` (batch, out_features) between calls.
+
+    gradient: "exodus" (exact, dense), "sparse" (exact, visits only the active neuron-steps; DESIGN.md
+    §6), "slayer" or "bptt". With "sparse" the surrogate is truncated to |h - theta| < band theta
+    (``exodus.surrogate.Truncated(surrogate, band)``; default surrogate SingleExponential) unless it is
+    a Truncated already; pass the same Truncated surrogate to a dense block to compute the same function.
+    detach_reset=True (sparse only) drops the reset from the gradient, as S3GD does. "sparse" needs one
+    tau_mem for the block (a number; per-neuron thresholds are fine). Other arguments as for LIF
+    (no tau_syn, no recurrent). Weights are initialised like nn.Linear's.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, tau_mem=20.0, threshold=1.0, *,
+                 gradient: str = "exodus", band: float = 0.2, detach_reset: bool = False,
+                 surrogate: Optional[Surrogate] = None, **lif_options):
+        for name in ("tau_syn", "recurrent"):
+            if lif_options.get(name):
+                raise ValueError(f"LinearLIF has no {name}: use nn.Linear followed by exodus.LIF")
+        F._check_choice("gradient", gradient, F.LINEAR_GRADIENTS)
+        if gradient == "sparse":
+            if surrogate is not None and not isinstance(surrogate, Surrogate):
+                raise TypeError(f"surrogate must be an exodus.surrogate.Surrogate, got {surrogate!r}")
+            if not isinstance(surrogate, Truncated):
+                surrogate = Truncated(surrogate if surrogate is not None else SingleExponential(), band)
+        elif detach_reset:
+            raise ValueError("detach_reset applies to gradient='sparse'; for a dense detached reset use gradient='slayer'")
+        super().__init__(tau_mem=tau_mem, threshold=threshold, surrogate=surrogate,
+                         gradient="exodus" if gradient == "sparse" else gradient, **lif_options)
+        if gradient == "sparse" and self.tau_mem.numel() != 1:
+            raise ValueError("LinearLIF(gradient='sparse') needs one tau_mem for the block (a number), got shape "
+                             f"{tuple(self.tau_mem.shape)}; per-neuron tau: use gradient='exodus'")
+        self.gradient = gradient
+        self.detach_reset = detach_reset
+        self.in_features, self.out_features = in_features, out_features
+        linear = nn.Linear(in_features, out_features, bias=bias)
+        self.weight = linear.weight
+        self.bias = linear.bias
+
+    def forward(self, s: Tensor) -> Tensor:
+        F.check_input(s)
+        v0 = self.v if (self.v is not None and tuple(self.v.shape) == (s.shape[0], self.out_features)
+                        and self.v.device == s.device) else None
+        spikes, v = F.linear_lif(s, self.weight, self.bias, self.alpha(), self.threshold, v0, reset=self.reset,
+                                 v_min=self.v_min, max_spikes_per_bin=self.max_spikes_per_bin, surrogate=self.surrogate,
+                                 norm_input=self.norm_input, gradient=self.gradient, detach_reset=self.detach_reset,
+                                 grad_scale=self.grad_scale, v_trace=self.record_states, backend=self.backend)
+        if self.record_states:
+            self.recordings = {"v": v}
+            v = v[:, -1] if v.shape[1] > 0 else (v0 if v0 is not None else s.new_zeros((s.shape[0], self.out_features)))
+        self.v = v
+        return spikes
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, " + super().extra_repr()

@@ -212,8 +212,9 @@ def test_drivers_only_loop_over_the_step_functions():
     lif_steps = ("lif_forward_step", "lif_backward_step", "leaky_forward_step", "leaky_backward_step",
                  "membrane_from_h")
     adaptive_steps = ("adaptive_forward_step", "adaptive_backward_step", "membrane_from_h")  # adaptive.cuh
-    for name, steps in (("kernels.cu", lif_steps + adaptive_steps), ("cpu_drivers.cpp", lif_steps),
-                        ("cpu_adaptive.cpp", adaptive_steps)):
+    sparse_steps = ("lif_sparse_point_step", "lif_active_point", "decay_over")  # neuron.cuh, DESIGN.md §6
+    for name, steps in (("kernels.cu", lif_steps + adaptive_steps + sparse_steps), ("cpu_drivers.cpp", lif_steps),
+                        ("cpu_adaptive.cpp", adaptive_steps), ("cpu_sparse.cpp", sparse_steps)):
         text = (cuda_dir() / name).read_text()
         for step in steps:
             assert f"{step}(" in text, f"{name} does not use {step}"

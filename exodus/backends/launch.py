@@ -186,13 +186,14 @@ def sparse_weight_grad_plan(s, row_ptr, col, e, alpha: float, grad_w, grad_b) ->
     ])
 
 
-def lif_sparse_active_plan(h, theta, mask, o: LifOptions) -> LaunchPlan:
-    """exodus_lif_sparse_active: mask (B, T, N) uint8 of the active points of h (B, T, N)."""
+def lif_sparse_active_plan(h, theta, mask, o: LifOptions, with_theta: bool) -> LaunchPlan:
+    """exodus_lif_sparse_active: mask (B, T, N) uint8 of the active points of h (B, T, N); with_theta:
+    dL/dtheta is needed (then every spike is a point)."""
     B, T, N = h.shape
     p0, p1, p2, band = o.surrogate_params
     return _plan("exodus_lif_sparse_active", B * T * N, [
         ("ptr", h), ("ptr", theta), ("ptr", mask), ("i64", B), ("i64", T), ("i64", N),
         ("i32", o.reset), ("i32", o.max_spikes), ("i32", int(o.has_vmin)), ("acc", o.v_min),
         ("i32", o.gradient), ("i32", o.surrogate), ("acc", o.grad_scale),
-        ("acc", p0), ("acc", p1), ("acc", p2), ("acc", band),
+        ("acc", p0), ("acc", p1), ("acc", p2), ("acc", band), ("i32", int(with_theta)),
     ])

@@ -24,6 +24,7 @@ under torch.compile the block runs in eager mode (a graph break).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -150,7 +151,7 @@ class _SparseLinearLIF(torch.autograd.Function):
         # The active points, in (b, t, n) order: CSR over the (b, t) rows.
         mask = torch.empty(h.shape, dtype=torch.uint8, device=h.device)
         if h.numel() > 0:
-            _launch(launch.lif_sparse_active_plan(h, theta_n, mask, o), backend, h.dtype, acc, h.device)
+            _launch(launch.lif_sparse_active_plan(h, theta_n, mask, o, ctx.needs_input_grad[4]), backend, h.dtype, acc, h.device)
         flat = mask.view(-1).nonzero().squeeze(1)
         del mask
         row_ptr = torch.zeros(B * T + 1, dtype=torch.int64, device=h.device)
@@ -208,11 +209,12 @@ class _SparseLinearLIF(torch.autograd.Function):
                 g_theta.sum(0) if need_theta else None, grad_v0 if need_v0 else None, None, None)
 
 
-def _weight_grads(s, row_ptr, col, flat, e, alpha, N, backend):
-    """dL/dW (N, N_in) and dL/db (N,) of the filtered sums (before the norm_input gain), math dtype."""
+def _weight_grads(s, row_ptr, col, flat, e, alpha, N, backend, native: Optional[bool] = None):
+    """dL/dW (N, N_in) and dL/db (N,) of the filtered sums (before the norm_input gain), math dtype.
+    native: the CPU driver (default on the cpu backend) or the device-generic torch path."""
     B, T, N_in = s.shape
     acc = alpha.dtype
-    if backend == "cpu":
+    if native if native is not None else backend == "cpu":
         slots = max(1, torch.get_num_threads())
         gw = torch.empty((slots, N, N_in), dtype=acc, device=s.device)
         gb = torch.empty((slots, N), dtype=acc, device=s.device)
@@ -222,7 +224,7 @@ def _weight_grads(s, row_ptr, col, flat, e, alpha, N, backend):
     # Device-generic torch path (GPU): E^T (N, B T) sparse times the filtered input (B T, N_in).
     s_hat = _filtered(s.to(acc), alpha.expand((N_in,)).contiguous(), backend).view(B * T, N_in)
     rows = flat // N
-    e_t = torch.sparse_coo_tensor(torch.stack([col, rows]), e, (N, B * T)).coalesce()
+    e_t = torch.sparse_coo_tensor(torch.stack([col, rows]), e, (N, B * T), check_invariants=False).coalesce()
     ones_hat = _filtered(torch.ones((1, T, 1), dtype=acc, device=s.device), alpha.reshape(1), backend).view(T)
     grad_b = torch.zeros(N, dtype=acc, device=s.device).index_add_(0, col, e * ones_hat[rows % T])
     return torch.sparse.mm(e_t, s_hat), grad_b
@@ -240,9 +242,11 @@ def _input_grad(ctx, s, weight, flat, e, alpha_n, gain, B, T, N, backend):
     w = weight.to(acc)
     if ctx.input_points is not None:  # the block below reads dL/ds at its own active points only
         row_ptr_in, col_in = ctx.input_points
-        pattern = torch.sparse_csr_tensor(row_ptr_in, col_in, torch.ones(col_in.shape, dtype=acc, device=s.device),
-                                          (B * T, s.shape[2]))
-        sampled = torch.sparse.sampled_addmm(pattern, lam, w, beta=0.0)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            pattern = torch.sparse_csr_tensor(row_ptr_in, col_in, torch.ones(col_in.shape, dtype=acc, device=s.device),
+                                              (B * T, s.shape[2]), check_invariants=False)
+            sampled = torch.sparse.sampled_addmm(pattern, lam, w, beta=0.0)
         grad_s = torch.zeros((B * T, s.shape[2]), dtype=s.dtype, device=s.device)
         rows_in = torch.repeat_interleave(torch.arange(B * T, device=s.device), row_ptr_in.diff())
         grad_s[rows_in, col_in] = sampled.values().to(s.dtype)
