@@ -15,7 +15,7 @@
 //   fmix(z)   = splitmix64 finaliser: z ^= z >> 30; z *= C1; z ^= z >> 27; z *= C2; z ^= z >> 31
 //   key_j     = fmix(seed ^ fmix((j + 1) G))
 //   x_m       = fmix(key_j + (m + 1) G),  m = 0, 1, 2, ...
-//   cand_m    = x_m mod (N - 1);  target = cand_m + (cand_m >= j)
+//   cand_m    = floor(x_m (N - 1) / 2^64) (Lemire's multiply-shift);  target = cand_m + (cand_m >= j)
 //   targets   = the first K distinct targets in draw order; synapse (j, r) is the r-th of them.
 #include <cmath>
 #include <cstdint>
@@ -74,7 +74,7 @@ inline void random_targets(uint64_t seed, int64_t n, int64_t k, int64_t j, Drawn
   drawn.clear();
   int64_t found = 0;
   for (uint64_t m = 1; found < k; ++m) {
-    const int64_t cand = int64_t(fmix(key + m * GOLDEN) % range);
+    const int64_t cand = int64_t((unsigned __int128)fmix(key + m * GOLDEN) * range >> 64);
     const int64_t target = cand + (cand >= j);
     if (drawn.insert(target)) {
       f(target, j * k + found);
@@ -83,60 +83,53 @@ inline void random_targets(uint64_t seed, int64_t n, int64_t k, int64_t j, Drawn
   }
 }
 
-// Indexed binary min-heap on (key, id): key/id arrays by heap slot, pos by neuron id.
+// Indexed binary min-heap on (key, id), entries {key, id} by slot (one cache line holds both
+// children of a node), pos by neuron id. Ties go to the lower id.
+struct Entry {
+  double key;
+  int64_t id;
+};
+
 struct Heap {
-  double* key;
-  int64_t* id;
+  Entry* e;
   int64_t* pos;
   int64_t n;
 
-  bool less(int64_t a, int64_t b) const { return key[a] < key[b] || (key[a] == key[b] && id[a] < id[b]); }
-  void swap_slots(int64_t a, int64_t b) {
-    std::swap(key[a], key[b]);
-    std::swap(id[a], id[b]);
-    pos[id[a]] = a;
-    pos[id[b]] = b;
-  }
+  static bool before(const Entry& a, const Entry& b) { return a.key < b.key || (a.key == b.key && a.id < b.id); }
   void sift_up(int64_t i) {
-    const double k0 = key[i];
-    const int64_t id0 = id[i];
+    const Entry x = e[i];
     while (i > 0) {
       const int64_t parent = (i - 1) >> 1;
-      if (!(k0 < key[parent] || (k0 == key[parent] && id0 < id[parent]))) break;
-      key[i] = key[parent];
-      id[i] = id[parent];
-      pos[id[i]] = i;
+      if (!before(x, e[parent])) break;
+      e[i] = e[parent];
+      pos[e[i].id] = i;
       i = parent;
     }
-    key[i] = k0;
-    id[i] = id0;
-    pos[id0] = i;
+    e[i] = x;
+    pos[x.id] = i;
   }
   void sift_down(int64_t i) {
-    const double k0 = key[i];
-    const int64_t id0 = id[i];
+    const Entry x = e[i];
     for (;;) {
       int64_t child = 2 * i + 1;
       if (child >= n) break;
-      if (child + 1 < n && less(child + 1, child)) ++child;
-      if (!(key[child] < k0 || (key[child] == k0 && id[child] < id0))) break;
-      key[i] = key[child];
-      id[i] = id[child];
-      pos[id[i]] = i;
+      if (child + 1 < n && before(e[child + 1], e[child])) ++child;
+      if (!before(e[child], x)) break;
+      e[i] = e[child];
+      pos[e[i].id] = i;
       i = child;
     }
-    key[i] = k0;
-    id[i] = id0;
-    pos[id0] = i;
+    e[i] = x;
+    pos[x.id] = i;
   }
   void update(int64_t neuron, double new_key) {
     const int64_t i = pos[neuron];
-    const double old = key[i];
-    key[i] = new_key;
+    const double old = e[i].key;
+    e[i].key = new_key;
     if (new_key < old) sift_up(i); else sift_down(i);
   }
   void build() {
-    for (int64_t i = 0; i < n; ++i) pos[id[i]] = i;
+    for (int64_t i = 0; i < n; ++i) pos[e[i].id] = i;
     for (int64_t i = n / 2 - 1; i >= 0; --i) sift_down(i);
   }
 };
@@ -170,8 +163,7 @@ struct EventsNetwork {
 
 // Mutable state, all arrays owned by the caller (numpy).
 struct EventsState {
-  double* heap_key;     // (n,)
-  int64_t* heap_id;     // (n,)
+  void* heap;           // (n,) heap entries {double key, int64 id} (16 bytes each)
   int64_t* heap_pos;    // (n,)
   double* phase;        // (n,) heterogeneous: phase at last_time; homogeneous: unused
   double* last_time;    // (n,) heterogeneous only
@@ -200,6 +192,13 @@ enum Status : int32_t { OK_MAX_SPIKES = 0, OK_END_TIME = 1, ERR_CROSSING = -1, E
 
 namespace {
 
+// How the heap holds the neurons:
+//   LifPsi: homogeneous LIF, key psi~ = exp(-phi~/omega) (events_neurons.h: a kick adds c to psi,
+//           a common advance multiplies all psi by exp(-dPhi/omega); psi = psi~ exp(-Phi/omega)).
+//   Phase:  homogeneous QIF / EIF, key -phi~ = -(phi - Phi).
+//   Hetero: any model, key = next spike time, phase and last update time per neuron.
+enum Mode { LifPsi, Phase, Hetero };
+
 template <int M>
 double kick(const EifTable& table, double phase, double c, [[maybe_unused]] double omega) {
   if constexpr (M == LIF) return lif_ptc(phase, c, omega);
@@ -215,58 +214,97 @@ double voltage(const EventsNetwork& net, const EifTable& table, int64_t i, doubl
 }
 
 // Phase of neuron i at time t (units of tau) from the state.
-template <bool Hetero>
-double phase_at(const EventsNetwork& net, const EventsState& s, int64_t i, double t) {
-  if constexpr (Hetero) return s.phase[i] + net.omega[i] * (t - s.last_time[i]);
-  else return -s.heap_key[s.heap_pos[i]] + (t - s.time_base) * net.omega0;
+template <int Mo>
+double phase_at(const EventsNetwork& net, const EventsState& s, const Heap& heap, int64_t i, double t) {
+  if constexpr (Mo == Hetero) return s.phase[i] + net.omega[i] * (t - s.last_time[i]);
+  const double key = heap.e[heap.pos[i]].key;
+  const double tilde = Mo == LifPsi ? lif_phase_of_psi(key, net.omega0) : -key;
+  return tilde + (t - s.time_base) * net.omega0;
 }
 
-template <int M, bool Hetero>
-void write_samples_before(const EventsNetwork& net, const EventsState& s, const EifTable& table, EventsSamples* smp,
-                          double t_limit, bool inclusive) {
+template <int M, int Mo>
+void write_samples_before(const EventsNetwork& net, const EventsState& s, const Heap& heap, const EifTable& table,
+                          EventsSamples* smp, double t_limit, bool inclusive) {
   if (smp == nullptr) return;
   while (smp->next < smp->n_times && (smp->times[smp->next] < t_limit || (inclusive && smp->times[smp->next] == t_limit))) {
     const double t = smp->times[smp->next];
     double* row = smp->out + smp->next * smp->n_neurons;
     for (int64_t c = 0; c < smp->n_neurons; ++c) {
       const int64_t i = smp->neurons[c];
-      row[c] = voltage<M>(net, table, i, phase_at<Hetero>(net, s, i, t));
+      row[c] = voltage<M>(net, table, i, phase_at<Mo>(net, s, heap, i, t));
     }
     ++smp->next;
   }
 }
 
-// Renormalise the global offset once it exceeds this many phase units (keeps phi~ + Phi exact to
-// ~eps |phi| over arbitrarily long runs; O(N) once per ~N/K.. spikes).
-constexpr double RENORMALISE_AT = 1.0;
-
-template <int M, bool Hetero, bool Csr>
+template <int M, int Mo, bool Csr>
 int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double t_end, double* out_time,
             int64_t* out_id, EventsSamples* smp) {
-  Heap heap{s.heap_key, s.heap_id, s.heap_pos, net.n};
+  Heap heap{static_cast<Entry*>(s.heap), s.heap_pos, net.n};
   const EifTable table{net.eif_v, net.eif_slope, net.eif_n, net.eif_phase_lo, net.eif_step};
   DrawnSet drawn(Csr ? 1 : net.k);
+  std::vector<int64_t> targets(Csr ? 0 : net.k), synapses(Csr ? 0 : net.k);
+  const double omega0 = net.omega0;
+  // Renormalise the global offset once Phi > omega0 (LifPsi: psi~ stays within a factor e of psi)
+  // or Phi > 1 (Phase): phi~ + Phi then stays exact to ~eps |phi| over arbitrarily long runs; the
+  // O(N) pass comes once per ~tau of simulated time.
+  const double renormalise_at = Mo == LifPsi ? omega0 : 1.0;
+  const double psi_th = lif_psi_of_phase(net.phase_th, omega0);  // LifPsi: psi at threshold
   for (int64_t count = 0; count < max_spikes; ++count) {
-    const int64_t j = heap.id[0];
-    double t;
-    if constexpr (Hetero) t = heap.key[0];
-    else t = s.time_base + (net.phase_th + heap.key[0]) / net.omega0;  // Phi_new = phi_th - phi~_j
+    const Entry top = heap.e[0];
+    const int64_t j = top.id;
+    double t, offset = 0.0;
+    if constexpr (Mo == Hetero) {
+      t = top.key;
+    } else {
+      const double tilde = Mo == LifPsi ? lif_phase_of_psi(top.key, omega0) : -top.key;
+      offset = net.phase_th - tilde;  // Phi_new = phi_th - phi~_j
+      t = s.time_base + offset / omega0;
+    }
     if (!std::isfinite(t)) return ERR_NONFINITE;
     if (t > t_end) {
-      write_samples_before<M, Hetero>(net, s, table, smp, t_end, true);
+      write_samples_before<M, Mo>(net, s, heap, table, smp, t_end, true);
       s.n_spikes += count;
       return OK_END_TIME;
     }
-    write_samples_before<M, Hetero>(net, s, table, smp, t, false);
-    if constexpr (!Hetero) s.offset = net.phase_th + heap.key[0];
+    write_samples_before<M, Mo>(net, s, heap, table, smp, t, false);
+    s.offset = offset;
     s.time = t;
     if (out_time) out_time[count] = t;
     if (out_id) out_id[count] = j;
 
+    // The targets: listed first, their heap entries prefetched (K independent cache misses overlap),
+    // then updated one by one.
+    const int64_t* tgt;
+    int64_t n_targets, first_synapse = 0;
+    if constexpr (Csr) {
+      first_synapse = net.csr_indptr[j];
+      n_targets = net.csr_indptr[j + 1] - first_synapse;
+      tgt = net.csr_indices + first_synapse;
+    } else {
+      random_targets(net.seed, net.n, net.k, j, drawn, [&](int64_t target, int64_t synapse) {
+        targets[synapse - j * net.k] = target;
+      });
+      n_targets = net.k;
+      first_synapse = j * net.k;
+      tgt = targets.data();
+    }
+    for (int64_t r = 0; r < n_targets; ++r) __builtin_prefetch(&heap.pos[tgt[r]]);
+    for (int64_t r = 0; r < n_targets; ++r) __builtin_prefetch(&heap.e[heap.pos[tgt[r]]]);
+    if constexpr (Mo == Hetero) {
+      for (int64_t r = 0; r < n_targets; ++r) {
+        __builtin_prefetch(&s.phase[tgt[r]]);
+        __builtin_prefetch(&s.last_time[tgt[r]]);
+        __builtin_prefetch(&net.omega[tgt[r]]);
+      }
+    }
+
     int32_t status = 0;
-    auto apply = [&](int64_t i, int64_t synapse) {
-      const double w = net.weights ? net.weights[synapse] : 1.0;
-      if constexpr (Hetero) {
+    const double inv_scale = Mo == LifPsi ? std::exp(offset / omega0) : 1.0;  // psi~ = psi exp(Phi/omega)
+    for (int64_t r = 0; r < n_targets; ++r) {
+      const int64_t i = tgt[r];
+      const double w = net.weights ? net.weights[first_synapse + r] : 1.0;
+      if constexpr (Mo == Hetero) {
         const double omega = net.omega[i];
         const double before = s.phase[i] + omega * (t - s.last_time[i]);
         const double after = kick<M>(table, before, net.coupling[i] * w, omega);
@@ -274,31 +312,35 @@ int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double
         s.phase[i] = after;
         s.last_time[i] = t;
         heap.update(i, t + (net.phase_th - after) / omega);
+      } else if constexpr (Mo == LifPsi) {
+        const double after = lif_ptc_psi(heap.e[heap.pos[i]].key, net.coupling0 * w * inv_scale);
+        if (!(after > psi_th * inv_scale)) status = ERR_CROSSING;
+        heap.update(i, after);
       } else {
-        const double before = -s.heap_key[s.heap_pos[i]] + s.offset;
-        const double after = kick<M>(table, before, net.coupling0 * w, net.omega0);
+        const double before = -heap.e[heap.pos[i]].key + offset;
+        const double after = kick<M>(table, before, net.coupling0 * w, omega0);
         if (!(after < net.phase_th)) status = (M == EIF && std::isnan(after)) ? ERR_EIF_RANGE : ERR_CROSSING;
-        heap.update(i, -(after - s.offset));
+        heap.update(i, -(after - offset));
       }
-    };
-    if constexpr (Csr) {
-      for (int64_t e = net.csr_indptr[j]; e < net.csr_indptr[j + 1]; ++e) apply(net.csr_indices[e], e);
-    } else {
-      random_targets(net.seed, net.n, net.k, j, drawn, apply);
     }
     if (status != 0) {
       s.n_spikes += count + 1;
       return status;
     }
     // Reset the spiker.
-    if constexpr (Hetero) {
+    if constexpr (Mo == Hetero) {
       s.phase[j] = net.phase_reset;
       s.last_time[j] = t;
       heap.update(j, t + (net.phase_th - net.phase_reset) / net.omega[j]);
     } else {
-      heap.update(j, -(net.phase_reset - s.offset));
-      if (s.offset > RENORMALISE_AT) {  // phi~ += Phi for all (keys -= Phi): the order is unchanged
-        for (int64_t h = 0; h < net.n; ++h) heap.key[h] -= s.offset;
+      if constexpr (Mo == LifPsi) heap.update(j, lif_psi_of_phase(net.phase_reset - offset, omega0));
+      else heap.update(j, -(net.phase_reset - offset));
+      if (offset > renormalise_at) {  // the same map for every key: the order is unchanged
+        const double scale = 1.0 / inv_scale;  // LifPsi: psi~ <- psi~ exp(-Phi/omega); Phase: -phi~ <- -phi~ - Phi
+        for (int64_t h = 0; h < net.n; ++h) {
+          if constexpr (Mo == LifPsi) heap.e[h].key *= scale;
+          else heap.e[h].key -= offset;
+        }
         s.time_base = t;
         s.offset = 0.0;
       }
@@ -309,16 +351,19 @@ int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double
   return OK_MAX_SPIKES;
 }
 
+template <int M, int Mo>
+int32_t dispatch_graph(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double t_end, double* out_time,
+                       int64_t* out_id, EventsSamples* smp) {
+  return net.csr_indptr ? run<M, Mo, true>(net, s, max_spikes, t_end, out_time, out_id, smp)
+                        : run<M, Mo, false>(net, s, max_spikes, t_end, out_time, out_id, smp);
+}
+
 template <int M>
 int32_t dispatch_model(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double t_end, double* out_time,
                        int64_t* out_id, EventsSamples* smp) {
-  const bool csr = net.csr_indptr != nullptr;
-  if (net.heterogeneous) {
-    return csr ? run<M, true, true>(net, s, max_spikes, t_end, out_time, out_id, smp)
-               : run<M, true, false>(net, s, max_spikes, t_end, out_time, out_id, smp);
-  }
-  return csr ? run<M, false, true>(net, s, max_spikes, t_end, out_time, out_id, smp)
-             : run<M, false, false>(net, s, max_spikes, t_end, out_time, out_id, smp);
+  if (net.heterogeneous) return dispatch_graph<M, Hetero>(net, s, max_spikes, t_end, out_time, out_id, smp);
+  if constexpr (M == LIF) return dispatch_graph<M, LifPsi>(net, s, max_spikes, t_end, out_time, out_id, smp);
+  else return dispatch_graph<M, Phase>(net, s, max_spikes, t_end, out_time, out_id, smp);
 }
 
 }  // namespace
@@ -329,15 +374,17 @@ extern "C" {
 // heterogeneous: s.phase must hold the phases, last_time the start time).
 int32_t exodus_events_init(const EventsNetwork* net, EventsState* s, const double* phase0, double t0) {
   if (net == nullptr || s == nullptr || net->n < 2) return ERR_ARGS;
-  Heap heap{s->heap_key, s->heap_id, s->heap_pos, net->n};
+  Heap heap{static_cast<Entry*>(s->heap), s->heap_pos, net->n};
   for (int64_t i = 0; i < net->n; ++i) {
-    heap.id[i] = i;
+    heap.e[i].id = i;
     if (net->heterogeneous) {
       s->phase[i] = phase0[i];
       s->last_time[i] = t0;
-      heap.key[i] = t0 + (net->phase_th - phase0[i]) / net->omega[i];
+      heap.e[i].key = t0 + (net->phase_th - phase0[i]) / net->omega[i];
+    } else if (net->model == LIF) {
+      heap.e[i].key = lif_psi_of_phase(phase0[i], net->omega0);
     } else {
-      heap.key[i] = -phase0[i];
+      heap.e[i].key = -phase0[i];
     }
   }
   heap.build();

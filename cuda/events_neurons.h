@@ -26,6 +26,13 @@ inline double lif_ptc(double phase, double c, double omega) {
   return phase - omega * std::log1p(c * std::exp(phase / omega));
 }
 
+// The same PTC in exponential coordinates psi = exp(-phi/omega) = 1 - V/I (the simulator's
+// homogeneous LIF heap): a kick is psi+ = psi + c, and a common phase advance dPhi multiplies
+// every psi by exp(-dPhi/omega), so with a global factor the per-target work is one addition.
+inline double lif_psi_of_phase(double phase, double omega) { return std::exp(-phase / omega); }
+inline double lif_phase_of_psi(double psi, double omega) { return -omega * std::log(psi); }
+inline double lif_ptc_psi(double psi, double c) { return psi + c; }
+
 // ---- QIF: tau dV/dt = V^2 + i_ext, spike at V = +inf, reset to -inf ------------------------------
 // V(phi) = (omega/2) tan(phi/2), phase in (-pi, pi], omega = 2 sqrt(i_ext);
 // PTC phi+ = 2 atan(tan(phi/2) + c), c = -2 J w / omega (DESIGN §8). Never crosses pi.

@@ -30,8 +30,12 @@ class EventsNetwork(ctypes.Structure):
 
 
 class EventsState(ctypes.Structure):
-    _fields_ = [("heap_key", _P), ("heap_id", _P), ("heap_pos", _P), ("phase", _P), ("last_time", _P),
+    _fields_ = [("heap", _P), ("heap_pos", _P), ("phase", _P), ("last_time", _P),
                 ("spike_count", _P), ("offset", _F64), ("time_base", _F64), ("time", _F64), ("n_spikes", _I64)]
+
+
+# One heap entry of cpu_events.cpp (struct Entry).
+HEAP_ENTRY = [("key", "<f8"), ("id", "<i8")]
 
 
 class EventsSamples(ctypes.Structure):

@@ -339,13 +339,12 @@ def simulate(network: Network, n_spikes: Optional[int] = None, duration: Optiona
 
     library = _native.load()
     net_struct, keep = network._struct()
-    heap_key = np.empty(n, np.float64)
-    heap_id = np.empty(n, np.int64)
+    heap = np.empty(n, dtype=_native.HEAP_ENTRY)
     heap_pos = np.empty(n, np.int64)
     phase = np.empty(n if network.heterogeneous else 1, np.float64)
     last_time = np.empty(n if network.heterogeneous else 1, np.float64)
     counts = np.zeros(n, np.int64)
-    state = _native.EventsState(heap_key.ctypes.data, heap_id.ctypes.data, heap_pos.ctypes.data, phase.ctypes.data,
+    state = _native.EventsState(heap.ctypes.data, heap_pos.ctypes.data, phase.ctypes.data,
                                 last_time.ctypes.data, counts.ctypes.data, 0.0, 0.0, 0.0, 0)
     status = library.exodus_events_init(ctypes.byref(net_struct), ctypes.byref(state), phase0.ctypes.data, 0.0)
     if status != 0:

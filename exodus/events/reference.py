@@ -27,13 +27,26 @@ def fmix(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> _S31)
 
 
+_M32 = np.uint64(0xFFFFFFFF)
+_S32 = np.uint64(32)
+
+
+def mulhi(x: np.ndarray, r: np.uint64) -> np.ndarray:
+    """floor(x r / 2**64) for uint64 x (the high word of the 128-bit product, from 32-bit halves)."""
+    xh, xl = x >> _S32, x & _M32
+    rh, rl = r >> _S32, r & _M32
+    hl, lh, ll = xh * rl, xl * rh, xl * rl
+    carry = ((hl & _M32) + (lh & _M32) + (ll >> _S32)) >> _S32
+    return xh * rh + (hl >> _S32) + (lh >> _S32) + carry
+
+
 def random_targets(seed: int, n: int, k: int, j: int) -> np.ndarray:
     """The k distinct targets (int64, draw order) of presynaptic neuron j, no self-connection."""
     key = fmix(np.array([seed], np.uint64) ^ fmix(np.array([j + 1], np.uint64) * GOLDEN))
     draws = 2 * k + 16
     while True:
         m = np.arange(1, draws + 1, dtype=np.uint64)
-        cand = (fmix(key + m * GOLDEN) % np.uint64(n - 1)).astype(np.int64)
+        cand = mulhi(fmix(key + m * GOLDEN), np.uint64(n - 1)).astype(np.int64)
         target = cand + (cand >= j)
         _, first = np.unique(target, return_index=True)
         if first.size >= k:
