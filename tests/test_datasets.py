@@ -402,6 +402,7 @@ CONFIGS = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs"
     ("nmnist.yaml", make_nmnist, ds.NMNIST, True),
     ("dvs_gesture.yaml", make_dvsgesture, ds.DVSGesture, False),
     ("shd_adlif.yaml", make_shd, ds.SHD, True),
+    ("shd_sparse.yaml", make_shd, ds.SHD, True),
     ("ssc_adlif.yaml", make_ssc, ds.SSC, False),
 ])
 def test_shipped_config_runs(tmp_path, monkeypatch, config, make, cls, fit):

@@ -252,3 +252,25 @@ def test_bad_input():
         exodus.LinearLIF(4, 3, gradient="online-ish")
     with pytest.raises(ValueError, match="tau_syn"):
         exodus.LinearLIF(4, 3, tau_syn=5.0)
+
+
+def test_classifier_sparse_mode_builds_linear_blocks_with_exact_gradients():
+    pytest.importorskip("pytorch_lightning")
+    from exodus.lightning.model import ConfigError, SpikingClassifier
+
+    args = dict(input_shape=(12,), num_classes=3, hidden=[16, 8], tau_mem=6.0, surrogate_band=0.5, weight_gain=3.0)
+    torch.manual_seed(0)
+    sparse = SpikingClassifier(gradient="sparse", **args)
+    assert all(isinstance(sparse.layers[f"hidden{i}"]["neuron"], exodus.LinearLIF) for i in range(2))
+    exact = SpikingClassifier(gradient="exodus", linear_blocks=True, **args)
+    exact.load_state_dict(sparse.state_dict())
+    x = (torch.rand(4, 40, 12, generator=torch.Generator().manual_seed(2)) < 0.3).float()
+    grads = []
+    for model in (sparse, exact):
+        model.logits(model(x)).logsumexp(1).sum().backward()
+        grads.append([p.grad for p in model.parameters()])
+    for a, b in zip(*grads):
+        assert _rel(a, b) < 1e-4
+    for bad in (dict(recurrent=True), dict(batch_norm=True), dict(tau_syn=4.0), dict(neuron="alif")):
+        with pytest.raises(ConfigError, match="linear_blocks"):
+            SpikingClassifier(gradient="sparse", **{**args, **bad})

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from ..functional import GRADIENTS
+from ..functional import LINEAR_GRADIENTS as GRADIENTS
 from .cli import build
 
 __all__ = ["main", "compare", "layer_gradients", "gradient_agreement", "peak_step_memory", "fastest_step_time",
@@ -316,6 +316,8 @@ def _run_all(config, gradients, seeds, overrides, grad_batches, reseed_data, pro
 
     def cli_for(gradient: str, seed: int):
         args = ["--config", config, *overrides, "--seed_everything", str(seed), "--model.gradient", gradient]
+        if "sparse" in gradients:  # one architecture for all modes (fused Linear -> LIF blocks): identical starts
+            args += ["--model.linear_blocks", "true"]
         if reseed_data:
             args += ["--data.init_args.seed", str(seed)]
         return build(args)
@@ -557,7 +559,8 @@ def _parser() -> argparse.ArgumentParser:
                     "listed here (--trainer.*, --model.*, --data.*, --optimizer ...) go to the exodus-train parser.")
     parser.add_argument("--config", required=True, help="exodus-train YAML config")
     parser.add_argument("--gradients", nargs="+", default=["exodus", "slayer", "bptt"], choices=GRADIENTS,
-                        help="gradient modes to train (default: all three)")
+                        help="gradient modes to train (default: exodus slayer bptt; sparse: fused Linear -> LIF blocks "
+                             "with the sparse exact backward, set --model.surrogate_band for the same function)")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
     parser.add_argument("--first-seed", type=int, default=None,
                         help="first seed (default: the config's seed_everything, else 0); seeds are consecutive")

@@ -32,8 +32,8 @@ import torchmetrics
 from torch import Tensor, nn
 
 from .. import surrogate as surrogates
-from ..functional import GRADIENTS, RESETS
-from ..layers import ALIF, IAF, LIF, WEIGHT_REC_INITS, AdLIF, ExpLeak
+from ..functional import LINEAR_GRADIENTS, RESETS
+from ..layers import ALIF, IAF, LIF, WEIGHT_REC_INITS, AdLIF, ExpLeak, LinearLIF
 from .data import ConfigError
 
 __all__ = ["SpikingClassifier", "NEURONS", "READOUTS", "BITTAR_GARNER_RANGES", "NormalizedLinear"]
@@ -153,7 +153,15 @@ class SpikingClassifier(pl.LightningModule):
             (``clamp_neuron_parameters``). BITTAR_GARNER_RANGES holds Bittar & Garner's values.
         threshold, reset, v_min, max_spikes_per_bin: neuron parameters, see exodus.LIF.
         surrogate, surrogate_args: a class of exodus.surrogate by name and its keyword arguments.
-        gradient: "exodus", "slayer" or "bptt", applied to every spiking layer.
+        gradient: "exodus", "slayer" or "bptt", applied to every spiking layer; or "sparse": the hidden
+            layers become fused exodus.LinearLIF blocks with the sparse exact backward (DESIGN.md §6;
+            neuron lif, no recurrence / batch_norm / tau_syn / train_tau), the others use "exodus".
+        surrogate_band: truncate the surrogate to |h - theta| < band theta (exodus.surrogate.Truncated) in
+            every layer, so that "sparse", "exodus" and "bptt" runs train the same function; null: no
+            truncation (gradient "sparse" then truncates at 0.2).
+        linear_blocks: build the hidden layers as fused exodus.LinearLIF blocks (null: only for gradient
+            "sparse", which needs them); true with another gradient gives the same parameters, e.g. for the
+            BPTT twin that measures a sparse run's gradient agreement.
         grad_scale: surrogate scale of the "slayer" gradient.
         train_tau, train_threshold: learn one tau_mem / threshold per neuron.
         readout: "spike_count", "max_membrane" or "mean_membrane".
@@ -195,7 +203,9 @@ class SpikingClassifier(pl.LightningModule):
         max_spikes_per_bin: Optional[int] = 1,
         surrogate: str = "SingleExponential",
         surrogate_args: Optional[dict] = None,
+        surrogate_band: Optional[float] = None,
         gradient: str = "exodus",
+        linear_blocks: Optional[bool] = None,
         grad_scale: float = 1.0,
         train_tau: bool = False,
         train_threshold: bool = False,
@@ -210,6 +220,9 @@ class SpikingClassifier(pl.LightningModule):
         arguments = dict(locals())          # the init arguments (first statement: nothing else defined yet)
         arguments.pop("self")
         arguments.pop("__class__", None)
+        if linear_blocks is None:
+            linear_blocks = gradient == "sparse"
+        arguments["linear_blocks"] = linear_blocks
         super().__init__()
         input_shape = tuple(int(s) for s in input_shape)
         hidden, conv_channels = [int(h) for h in hidden], [int(c) for c in conv_channels]
@@ -222,7 +235,7 @@ class SpikingClassifier(pl.LightningModule):
                                    "conv_channels": conv_channels, **ranges})
         _choice("neuron", neuron, NEURONS)
         _choice("readout", readout, READOUTS)
-        _choice("gradient", gradient, GRADIENTS)
+        _choice("gradient", gradient, LINEAR_GRADIENTS)
         _choice("reset", reset, RESETS)
         _choice("weight_rec_init", weight_rec_init, WEIGHT_REC_INITS)
         for key, value in (("recurrent", recurrent), ("zero_diagonal", zero_diagonal), ("batch_norm", batch_norm),
@@ -272,8 +285,24 @@ class SpikingClassifier(pl.LightningModule):
         self.ranges = {key: value for key, value in ranges.items() if value is not None}
 
         surrogate_fn = make_surrogate(surrogate, surrogate_args)
+        sparse = gradient == "sparse"
+        if surrogate_band is not None or sparse:
+            try:
+                surrogate_fn = surrogates.Truncated(surrogate_fn, 0.2 if surrogate_band is None else surrogate_band)
+            except (TypeError, ValueError) as error:
+                raise ConfigError(f"model.surrogate_band: {error}") from None
+        if sparse and not linear_blocks:
+            raise ConfigError("model.gradient: sparse needs model.linear_blocks: true (or null)")
+        if linear_blocks:
+            unsupported = {"neuron": neuron != "lif", "recurrent": recurrent, "batch_norm": batch_norm,
+                           "tau_syn": tau_syn is not None, "train_tau": train_tau, "tau_mem_range": tau_mem_range}
+            bad = [key for key, value in unsupported.items() if value]
+            if bad:
+                raise ConfigError(f"model.linear_blocks (gradient: sparse) builds fused Linear -> LIF blocks with one "
+                                  f"tau_mem per layer; it does not support model.{', model.'.join(bad)} "
+                                  f"(use gradient: exodus)")
         common = dict(threshold=threshold, reset=reset, v_min=v_min, max_spikes_per_bin=max_spikes_per_bin,
-                      surrogate=surrogate_fn, gradient=gradient, grad_scale=grad_scale,
+                      surrogate=surrogate_fn, gradient="exodus" if sparse else gradient, grad_scale=grad_scale,
                       train_threshold=train_threshold, backend=backend)
         neuron_args = dict(tau_syn=tau_syn, **common)
         if neuron == "lif":
@@ -343,8 +372,14 @@ class SpikingClassifier(pl.LightningModule):
                 self.layers[f"conv{i}"] = nn.ModuleDict(dict(synapse=synapse, neuron=hidden_neuron(features, False)))
         size = math.prod(features)
         for i, width in enumerate(hidden):
-            synapse = NormalizedLinear(size, width) if batch_norm else nn.Linear(size, width)
-            self.layers[f"hidden{i}"] = nn.ModuleDict(dict(synapse=synapse, neuron=hidden_neuron((width,), True)))
+            if linear_blocks:  # the block holds its own weight: no separate synapse
+                block = LinearLIF(size, width, tau_mem=tau_mem,
+                                  **dict(common, gradient=gradient,
+                                         threshold=torch.full((width,), float(threshold)) if train_threshold else threshold))
+                self.layers[f"hidden{i}"] = nn.ModuleDict(dict(synapse=nn.Identity(), neuron=block))
+            else:
+                synapse = NormalizedLinear(size, width) if batch_norm else nn.Linear(size, width)
+                self.layers[f"hidden{i}"] = nn.ModuleDict(dict(synapse=synapse, neuron=hidden_neuron((width,), True)))
             size = width
         readout_neuron = (spiking((num_classes,)) if readout == "spike_count"
                           else ExpLeak(tau_mem=readout_tau, backend=backend))
@@ -352,8 +387,8 @@ class SpikingClassifier(pl.LightningModule):
         if weight_gain != 1.0:
             with torch.no_grad():
                 for layer in self.layers.values():
-                    for module in layer["synapse"].modules():
-                        if isinstance(module, (nn.Linear, nn.Conv2d)):
+                    for module in (*layer["synapse"].modules(), *layer["neuron"].modules()):
+                        if isinstance(module, (nn.Linear, nn.Conv2d, LinearLIF)):
                             module.weight.mul_(weight_gain)
 
         self.metrics = nn.ModuleDict({split: torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
