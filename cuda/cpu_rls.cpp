@@ -174,10 +174,18 @@ int exodus_rls_simulate(const RlsNetwork* net, RlsState* s, const RlsRecord* rec
       const int64_t b = net->static_ptr[pre], e = net->static_ptr[pre + 1];
       const int32_t* post = net->static_post;
       const scalar* weight = net->static_weight;
+      // A cell's postsynaptic cells are distinct (drawn without replacement), so the
+      // scatter-adds of one spike do not conflict: vectorised with gather / scatter.
+#pragma omp simd
       for (int64_t m = b; m < e; ++m) target[post[m]] += weight[m];
       if (plastic) {
         const int64_t pb = net->plastic_ptr[pre], pe = net->plastic_ptr[pre + 1];
-        for (int64_t m = pb; m < pe; ++m) s->in_plastic[net->plastic_post[m]] += net->plastic_weight[net->plastic_slot[m]];
+        const int32_t* plastic_post = net->plastic_post;
+        const int64_t* slot = net->plastic_slot;
+        const scalar* pw = net->plastic_weight;
+        scalar* in_pl = s->in_plastic;
+#pragma omp simd
+        for (int64_t m = pb; m < pe; ++m) in_pl[plastic_post[m]] += pw[slot[m]];
       }
     }
   }

@@ -397,6 +397,15 @@ def test_bad_native_arguments():
     state.v = state.v.float()
     with pytest.raises(ValueError, match="state.v"):
         NativeSimulation(net, state, net.w0)
+    # a network whose index arrays would make the compiled loop write out of bounds or race
+    state = new_state(p, torch.Generator())
+    for change, message in ((lambda t: t.__setitem__(5, p.n_cells), "outside"),
+                            (lambda t: t.__setitem__(1, t[0].item()), "twice")):
+        post = net.static_post.clone()
+        change(post)
+        bad = rls.Network(**{**{k: v for k, v in vars(net).items() if k != "extra"}, "static_post": post})
+        with pytest.raises(ValueError, match=message):
+            NativeSimulation(bad, state, net.w0)
 
 
 @needs_cuda

@@ -234,6 +234,50 @@ class Network:
         return Network(self.params, **{k: v.to(device) for k, v in self.tensors().items()}, extra=dict(self.extra))
 
 
+def check_network(net: Network) -> None:
+    """Raise ValueError unless the index arrays are consistent, in range and every presynaptic
+    cell's postsynaptic cells are distinct (the compiled loop vectorises the scatter-adds of
+    one spike on that guarantee and indexes memory with these arrays). Run once per Network
+    (the result is cached in net.extra)."""
+    if net.extra.get("checked"):
+        return
+    p = net.params
+    n, n_in = p.n_cells, 2 * p.L
+    dtype = p.torch_dtype
+    expected = {"static_ptr": ((n + 1,), torch.int64), "plastic_inputs": ((n, n_in), torch.int64),
+                "plastic_ptr": ((n + 1,), torch.int64), "plastic_post": ((n * n_in,), torch.int32),
+                "plastic_slot": ((n * n_in,), torch.int64), "w0": ((n, n_in), dtype), "x_bal": ((n,), dtype)}
+    for name, (shape, kind) in expected.items():
+        t = getattr(net, name)
+        if tuple(t.shape) != shape or t.dtype != kind:
+            raise ValueError(f"network.{name} must be {kind} of shape {shape}, got {t.dtype} {tuple(t.shape)}")
+    if net.x_stim.dim() != 3 or net.x_stim.shape[1:] != (p.stim_off_steps - p.stim_on_steps, n) \
+            or net.x_stim.dtype != dtype:
+        raise ValueError(f"network.x_stim must be {dtype} (tasks, {p.stim_off_steps - p.stim_on_steps}, {n})")
+    nnz = net.static_post.numel()
+    if net.static_post.dtype != torch.int32 or net.static_weight.shape != (nnz,) or net.static_weight.dtype != dtype:
+        raise ValueError("network.static_post must be int32 and static_weight of the same length in the network dtype")
+    for name, ptr, total in (("static", net.static_ptr, nnz), ("plastic", net.plastic_ptr, n * n_in)):
+        if int(ptr[0]) != 0 or int(ptr[-1]) != total or bool((ptr[1:] < ptr[:-1]).any()):
+            raise ValueError(f"network.{name}_ptr must rise from 0 to {total}")
+    if nnz and (int(net.static_post.min()) < 0 or int(net.static_post.max()) >= n):
+        raise ValueError("network.static_post indexes outside the network")
+    if int(net.plastic_inputs.min()) < 0 or int(net.plastic_inputs.max()) >= n:
+        raise ValueError("network.plastic_inputs indexes outside the network")
+    ptr, post, slot = plastic_out_lists(net.plastic_inputs.cpu(), n)
+    if not (torch.equal(ptr, net.plastic_ptr.cpu()) and torch.equal(post, net.plastic_post.cpu())
+            and torch.equal(slot, net.plastic_slot.cpu())):
+        raise ValueError("network.plastic_ptr/post/slot do not match plastic_inputs (use plastic_out_lists)")
+    rows = torch.repeat_interleave(torch.arange(n), net.static_ptr[1:].cpu() - net.static_ptr[:-1].cpu())
+    key = rows * n + net.static_post.cpu().long()
+    if torch.unique(key).numel() != nnz:
+        raise ValueError("a presynaptic cell lists a postsynaptic cell twice in the static graph")
+    pre_post = net.plastic_inputs.cpu() + n * torch.arange(n).unsqueeze(1)
+    if torch.unique(pre_post).numel() != n * n_in:
+        raise ValueError("a cell lists a presynaptic cell twice among its plastic inputs")
+    net.extra["checked"] = True
+
+
 def _sample_without_replacement(rows: int, population: int, count: int, generator: torch.Generator,
                                 chunk: int = 256) -> torch.Tensor:
     """(rows, count) int64: for each row ``count`` distinct values of range(population), ascending
@@ -302,10 +346,12 @@ def build_network(params: NetworkParams, n_tasks: int = 1, generator: Optional[t
     rows = params.stim_off_steps - params.stim_on_steps
     x_stim = torch.stack([ornstein_uhlenbeck(rows, n, params.dt, params.stim_mu, params.stim_rate,
                                              params.stim_sigma, gen) for _ in range(n_tasks)])
-    return Network(params=params, static_ptr=static_ptr, static_post=post.reshape(-1).to(torch.int32),
-                   static_weight=weight.reshape(-1).to(dtype), plastic_inputs=plastic_inputs,
-                   plastic_ptr=plastic_ptr, plastic_post=plastic_post, plastic_slot=plastic_slot,
-                   w0=w0.to(dtype), x_bal=x_bal.to(torch.float64).to(dtype), x_stim=x_stim.to(dtype).contiguous())
+    net = Network(params=params, static_ptr=static_ptr, static_post=post.reshape(-1).to(torch.int32),
+                  static_weight=weight.reshape(-1).to(dtype), plastic_inputs=plastic_inputs,
+                  plastic_ptr=plastic_ptr, plastic_post=plastic_post, plastic_slot=plastic_slot,
+                  w0=w0.to(dtype), x_bal=x_bal.to(torch.float64).to(dtype), x_stim=x_stim.to(dtype).contiguous())
+    net.extra["checked"] = True  # distinct by construction, in range
+    return net
 
 
 def input_types(params: NetworkParams) -> torch.Tensor:

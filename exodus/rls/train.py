@@ -22,7 +22,7 @@ import torch
 from exodus.backends.sources import BuildError
 
 from . import _native
-from .network import Network, NetworkParams, SimState, build_network, initial_P, new_state
+from .network import Network, NetworkParams, SimState, build_network, check_network, initial_P, new_state
 from .reference import constants
 from .targets import check_targets
 
@@ -198,6 +198,7 @@ class NativeSimulation:
         for name, t in net.tensors().items():
             if t.device.type != "cpu" or not t.is_contiguous():
                 raise ValueError(f"network tensor {name} must be a contiguous CPU tensor")
+        check_network(net)
         if w is not None and (tuple(w.shape) != (p.n_cells, 2 * p.L) or w.dtype != dtype or not w.is_contiguous()):
             raise ValueError(f"w must be a contiguous {dtype} tensor of shape ({p.n_cells}, {2 * p.L})")
         if not 0 <= task < net.n_tasks:
@@ -254,6 +255,8 @@ class TorchSimulation:
         self.rec = record or Recording()
         self.c = constants(net, state.v.device)
         p = net.params
+        if not torch.equal(net.static_ptr.cpu(), torch.arange(p.n_cells + 1) * (2 * p.K)):
+            raise ValueError("the torch backend needs the out-degree 2K of every cell (as build_network draws it)")
         self.post2d = net.static_post.long().view(p.n_cells, 2 * p.K)
         self.weight2d = net.static_weight.view(p.n_cells, 2 * p.K)
         self.w_flat = w.reshape(-1) if w is not None else None
