@@ -446,3 +446,90 @@ def test_exodus_to_snntorch():
     torch.testing.assert_close(got, expected)
     assert expected.sum() > 0
     del snn
+
+
+def test_snntorch_rleaky_to_exodus(monkeypatch):
+    """snnTorch writes RLeaky as a flat cycle neuron -> w_rec -> neuron; exodus folds it into a recurrent
+    LIF (the recurrent bias must be 0: exodus' recurrence has none)."""
+    snn, export_to_nir = snntorch_export(monkeypatch)
+    from snntorch import utils
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Linear(3, 6), snn.RLeaky(beta=0.85, linear_features=6, reset_mechanism="zero",
+                                                    reset_delay=False, init_hidden=True))
+    with torch.no_grad():
+        net[1].recurrent.bias.zero_()
+    x = rand(B, T, 3, seed=15, scale=2.0)
+    graph = export_to_nir(net, torch.rand(B, 3))
+    utils.reset(net)
+    expected = run_peer_per_step(net, x)
+    module = en.from_nir(graph, dt=1e-4, discretization="euler")
+    assert any(getattr(m, "recurrent", False) for m in module.modules())
+    torch.testing.assert_close(module(x), expected)
+    assert expected.sum() > 0
+
+
+def test_exodus_recurrent_export_runs_as_snntorch_rleaky():
+    """snnTorch's import_from_nir cannot run recurrent graphs here (nirtorch 2.0.2 raises RecursionError
+    on the cycle; through nirtorch 2.6 it runs but differs from its own RLeaky), so the exported sub-graph
+    is checked against an RLeaky built from the written parameters: beta = 1 - dt/tau, V = w_rec."""
+    snn = pytest.importorskip("snntorch")
+    from snntorch import utils
+    torch.manual_seed(6)
+    net = nn.Sequential(nn.Linear(3, 6), exodus.LIF(tau_mem=8.0, recurrent=True, shape=(6,), weight_rec_gain=0.7,
+                                                    reset="zero"))
+    x = rand(B, T, 3, seed=16, scale=2.0)
+    expected = net(x)
+    graph = en.to_nir(net, x, dt=1e-4, discretization="euler", **native_reset_options("zero"))
+    sub = graph.nodes["1"]
+    assert sorted(sub.edges) == sorted([("input", "neuron"), ("neuron", "w_rec"), ("w_rec", "neuron"),
+                                        ("neuron", "output")])
+    beta = 1 - 1e-4 / float(sub.nodes["neuron"].tau[0])
+    assert np.allclose(sub.nodes["neuron"].r, sub.nodes["neuron"].tau / 1e-4)  # snnTorch's r = tau/dt check
+    peer = snn.RLeaky(beta=beta, linear_features=6, reset_mechanism="zero", reset_delay=False, init_hidden=True)
+    with torch.no_grad():
+        peer.recurrent.weight.copy_(torch.as_tensor(sub.nodes["w_rec"].weight))
+        peer.recurrent.bias.zero_()
+    utils.reset(peer)
+    got = run_peer_per_step(lambda x_t: peer(net[0](x_t)), x)
+    torch.testing.assert_close(got, expected)
+    assert expected.sum() > 0
+
+
+def test_exodus_to_norse():
+    """Norse reads LIF as forward Euler for dt = 1e-3 with tau_mem_inv = 1/tau, ignores r (reads R = 1:
+    exodus' norm_input=True) and resets to v_reset = 0."""
+    norse = pytest.importorskip("norse.torch")
+    torch.manual_seed(7)
+    net = nn.Sequential(nn.Linear(3, 5), exodus.LIF(tau_mem=5.0, norm_input=True, reset="zero"), nn.Linear(5, 4),
+                        exodus.LIF(tau_mem=8.0, norm_input=True, reset="zero", threshold=0.3))
+    x = rand(B, T, 3, seed=17, scale=16.0)
+    expected = net(x)
+    graph = en.to_nir(net, x, dt=1e-3, discretization="euler", **native_reset_options("zero"))
+    peer, state, outputs = norse.from_nir(graph, dt=1e-3), None, []
+    for t in range(T):
+        out, state = peer(x[:, t], state)
+        outputs.append(out)
+    torch.testing.assert_close(torch.stack(outputs, 1), expected)
+    assert expected.sum() > 0
+
+
+def test_norse_to_exodus():
+    """Norse 1.1 writes tau = dt / tau_mem_inv = dt * tau (not tau): its graphs discretise correctly
+    only with dt**2 in place of dt (documented workaround), zero reset."""
+    norse = pytest.importorskip("norse.torch")
+    from norse.torch.module.lif_box import LIFBoxCell, LIFBoxParameters
+    torch.manual_seed(8)
+    net = norse.SequentialState(nn.Linear(3, 5), LIFBoxCell(LIFBoxParameters(tau_mem_inv=torch.tensor(150.0))),
+                                nn.Linear(5, 4), LIFBoxCell(LIFBoxParameters(tau_mem_inv=torch.tensor(80.0),
+                                                                             v_th=torch.tensor(0.05))))
+    graph = norse.to_nir(net, torch.rand(B, 3))
+    assert float(np.asarray(graph.nodes["1"].tau)) == pytest.approx(1e-3 / 150.0)  # dt * tau, tau = 1/150 s
+    x = rand(B, T, 3, seed=18, scale=20.0)
+    state, outputs = None, []
+    for t in range(T):
+        out, state = net(x[:, t], state)
+        outputs.append(out)
+    expected = torch.stack(outputs, 1)
+    got = en.from_nir(graph, dt=1e-3 ** 2, discretization="euler", reset="zero")(x)
+    torch.testing.assert_close(got, expected)
+    assert expected.sum() > 0
