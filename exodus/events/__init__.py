@@ -6,7 +6,8 @@
     spikes = ev.simulate(net, n_spikes=1_000_000)    # compiled heap: O(K log N) per spike
     spikes.times, spikes.neurons, spikes.mean_rate() # seconds, ids, Hz
 """
+from .eif import EIFParams, EIFTable, eif_table
 from .network import MODELS, Network, Spikes, simulate
 from .reference import random_targets, simulate_reference, uniform_phases
 
-__all__ = ["MODELS", "Network", "Spikes", "simulate", "random_targets", "simulate_reference", "uniform_phases"]
+__all__ = ["EIFParams", "EIFTable", "eif_table", "MODELS", "Network", "Spikes", "simulate", "random_targets", "simulate_reference", "uniform_phases"]

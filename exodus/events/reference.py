@@ -75,13 +75,11 @@ def qif_ptc_ref(phase, c):
 def simulate_reference(network, n_spikes: int, duration: float = math.inf, phase0=None,
                        voltage_times=None, voltage_neurons=None):
     """Exact simulation, O(N) per spike. Same arguments and result type as exodus.events.simulate
-    (times in seconds). Supports LIF and QIF, homogeneous and heterogeneous drive, random or CSR
-    graphs with per-synapse weights."""
+    (times in seconds). Supports LIF, QIF (homogeneous and heterogeneous drive) and EIF (its
+    phase table evaluated and inverted in numpy by bisection), random or CSR graphs, weights."""
     from .network import Spikes  # result type only
 
     net = network
-    if net.model not in ("lif", "qif"):
-        raise ValueError(f"the reference simulator supports lif and qif, not {net.model!r}")
     n = net.n
     omega = net.omega_per_neuron()
     coupling = net.coupling_per_neuron()
@@ -130,8 +128,12 @@ def simulate_reference(network, n_spikes: int, duration: float = math.inf, phase
             phase[targets] = lif_ptc_ref(phase[targets], c, omega[targets])
             if np.any(~(phase[targets] < net.phase_th)):
                 raise ValueError("an excitatory kick pushed a LIF neuron across threshold (not supported)")
-        else:
+        elif net.model == "qif":
             phase[targets] = qif_ptc_ref(phase[targets], c)
+        else:  # EIF: the voltage kick through the table, phi+ = phase_of(V(phi) - J w)
+            phase[targets] = net.eif_table.phase_of(net.eif_table.voltage(phase[targets]) + c)
+            if np.any(~(phase[targets] < net.phase_th)):
+                raise ValueError("an EIF neuron left the table (kick across v_peak or below v_low)")
         phase[j] = net.phase_reset
         times.append(t)
         ids.append(j)
