@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 import pathlib
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -716,8 +717,9 @@ def to_nir(module: nn.Module, sample_input: Tensor, dt: float = 1.0, discretizat
     a nir.NIRGraph. Write it with ``nir.write(path, graph)``.
 
     Args:
-        module: a module whose forward only calls submodules (torch.fx-traceable: Sequential, or a custom
-            module chaining / branching submodules); every submodule sees (batch, time, *features).
+        module: a module whose forward only calls submodules and adds their outputs (torch.fx-traceable:
+            Sequential, or a custom module chaining / branching / summing submodules: a + b becomes two
+            edges into the next node); every submodule sees (batch, time, *features).
         sample_input: (batch, time, *features) example input; runs once through a deep copy of ``module``
             to record the shapes (the module's own state is left untouched).
         dt: seconds per step: NIR time constants are written in seconds, tau = tau_steps * dt ("exact").
@@ -772,7 +774,20 @@ def to_nir(module: nn.Module, sample_input: Tensor, dt: float = 1.0, discretizat
             if "input" in nodes:
                 raise ValueError("to_nir supports modules with a single input")
             nodes["input"] = nir.Input(input_type=np.array(shapes[fx_node.name][2:]))
-            alias[fx_node.name] = "input"
+            alias[fx_node.name] = ["input"]
+        elif fx_node.op == "call_function" and fx_node.target in (operator.add, torch.add):
+            # a + b into a node == edges from both: a NIR node's input is the sum of its incoming edges
+            operands = [a for a in fx_node.args if isinstance(a, torch.fx.Node)]
+            if len(operands) != 2 or len(fx_node.args) != 2 or fx_node.kwargs:
+                raise ValueError(f"{fx_node.name}: to_nir supports the sum of two module outputs only (a + b)")
+            if shapes[operands[0].name] != shapes[operands[1].name]:
+                raise ValueError(f"{fx_node.name}: a + b with broadcasting has no NIR form (shapes "
+                                 f"{shapes[operands[0].name][2:]} and {shapes[operands[1].name][2:]})")
+            sources = alias[operands[0].name] + alias[operands[1].name]
+            if len(set(sources)) != len(sources):
+                raise ValueError(f"{fx_node.name}: a sum that counts one node twice has no NIR form (NIR edges are "
+                                 "unweighted and unique); use a Scale")
+            alias[fx_node.name] = sources
         elif fx_node.op == "call_module":
             tensor_args = [a for a in fx_node.args if isinstance(a, torch.fx.Node)]
             if len(tensor_args) != 1 or len(fx_node.args) != 1 or fx_node.kwargs:
@@ -792,16 +807,16 @@ def to_nir(module: nn.Module, sample_input: Tensor, dt: float = 1.0, discretizat
             node = _export_module(submodule, in_shape, out_shape, dt, discretization, reset_fallback, name)
             _set_types(node, in_shape, out_shape)
             nodes[name] = node
-            edges.append((source, name))
-            alias[fx_node.name] = name
+            edges.extend((each, name) for each in source)
+            alias[fx_node.name] = [name]
         elif fx_node.op == "output":
             result = fx_node.args[0]
             if not isinstance(result, torch.fx.Node):
                 raise ValueError("to_nir supports modules returning a single tensor")
             nodes["output"] = nir.Output(output_type=np.array(shapes[result.name][2:]))
-            edges.append((alias[result.name], "output"))
+            edges.extend((each, "output") for each in alias[result.name])
         else:
-            raise ValueError(f"to_nir supports only submodule calls in forward; found {fx_node.op} "
+            raise ValueError(f"to_nir supports only submodule calls and sums (a + b) in forward; found {fx_node.op} "
                              f"{fx_node.target} (wrap tensor operations in a module, or add nodes by hand)")
     metadata = {"source": "exodus", "dt": dt, "discretization": discretization}
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
