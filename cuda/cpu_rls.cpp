@@ -192,17 +192,21 @@ int exodus_rls_simulate(const RlsNetwork* net, RlsState* s, const RlsRecord* rec
   return 0;
 }
 
-// One RLS update of every neuron (DESIGN §9), batched over neurons: P (N, blocked_size(n))
-// block-packed (rls_neurons.h), w (N, n), inputs (N, n) presynaptic cells of each neuron's
-// plastic weights, r (N) filtered spike trains, u_static (N), u_target (N). xk_out (N) receives
-// x^T P x, or is null. OpenMP over neurons in chunks of 16 taken dynamically (on a shared
-// machine a thread that loses its core then holds up at most one chunk); each neuron's P (21 KiB in float32 at n = 90) stays
-// in L1 between the product and the downdate, so P is read and written once per update.
-int64_t exodus_rls_blocked_size(int64_t n) { return exodus_rls::blocked_size<scalar>(n); }
-
-int exodus_rls_update(int64_t n_cells, int64_t n, scalar* P, scalar* w, const int64_t* inputs, const scalar* r,
-                      const scalar* u_static, const scalar* u_target, int normalized, scalar* xk_out, int threads) {
-  if (n_cells < 0 || n <= 0 || P == nullptr || w == nullptr || inputs == nullptr) return -1;
+// One RLS update of every neuron (DESIGN §9), batched over neurons. P (N, blocked_size(n))
+// block-packed P_base (rls_neurons.h); factors (N, capacity, nb B) and coef (N, capacity) the
+// pending deferred downdates, the first `pending` of them in use (the same count for every
+// neuron: they all update together); w (N, n); inputs (N, n) presynaptic cells of each
+// neuron's plastic weights; r (N) filtered spike trains; u_static (N); u_target (N); xk_out (N)
+// receives x^T P x, or is null. The caller's pending count becomes (pending + 1) % capacity.
+// OpenMP over neurons in chunks of 16 taken dynamically (on a shared machine a thread that
+// loses its core then holds up at most one chunk); each neuron's P_base (21 KiB in float32 at
+// n = 90) stays in L1 between the product and a flush.
+int exodus_rls_update(int64_t n_cells, int64_t n, scalar* P, scalar* factors, scalar* coef, int64_t pending,
+                      int64_t capacity, scalar* w, const int64_t* inputs, const scalar* r, const scalar* u_static,
+                      const scalar* u_target, int normalized, scalar* xk_out, int threads) {
+  if (n_cells < 0 || n <= 0 || capacity < 1 || pending < 0 || pending >= capacity || P == nullptr ||
+      factors == nullptr || coef == nullptr || w == nullptr || inputs == nullptr)
+    return -1;
   const int64_t stride = exodus_rls::blocked_size<scalar>(n);
   constexpr int64_t B = exodus_rls::Block<scalar>::size;
   const int64_t padded = (n + B - 1) / B * B;
@@ -217,11 +221,30 @@ int exodus_rls_update(int64_t n_cells, int64_t n, scalar* P, scalar* w, const in
     for (int64_t i = 0; i < n_cells; ++i) {
       const int64_t* in = inputs + i * n;
       for (int64_t j = 0; j < n; ++j) x[j] = r[in[j]];
-      const scalar xk = exodus_rls::rls_neuron_step(P + i * stride, w + i * n, x.data(), k.data(), n, u_static[i],
+      const scalar xk = exodus_rls::rls_neuron_step(P + i * stride, factors + i * capacity * padded, coef + i * capacity,
+                                                    pending, capacity, w + i * n, x.data(), k.data(), n, u_static[i],
                                                     u_target[i], normalized != 0);
       if (xk_out != nullptr) xk_out[i] = xk;
     }
   }
+  (void)threads;
+  return 0;
+}
+
+// Apply the first `pending` deferred downdates of every neuron to P (the caller then sets its
+// pending count to 0).
+int exodus_rls_flush(int64_t n_cells, int64_t n, scalar* P, const scalar* factors, const scalar* coef, int64_t pending,
+                     int64_t capacity, int threads) {
+  if (n_cells < 0 || n <= 0 || capacity < 1 || pending < 0 || pending > capacity || P == nullptr) return -1;
+  if (pending == 0) return 0;
+  const int64_t stride = exodus_rls::blocked_size<scalar>(n);
+  constexpr int64_t B = exodus_rls::Block<scalar>::size;
+  const int64_t padded = (n + B - 1) / B * B;
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(dynamic, 16) num_threads(threads > 0 ? threads : 1)
+#endif
+  for (int64_t i = 0; i < n_cells; ++i)
+    exodus_rls::blocked_downdate(P + i * stride, factors + i * capacity * padded, coef + i * capacity, pending, n);
   (void)threads;
   return 0;
 }

@@ -79,8 +79,30 @@ inline void store_lanes(T* p, typename Lanes<T>::type v) {
 // columns add P[aB.., j] x_j to k[aB..] (one load and store of k per row block) and
 // accumulate P[aB.., j] . x[aB..] for k[j] (the mirror entries (j, aB..), not stored) in B
 // vector accumulators, summed once per block-column; the diagonal block adds P[bB.., j] x_j.
+// P_base <- P_base - sum_{i < count} (f_i f_i^T) c_i over the stored entries, in order i = 0, 1, ..
+// (the same arithmetic for (a, b) and (b, a): the duplicated diagonal blocks stay symmetric).
 template <typename T>
-inline T rls_neuron_step(T* P, T* w, const T* x, T* k, int64_t n, T u_static, T u_target, bool normalized) {
+inline void blocked_downdate(T* P, const T* f, const T* c_list, int64_t count, int64_t n) {
+  typedef typename Lanes<T>::type V;
+  constexpr int64_t B = Block<T>::size;
+  const int64_t padded = (n + B - 1) / B * B;
+  for (int64_t j = 0; j < n; ++j) {
+    T* col = P + blocked_column<T>(j);
+    const int64_t row_blocks = j / B + 1;
+    for (int64_t a = 0; a < row_blocks; ++a) {
+      V pv = load_lanes(col + a * B);
+      for (int64_t i = 0; i < count; ++i) {
+        const T* fi = f + i * padded;
+        pv -= (load_lanes(fi + a * B) * fi[j]) * c_list[i];
+      }
+      store_lanes(col + a * B, pv);
+    }
+  }
+}
+
+// k = P x for block-packed P (nb B rows of k written; x zero beyond n).
+template <typename T>
+inline void blocked_symv(const T* P, const T* x, T* k, int64_t n) {
   typedef typename Lanes<T>::type V;
   constexpr int64_t B = Block<T>::size;
   const int64_t nb = (n + B - 1) / B;
@@ -90,7 +112,7 @@ inline T rls_neuron_step(T* P, T* w, const T* x, T* k, int64_t n, T u_static, T 
     const int64_t ld = (b + 1) * B;  // stored rows per column of this block-column
     const T* xb = x + b * B;
     V dots[B];
-    for (int64_t m = 0; m < B; ++m) dots[m] = V{} ;
+    for (int64_t m = 0; m < B; ++m) dots[m] = V{};
     for (int64_t a = 0; a < b; ++a) {
       V kv = load_lanes(k + a * B);
       const V xv = load_lanes(x + a * B);
@@ -112,25 +134,49 @@ inline T rls_neuron_step(T* P, T* w, const T* x, T* k, int64_t n, T u_static, T 
     }
     store_lanes(k + b * B, kd);
   }
+}
+
+// One RLS step of one neuron (DESIGN §9) with deferred downdates. The neuron's P is
+//   P = P_base - sum_{i < pending} c_i f_i f_i^T,
+// P_base block-packed (see above), f (capacity, nb B) and c (capacity) the downdates not yet
+// applied. The step, with x (nb B, zero beyond n) the neuron's inputs r:
+//   k = P x = P_base x - sum_i c_i (f_i . x) f_i ;  c = 1 / (1 + x^T k) ;  P <- P - c k k^T
+//   (stored as f_pending = k, c_pending = c) ;  e = w^T x + u_static - u_target ;
+//   w <- w - e c k   (normalized == false: w <- w - e k).
+// When pending + 1 == capacity the downdates are applied to P_base (flush). Deferring them
+// means P_base is read every step but written only every capacity steps: the update is
+// memory-bound, so this nearly halves its memory traffic. In exact arithmetic this is the
+// classic sequential update, and c > 0 (x^T P x >= 0), so P stays positive definite.
+// Returns x^T k.
+template <typename T>
+inline T rls_neuron_step(T* P, T* f, T* c_list, int64_t pending, int64_t capacity, T* w, const T* x, T* k, int64_t n,
+                         T u_static, T u_target, bool normalized) {
+  constexpr int64_t B = Block<T>::size;
+  const int64_t padded = (n + B - 1) / B * B;
+  blocked_symv(P, x, k, n);
+  for (int64_t i = 0; i < pending; ++i) {
+    const T* fi = f + i * padded;
+    T fx = T(0);
+#pragma omp simd reduction(+ : fx)
+    for (int64_t a = 0; a < padded; ++a) fx += fi[a] * x[a];
+    const T scale = c_list[i] * fx;
+#pragma omp simd
+    for (int64_t a = 0; a < padded; ++a) k[a] -= scale * fi[a];
+  }
   T xk = T(0), wx = T(0);
   for (int64_t i = 0; i < n; ++i) {
     xk += x[i] * k[i];
     wx += w[i] * x[i];
   }
   const T c = T(1) / (T(1) + xk);
-  for (int64_t j = 0; j < n; ++j) {
-    T* col = P + blocked_column<T>(j);
-    const int64_t row_blocks = j / B + 1;
-    const T kj = k[j];
-    for (int64_t a = 0; a < row_blocks; ++a) {
-      const V kv = load_lanes(k + a * B);
-      store_lanes(col + a * B, load_lanes(col + a * B) - (kv * kj) * c);
-    }
-  }
+  T* f_new = f + pending * padded;
+  for (int64_t a = 0; a < padded; ++a) f_new[a] = k[a];
+  c_list[pending] = c;
   const T e = (wx + u_static) - u_target;
   const T step = normalized ? e * c : e;
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) w[i] -= step * k[i];
+  if (pending + 1 == capacity) blocked_downdate(P, f, c_list, capacity, n);
   return xk;
 }
 

@@ -22,7 +22,7 @@ from conftest import needs_cuda
 from exodus.rls import _native
 from exodus.rls.network import new_state
 from exodus.rls.reference import initial_P_reference, rls_update_reference, simulate_reference
-from exodus.rls.train import (NativeSimulation, Recording, TorchSimulation, block_size, pack_blocked,
+from exodus.rls.train import (BlockedP, NativeSimulation, Recording, TorchSimulation, block_size, pack_blocked,
                               pack_symmetric, rls_update_native, rls_update_torch, smoothing_matrix,
                               unpack_blocked, unpack_symmetric)
 
@@ -153,6 +153,29 @@ def test_rls_update_matches_per_neuron_reference(n_cells, n, seed, normalized, t
         # the padding of the block layout (rows and columns n .. nb B - 1) stays zero
         padded = unpack_blocked(blocked, -(-n // block_size(F64)) * block_size(F64))
         assert not bool(padded[:, n:, :].any()) and not bool(padded[:, :, n:].any())
+
+
+@needs_native
+@settings(max_examples=10)
+@given(capacity=st.integers(1, 6), updates=st.integers(1, 9), n=st.integers(1, 35), seed=st.integers(0, 2**20))
+def test_deferred_downdates_equal_sequential_updates(capacity, updates, n, seed):
+    """BlockedP keeps up to ``capacity`` downdates as factors: any sequence of updates equals the
+    per-neuron reference applied one by one (and P reads back exactly symmetric)."""
+    P, w, inputs, r, u_static, u_target = random_rls_problem(5, n, 40, F64, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    P_ref, w_ref = P.clone(), w.clone()
+    blocked, w_n = BlockedP.from_full(P, capacity), w.clone()
+    for _ in range(updates):
+        r = torch.rand(40, generator=g, dtype=F64) * 0.3
+        u_target = torch.randn(5, generator=g, dtype=F64)
+        rls_update_reference(P_ref, w_ref, inputs, r, u_static, u_target)
+        blocked.update(w_n, inputs, r, u_static, u_target, True, 1)
+    assert blocked.pending == updates % capacity
+    assert_close(w_n, w_ref, 1e-10, "w")
+    full = blocked.full()
+    assert blocked.pending == 0
+    assert_close(full, P_ref, 1e-10, "P")
+    assert torch.equal(full, full.transpose(1, 2))
 
 
 @needs_native

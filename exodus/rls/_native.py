@@ -74,7 +74,10 @@ def load(dtype: torch.dtype) -> ctypes.CDLL:
             library.exodus_rls_simulate.argtypes = [ctypes.POINTER(network), ctypes.POINTER(state),
                                                     ctypes.POINTER(record), _I64, _I64, ctypes.c_int]
             library.exodus_rls_update.restype = ctypes.c_int
-            library.exodus_rls_update.argtypes = [_I64, _I64, _P, _P, _P, _P, _P, _P, ctypes.c_int, _P, ctypes.c_int]
+            library.exodus_rls_update.argtypes = [_I64, _I64, _P, _P, _P, _I64, _I64, _P, _P, _P, _P, _P, ctypes.c_int,
+                                                  _P, ctypes.c_int]
+            library.exodus_rls_flush.restype = ctypes.c_int
+            library.exodus_rls_flush.argtypes = [_I64, _I64, _P, _P, _P, _I64, _I64, ctypes.c_int]
             _libraries[dtype] = library
             return library
         _errors[dtype] = "the exodus.rls CPU kernels (cpu_rls.cpp) could not be built:\n" + "\n".join(errors)

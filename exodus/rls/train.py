@@ -115,22 +115,76 @@ def rls_update_torch(P: torch.Tensor, w: torch.Tensor, inputs: torch.Tensor, r: 
 def rls_update_native(P_blocked: torch.Tensor, w: torch.Tensor, inputs: torch.Tensor, r: torch.Tensor,
                       u_static: torch.Tensor, u_target: torch.Tensor, normalized: bool = True,
                       threads: Optional[int] = None) -> torch.Tensor:
-    """rls_update_torch on block-packed P (N, blocked size) (pack_blocked) through cuda/cpu_rls.cpp.
-    Returns xᵀPx (N)."""
-    n_cells, n = w.shape
-    dtype = w.dtype
-    _check_rls_args(P_blocked, w, inputs, r, u_static, u_target, blocked=True)
-    library = _native.load(dtype)
-    xk = torch.empty(n_cells, dtype=dtype)
-    ptr = _native.pointer
-    if threads is None:
-        threads = default_threads(P_blocked)
-    status = library.exodus_rls_update(n_cells, n, ptr(P_blocked), ptr(w), ptr(inputs), ptr(r), ptr(u_static),
-                                       ptr(u_target), int(bool(normalized)), ptr(xk), int(threads))
-    if status != 0:
-        raise RuntimeError(f"exodus_rls_update failed ({status})")
+    """rls_update_torch on block-packed P (N, blocked size) (pack_blocked) through cuda/cpu_rls.cpp,
+    applied at once (no deferred downdates). Returns xᵀPx (N)."""
+    P = BlockedP(P_blocked, w.shape[1], capacity=1)
+    xk = P.update(w, inputs, r, u_static, u_target, normalized, threads)
     return xk
 
+
+class BlockedP:
+    """The P matrices of all N neurons for the native backend (cuda/rls_neurons.h):
+    P_i = base_i − Σ_{m < pending} c_im f_im f_imᵀ, base (N, blocked size) block-packed, the
+    last ``pending`` downdates kept as factors f (N, capacity, nb B) and c (N, capacity) and
+    applied to base every ``capacity`` updates. The RLS update is memory-bound: deferring the
+    downdates reads base every update but writes it only every ``capacity``-th (see docs/rls.md
+    for the measured effect). ``capacity = 1`` applies every downdate at once."""
+
+    def __init__(self, base: torch.Tensor, n: int, capacity: int = 1):
+        if not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(f"capacity must be an int >= 1, got {capacity!r}")
+        if base.dim() != 2 or not base.is_contiguous() or base.device.type != "cpu":
+            raise ValueError("base must be a contiguous CPU tensor (N, blocked size)")
+        B = block_size(base.dtype)
+        nb = -(-n // B)
+        if base.shape[1] != B * B * nb * (nb + 1) // 2:
+            raise ValueError(f"P must have shape ({base.shape[0]}, {B * B * nb * (nb + 1) // 2}) for n = {n}, "
+                             f"got {tuple(base.shape)}")
+        self.base, self.n, self.capacity, self.pending = base, n, capacity, 0
+        self.factors = torch.zeros(base.shape[0], capacity, nb * B, dtype=base.dtype)
+        self.coef = torch.zeros(base.shape[0], capacity, dtype=base.dtype)
+
+    @classmethod
+    def from_full(cls, P: torch.Tensor, capacity: int = 1) -> "BlockedP":
+        return cls(pack_blocked(P), P.shape[-1], capacity)
+
+    def update(self, w, inputs, r, u_static, u_target, normalized: bool = True, threads: Optional[int] = None):
+        """One RLS step of every neuron (DESIGN §9), in place on P and w; returns xᵀPx (N)."""
+        _check_rls_args(self.base, w, inputs, r, u_static, u_target, blocked=True)
+        library = _native.load(w.dtype)
+        xk = torch.empty(w.shape[0], dtype=w.dtype)
+        ptr = _native.pointer
+        if threads is None:
+            threads = default_threads(self.base)
+        status = library.exodus_rls_update(w.shape[0], self.n, ptr(self.base), ptr(self.factors), ptr(self.coef),
+                                           self.pending, self.capacity, ptr(w), ptr(inputs), ptr(r), ptr(u_static),
+                                           ptr(u_target), int(bool(normalized)), ptr(xk), int(threads))
+        if status != 0:
+            raise RuntimeError(f"exodus_rls_update failed ({status})")
+        self.pending = (self.pending + 1) % self.capacity
+        return xk
+
+    def flush(self, threads: Optional[int] = None) -> None:
+        """Apply the pending downdates to base."""
+        if self.pending == 0:
+            return
+        library = _native.load(self.base.dtype)
+        ptr = _native.pointer
+        status = library.exodus_rls_flush(self.base.shape[0], self.n, ptr(self.base), ptr(self.factors),
+                                          ptr(self.coef), self.pending, self.capacity,
+                                          int(threads if threads is not None else default_threads(self.base)))
+        if status != 0:
+            raise RuntimeError(f"exodus_rls_flush failed ({status})")
+        self.pending = 0
+
+    def full(self) -> torch.Tensor:
+        """(N, n, n) copy of P (flushes the pending downdates first)."""
+        self.flush()
+        return unpack_blocked(self.base, self.n)
+
+
+# Downdates the native backend defers before applying them to the stored P (BlockedP).
+DEFERRED_DOWNDATES = 4
 
 # Below this many bytes of P one thread does the update: an update then takes well under a
 # millisecond, and an OpenMP region on a loaded 2-core machine can cost tens of milliseconds
@@ -432,7 +486,7 @@ class RLSTrainer:
 
     def __init__(self, net: Network, targets: torch.Tensor, backend: str = "auto", device=None,
                  threads: Optional[int] = None, generator: Optional[torch.Generator] = None,
-                 sample_every: float = 1.0, window: float = 50.0):
+                 sample_every: float = 1.0, window: float = 50.0, deferred: int = DEFERRED_DOWNDATES):
         p = net.params.validate()
         self.device = torch.device(device) if device is not None else net.x_bal.device
         self.backend = resolve_backend(backend, self.device, p.torch_dtype)
@@ -445,7 +499,7 @@ class RLSTrainer:
         P0 = initial_P(p).to(p.torch_dtype)
         n_cells, n = p.n_cells, 2 * p.L
         if self.backend == "native":
-            self.P = pack_blocked(P0).unsqueeze(0).repeat(n_cells, 1).contiguous()
+            self.P = BlockedP(pack_blocked(P0).unsqueeze(0).repeat(n_cells, 1).contiguous(), n, deferred)
         else:
             self.P = P0.to(self.device).unsqueeze(0).repeat(n_cells, 1, 1).contiguous()
         self.loop = 0
@@ -461,13 +515,13 @@ class RLSTrainer:
     def P_full(self) -> torch.Tensor:
         """(N, n, n) copy of the P matrices."""
         n = 2 * self.params.L
-        return unpack_blocked(self.P, n) if self.backend == "native" else self.P.clone()
+        return self.P.full() if self.backend == "native" else self.P.clone()
 
     def rls_update(self, state: SimState, target_row: torch.Tensor) -> None:
         normalized = self.params.normalized_weight_step
         if self.backend == "native":
-            rls_update_native(self.P, self.w, self.net.plastic_inputs, state.r, state.u_static, target_row,
-                              normalized, self.threads)
+            self.P.update(self.w, self.net.plastic_inputs, state.r, state.u_static, target_row, normalized,
+                          self.threads)
         else:
             rls_update_torch(self.P, self.w, self.net.plastic_inputs, state.r, state.u_static, target_row, normalized)
 
@@ -573,7 +627,10 @@ class RLSTrainer:
         trainer.w.copy_(data["w"].to(trainer.w.device))
         n = 2 * params.L
         full = unpack_symmetric(data["P_packed"].to(params.torch_dtype), n)
-        trainer.P.copy_(pack_blocked(full) if trainer.backend == "native" else full.to(trainer.P.device))
+        if trainer.backend == "native":
+            trainer.P.base.copy_(pack_blocked(full))
+        else:
+            trainer.P.copy_(full.to(trainer.P.device))
         trainer.loop = data["loop"]
         trainer.history = [LoopStats(**s) for s in data["history"]]
         return trainer
