@@ -22,7 +22,7 @@ import math
 import operator
 import pathlib
 from collections import defaultdict
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 try:
     import nir
@@ -938,7 +938,10 @@ def _reference_node(node, dt, discretization, reset):
     if isinstance(node, nir.LIF):
         alpha, gain = decay_and_gain(node.tau, node.r)
         theta, v_leak, rule = t(node.v_threshold), t(node.v_leak), _node_reset(node, reset)
-        return lambda value, state, key: spike(membrane(value, state, key, alpha, gain, v_leak), state, key, theta, rule)
+
+        def lif_step(value, state, key):
+            return spike(membrane(value, state, key, alpha, gain, v_leak), state, key, theta, rule)
+        return lif_step
     if isinstance(node, nir.IF):
         gain = t(node.r) * (1.0 if discretization == "impulse" else dt)
         theta, rule = t(node.v_threshold), _node_reset(node, reset)

@@ -486,7 +486,8 @@ def test_snntorch_to_exodus(monkeypatch):
     snn, export_to_nir = snntorch_export(monkeypatch)
     from snntorch import utils
     torch.manual_seed(3)
-    net = nn.Sequential(nn.Linear(3, 5), snn.Leaky(beta=0.8, init_hidden=True, reset_mechanism="zero", reset_delay=False),
+    net = nn.Sequential(nn.Linear(3, 5),
+                        snn.Leaky(beta=0.8, init_hidden=True, reset_mechanism="zero", reset_delay=False),
                         nn.Linear(5, 4), snn.Synaptic(alpha=0.7, beta=0.85, init_hidden=True, reset_mechanism="zero",
                                                       reset_delay=False))
     x = rand(B, T, 3, seed=13, scale=2.0)
@@ -500,7 +501,7 @@ def test_snntorch_to_exodus(monkeypatch):
 def test_exodus_to_snntorch():
     """snnTorch imports LIF / CubaLIF as Leaky / Synaptic with beta = 1 - dt/tau (dt = 1e-4) and a zero
     reset whatever the graph says: export with dt=1e-4, "euler" and reset="zero"."""
-    snn = pytest.importorskip("snntorch")
+    pytest.importorskip("snntorch")
     from snntorch import utils
     from snntorch.import_nir import import_from_nir
     torch.manual_seed(4)
@@ -514,7 +515,6 @@ def test_exodus_to_snntorch():
     got = run_peer_per_step(lambda x_t: peer(x_t)[0], x)
     torch.testing.assert_close(got, expected)
     assert expected.sum() > 0
-    del snn
 
 
 def test_snntorch_rleaky_to_exodus(monkeypatch):
