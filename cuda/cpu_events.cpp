@@ -412,11 +412,39 @@ int32_t exodus_events_run(const EventsNetwork* net, EventsState* s, int64_t max_
   return status;
 }
 
+// The PTCs of events_neurons.h applied elementwise (for the tests): out[i] = PTC(phase[i], c[i], omega[i]).
+int32_t exodus_events_ptc(int32_t model, int64_t n, const double* phase, const double* c, const double* omega,
+                          double* out, const double* eif_v, const double* eif_slope, int64_t eif_n, double eif_phase_lo,
+                          double eif_step) {
+  const EifTable table{eif_v, eif_slope, eif_n, eif_phase_lo, eif_step};
+  if (model == EIF && (eif_v == nullptr || eif_slope == nullptr || eif_n < 2)) return ERR_ARGS;
+  for (int64_t i = 0; i < n; ++i) {
+    if (model == LIF) out[i] = lif_ptc(phase[i], c[i], omega[i]);
+    else if (model == QIF) out[i] = qif_ptc(phase[i], c[i]);
+    else if (model == EIF) out[i] = eif_ptc(table, phase[i], c[i]);
+    else return ERR_ARGS;
+  }
+  return OK_MAX_SPIKES;
+}
+
 // The K random targets of presynaptic neuron j (for the tests and the Python adjoint).
 int32_t exodus_events_targets(uint64_t seed, int64_t n, int64_t k, int64_t j, int64_t* out) {
   if (n < 2 || k < 1 || k >= n || j < 0 || j >= n || out == nullptr) return ERR_ARGS;
   DrawnSet drawn(k);
   random_targets(seed, n, k, j, drawn, [&](int64_t target, int64_t synapse) { out[synapse - j * k] = target; });
+  return OK_MAX_SPIKES;
+}
+
+// Targets of m presynaptic neurons js[0..m) into out (m x k), row r = targets of js[r].
+int32_t exodus_events_targets_many(uint64_t seed, int64_t n, int64_t k, const int64_t* js, int64_t m, int64_t* out) {
+  if (n < 2 || k < 1 || k >= n || (m > 0 && (js == nullptr || out == nullptr))) return ERR_ARGS;
+  DrawnSet drawn(k);
+  for (int64_t r = 0; r < m; ++r) {
+    const int64_t j = js[r];
+    if (j < 0 || j >= n) return ERR_ARGS;
+    int64_t* row = out + r * k;
+    random_targets(seed, n, k, j, drawn, [&](int64_t target, int64_t synapse) { row[synapse - j * k] = target; });
+  }
   return OK_MAX_SPIKES;
 }
 

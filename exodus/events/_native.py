@@ -71,10 +71,29 @@ def load() -> ctypes.CDLL:
                                                   ctypes.POINTER(_I64)]
             library.exodus_events_targets.restype = _I32
             library.exodus_events_targets.argtypes = [ctypes.c_uint64, _I64, _I64, _I64, _P]
+            library.exodus_events_targets_many.restype = _I32
+            library.exodus_events_targets_many.argtypes = [ctypes.c_uint64, _I64, _I64, _P, _I64, _P]
+            library.exodus_events_ptc.restype = _I32
+            library.exodus_events_ptc.argtypes = [_I32, _I64, _P, _P, _P, _P, _P, _P, _I64, _F64, _F64]
             _library = library
             return library
         _error = "the exodus.events simulator (cuda/cpu_events.cpp) could not be built:\n" + "\n".join(errors)
         raise BuildError(_error)
+
+
+def ptc(model: int, phase, c, omega, table=None):
+    """The compiled PTC (cuda/events_neurons.h) elementwise on float64 arrays (for the tests)."""
+    import numpy as np
+
+    phase, c, omega = (np.ascontiguousarray(np.broadcast_to(x, np.shape(phase)), np.float64) for x in (phase, c, omega))
+    out = np.empty_like(phase)
+    eif = (None, None, 0, 0.0, 0.0) if table is None else (table.v.ctypes.data, table.slope.ctypes.data, table.v.size,
+                                                            table.phase_lo, table.step)
+    status = load().exodus_events_ptc(model, phase.size, phase.ctypes.data, c.ctypes.data, omega.ctypes.data,
+                                      out.ctypes.data, *eif)
+    if status != 0:
+        raise ValueError(f"exodus_events_ptc: bad arguments (status {status})")
+    return out
 
 
 def available() -> bool:

@@ -63,8 +63,10 @@ def uniform_phases(seed: int, n: int, low: float, high: float) -> np.ndarray:
 
 
 def lif_ptc_ref(phase, c, omega):
-    """LIF phase transition curve phi+ = -omega ln(exp(-phi/omega) + c) (DESIGN §8)."""
-    return -omega * np.log(np.exp(-phase / omega) + c)
+    """LIF phase transition curve phi+ = -omega ln(exp(-phi/omega) + c) (DESIGN §8); NaN where an
+    excitatory kick (c < 0) overshoots V = I."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return -omega * np.log(np.exp(-phase / omega) + c)
 
 
 def qif_ptc_ref(phase, c):
