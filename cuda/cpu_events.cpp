@@ -83,12 +83,23 @@ inline void random_targets(uint64_t seed, int64_t n, int64_t k, int64_t j, Drawn
   }
 }
 
-// Indexed binary min-heap on (key, id), entries {key, id} by slot (one cache line holds both
-// children of a node), pos by neuron id. Ties go to the lower id.
+// Indexed 4-ary min-heap on (key, id): entries {key, id} by slot, pos by neuron id; ties go to
+// the lower id. The children of slot i are 4i+1 .. 4i+4; the entry array is placed so that they
+// share one 64-byte cache line (half the levels of a binary heap, one miss per level).
 struct Entry {
   double key;
   int64_t id;
 };
+
+constexpr int64_t ARITY = 4;
+
+// Slot 0 of the heap inside a caller buffer of n + HEAP_PADDING entries (see struct Heap).
+constexpr int64_t HEAP_PADDING = 8;
+inline Entry* heap_base(void* buffer) {
+  const uintptr_t raw = reinterpret_cast<uintptr_t>(buffer);
+  const uintptr_t aligned = (raw + 63) & ~uintptr_t(63);          // 16-byte entries: 4 per line
+  return reinterpret_cast<Entry*>(aligned) + (ARITY - 1);           // slot 4i+1 starts a line
+}
 
 struct Heap {
   Entry* e;
@@ -99,7 +110,7 @@ struct Heap {
   void sift_up(int64_t i) {
     const Entry x = e[i];
     while (i > 0) {
-      const int64_t parent = (i - 1) >> 1;
+      const int64_t parent = (i - 1) / ARITY;
       if (!before(x, e[parent])) break;
       e[i] = e[parent];
       pos[e[i].id] = i;
@@ -111,13 +122,16 @@ struct Heap {
   void sift_down(int64_t i) {
     const Entry x = e[i];
     for (;;) {
-      int64_t child = 2 * i + 1;
-      if (child >= n) break;
-      if (child + 1 < n && before(e[child + 1], e[child])) ++child;
-      if (!before(e[child], x)) break;
-      e[i] = e[child];
+      const int64_t first = ARITY * i + 1;
+      if (first >= n) break;
+      const int64_t last = first + ARITY < n ? first + ARITY : n;
+      int64_t best = first;
+      for (int64_t c = first + 1; c < last; ++c)
+        if (before(e[c], e[best])) best = c;
+      if (!before(e[best], x)) break;
+      e[i] = e[best];
       pos[e[i].id] = i;
-      i = child;
+      i = best;
     }
     e[i] = x;
     pos[x.id] = i;
@@ -130,7 +144,7 @@ struct Heap {
   }
   void build() {
     for (int64_t i = 0; i < n; ++i) pos[e[i].id] = i;
-    for (int64_t i = n / 2 - 1; i >= 0; --i) sift_down(i);
+    for (int64_t i = (n - 2) / ARITY; i >= 0; --i) sift_down(i);
   }
 };
 
@@ -163,7 +177,7 @@ struct EventsNetwork {
 
 // Mutable state, all arrays owned by the caller (numpy).
 struct EventsState {
-  void* heap;           // (n,) heap entries {double key, int64 id} (16 bytes each)
+  void* heap;           // (n + HEAP_PADDING,) heap entries {double key, int64 id} (16 bytes each)
   int64_t* heap_pos;    // (n,)
   double* phase;        // (n,) heterogeneous: phase at last_time; homogeneous: unused
   double* last_time;    // (n,) heterogeneous only
@@ -240,7 +254,7 @@ void write_samples_before(const EventsNetwork& net, const EventsState& s, const 
 template <int M, int Mo, bool Csr>
 int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double t_end, double* out_time,
             int64_t* out_id, EventsSamples* smp) {
-  Heap heap{static_cast<Entry*>(s.heap), s.heap_pos, net.n};
+  Heap heap{heap_base(s.heap), s.heap_pos, net.n};
   const EifTable table{net.eif_v, net.eif_slope, net.eif_n, net.eif_phase_lo, net.eif_step};
   DrawnSet drawn(Csr ? 1 : net.k);
   std::vector<int64_t> targets(Csr ? 0 : net.k), synapses(Csr ? 0 : net.k);
@@ -290,7 +304,11 @@ int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double
       tgt = targets.data();
     }
     for (int64_t r = 0; r < n_targets; ++r) __builtin_prefetch(&heap.pos[tgt[r]]);
-    for (int64_t r = 0; r < n_targets; ++r) __builtin_prefetch(&heap.e[heap.pos[tgt[r]]]);
+    for (int64_t r = 0; r < n_targets; ++r) {  // the entry and its children (an inhibitory kick sifts down)
+      const int64_t slot = heap.pos[tgt[r]];
+      __builtin_prefetch(&heap.e[slot]);
+      if (ARITY * slot + 1 < net.n) __builtin_prefetch(&heap.e[ARITY * slot + 1]);  // all children: one line
+    }
     if constexpr (Mo == Hetero) {
       for (int64_t r = 0; r < n_targets; ++r) {
         __builtin_prefetch(&s.phase[tgt[r]]);
@@ -374,7 +392,7 @@ extern "C" {
 // heterogeneous: s.phase must hold the phases, last_time the start time).
 int32_t exodus_events_init(const EventsNetwork* net, EventsState* s, const double* phase0, double t0) {
   if (net == nullptr || s == nullptr || net->n < 2) return ERR_ARGS;
-  Heap heap{static_cast<Entry*>(s->heap), s->heap_pos, net->n};
+  Heap heap{heap_base(s->heap), s->heap_pos, net->n};
   for (int64_t i = 0; i < net->n; ++i) {
     heap.e[i].id = i;
     if (net->heterogeneous) {

@@ -36,6 +36,7 @@ class EventsState(ctypes.Structure):
 
 # One heap entry of cpu_events.cpp (struct Entry).
 HEAP_ENTRY = [("key", "<f8"), ("id", "<i8")]
+HEAP_PADDING = 8  # extra entries the simulator needs to align the heap to cache lines
 
 
 class EventsSamples(ctypes.Structure):
