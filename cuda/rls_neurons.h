@@ -55,6 +55,18 @@ struct Lanes {
   typedef T type __attribute__((vector_size(64)));
 };
 
+// Integer lane indices of the same width, for __builtin_shuffle.
+template <typename T>
+struct Mask;
+template <>
+struct Mask<float> {
+  typedef int32_t type __attribute__((vector_size(64)));
+};
+template <>
+struct Mask<double> {
+  typedef int64_t type __attribute__((vector_size(64)));
+};
+
 template <typename T>
 inline typename Lanes<T>::type load_lanes(const T* p) {
   typename Lanes<T>::type v;
@@ -100,6 +112,67 @@ inline void blocked_downdate(T* P, const T* f, const T* c_list, int64_t count, i
   }
 }
 
+// Lane m of the result = sum of the lanes of v[m], m < B: a transposing reduction tree. Each
+// level folds pairs of vectors into one holding twice as many half-length partial sums (two
+// two-source permutes and one add per pair; masks generated for B = 16 floats and 8 doubles),
+// log2 B levels instead of B^2 scalar adds.
+template <typename T>
+inline typename Lanes<T>::type transpose_sum(typename Lanes<T>::type* v);
+
+template <>
+inline Lanes<float>::type transpose_sum<float>(Lanes<float>::type* v) {
+  typedef Mask<float>::type M;
+  {  // level 1: 16 -> 8 vectors
+    const M first = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+    const M second = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+    for (int i = 0; i < 8; ++i)
+      v[i] = __builtin_shuffle(v[2 * i], v[2 * i + 1], first) + __builtin_shuffle(v[2 * i], v[2 * i + 1], second);
+  }
+  {  // level 2: 8 -> 4 vectors
+    const M first = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
+    const M second = {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31};
+    for (int i = 0; i < 4; ++i)
+      v[i] = __builtin_shuffle(v[2 * i], v[2 * i + 1], first) + __builtin_shuffle(v[2 * i], v[2 * i + 1], second);
+  }
+  {  // level 3: 4 -> 2 vectors
+    const M first = {0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29};
+    const M second = {2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31};
+    for (int i = 0; i < 2; ++i)
+      v[i] = __builtin_shuffle(v[2 * i], v[2 * i + 1], first) + __builtin_shuffle(v[2 * i], v[2 * i + 1], second);
+  }
+  {  // level 4: 2 -> 1 vectors
+    const M first = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+    const M second = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
+    for (int i = 0; i < 1; ++i)
+      v[i] = __builtin_shuffle(v[2 * i], v[2 * i + 1], first) + __builtin_shuffle(v[2 * i], v[2 * i + 1], second);
+  }
+  return v[0];
+}
+
+template <>
+inline Lanes<double>::type transpose_sum<double>(Lanes<double>::type* v) {
+  typedef Mask<double>::type M;
+  {  // level 1: 8 -> 4 vectors
+    const M first = {0, 1, 2, 3, 8, 9, 10, 11};
+    const M second = {4, 5, 6, 7, 12, 13, 14, 15};
+    for (int i = 0; i < 4; ++i)
+      v[i] = __builtin_shuffle(v[2 * i], v[2 * i + 1], first) + __builtin_shuffle(v[2 * i], v[2 * i + 1], second);
+  }
+  {  // level 2: 4 -> 2 vectors
+    const M first = {0, 1, 4, 5, 8, 9, 12, 13};
+    const M second = {2, 3, 6, 7, 10, 11, 14, 15};
+    for (int i = 0; i < 2; ++i)
+      v[i] = __builtin_shuffle(v[2 * i], v[2 * i + 1], first) + __builtin_shuffle(v[2 * i], v[2 * i + 1], second);
+  }
+  {  // level 3: 2 -> 1 vectors
+    const M first = {0, 2, 4, 6, 8, 10, 12, 14};
+    const M second = {1, 3, 5, 7, 9, 11, 13, 15};
+    for (int i = 0; i < 1; ++i)
+      v[i] = __builtin_shuffle(v[2 * i], v[2 * i + 1], first) + __builtin_shuffle(v[2 * i], v[2 * i + 1], second);
+  }
+  return v[0];
+}
+
 // k = P x for block-packed P (nb B rows of k written; x zero beyond n).
 template <typename T>
 inline void blocked_symv(const T* P, const T* x, T* k, int64_t n) {
@@ -116,22 +189,24 @@ inline void blocked_symv(const T* P, const T* x, T* k, int64_t n) {
     for (int64_t a = 0; a < b; ++a) {
       V kv = load_lanes(k + a * B);
       const V xv = load_lanes(x + a * B);
+      const T* cp = panel + a * B;  // row block a of column m: cp + m ld
 #pragma GCC unroll 16
       for (int64_t m = 0; m < B; ++m) {
-        const V cv = load_lanes(panel + m * ld + a * B);
+        const V cv = load_lanes(cp);
+        cp += ld;
         kv += cv * xb[m];
         dots[m] += cv * xv;
       }
       store_lanes(k + a * B, kv);
     }
     V kd = load_lanes(k + b * B);
+    const T* cp = panel + b * B;
 #pragma GCC unroll 16
-    for (int64_t m = 0; m < B; ++m) kd += load_lanes(panel + m * ld + b * B) * xb[m];
     for (int64_t m = 0; m < B; ++m) {
-      T sum = T(0);
-      for (int64_t l = 0; l < B; ++l) sum += dots[m][l];
-      kd[m] += sum;
+      kd += load_lanes(cp) * xb[m];
+      cp += ld;
     }
+    if (b > 0) kd += transpose_sum<T>(dots);
     store_lanes(k + b * B, kd);
   }
 }
