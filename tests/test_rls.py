@@ -327,6 +327,18 @@ def test_ricciardi_targets_follow_rates():
     assert torch.allclose(back, expect, rtol=1e-9)
 
 
+def test_setup_with_rate_targets():
+    p = small_params(train_time=1200.0)
+    rates = 1 + 9 * torch.rand(p.n_learn, p.n_cells, generator=torch.Generator().manual_seed(0), dtype=F64)
+    with pytest.raises(ValueError, match="nearly silent"):  # this small network is silent without plastic input
+        rls.setup(p, targets="rates", rates=rates)
+    trainer, _ = rls.setup(p, targets="rates", rates=rates, sigma=0.3)
+    back = rls.ricciardi_rate(trainer.targets[0], 0.3, p.tau_mem, p.threshold, p.v_reset)
+    assert torch.allclose(back, rates, rtol=1e-8)
+    with pytest.raises(ValueError, match="cannot produce"):
+        rls.rates_to_currents(rates, 1e-200, p)
+
+
 def test_ricciardi_regimes_continuous_and_deterministic_limit():
     mu = torch.linspace(-2, 3, 2001, dtype=F64)
     rate = rls.ricciardi_rate(mu, 0.2)

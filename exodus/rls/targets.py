@@ -122,7 +122,12 @@ def rates_to_currents(rates: torch.Tensor, sigma: float, params: NetworkParams, 
         mid = 0.5 * (lo + hi)
         up = rate(mid) < rates
         lo, hi = torch.where(up, mid, lo), torch.where(up, hi, mid)
-    return (0.5 * (lo + hi)).to(params.torch_dtype).contiguous()
+    mu = 0.5 * (lo + hi)
+    achieved = rate(mu)
+    if not bool(torch.isfinite(achieved).all()) or not torch.allclose(achieved, rates, rtol=1e-6, atol=1e-9):
+        raise ValueError(f"the Ricciardi curve with sigma = {sigma:.3g} cannot produce the target rates (sigma too "
+                         "small for float64, or rates out of range); pass a larger sigma")
+    return mu.to(params.torch_dtype).contiguous()
 
 
 def ricciardi_sigma(u_std: float, params: NetworkParams) -> float:

@@ -638,10 +638,12 @@ class RLSTrainer:
 
 def setup(params: NetworkParams, n_tasks: int = 1, backend: str = "auto", device=None,
           threads: Optional[int] = None, targets: str = "sinusoids", rates: Optional[torch.Tensor] = None,
-          amplitude: float = 0.5, period: float = 1000.0) -> tuple[RLSTrainer, SpontaneousStats]:
+          amplitude: float = 0.5, period: float = 1000.0,
+          sigma: Optional[float] = None) -> tuple[RLSTrainer, SpontaneousStats]:
     """TrainSpikingNet.jl's init: draw the network, run it without plastic input (mean currents,
     rates), make the targets (``"sinusoids"`` around the mean currents, or ``"rates"``: currents
-    from ``rates`` (n_learn, N) Hz via the Ricciardi curve) and return a fresh trainer."""
+    from ``rates`` (n_learn, N) Hz via the Ricciardi curve with noise ``sigma``, by default
+    estimated from the spontaneous run as TrainSpikingNet.jl does) and return a fresh trainer."""
     from .targets import rates_to_currents, ricciardi_sigma, sinusoid_targets
 
     params.validate()
@@ -653,7 +655,12 @@ def setup(params: NetworkParams, n_tasks: int = 1, backend: str = "auto", device
     elif targets == "rates":
         if rates is None:
             raise ValueError("targets='rates' needs the rates (n_learn, N) in Hz")
-        utarg = rates_to_currents(rates, ricciardi_sigma(spont.u_std, params), params)
+        if sigma is None:
+            sigma = ricciardi_sigma(spont.u_std, params)
+            if not sigma > 1e-6:
+                raise ValueError(f"the spontaneous run is nearly silent (current std {spont.u_std:.3g}): no noise "
+                                 "level for the Ricciardi curve can be estimated; pass sigma")
+        utarg = rates_to_currents(rates, sigma, params)
         if utarg.shape[0] != n_tasks:
             raise ValueError(f"rates hold {utarg.shape[0]} tasks, n_tasks = {n_tasks}")
     else:
