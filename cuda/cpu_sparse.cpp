@@ -23,9 +23,12 @@
 extern "C" void exodus_cpu_lif_sparse_backward(
     const index_t* row_ptr, const index_t* col, const acc_t* h, const acc_t* q, const acc_t* y,
     const scalar_t* grad_spikes, const acc_t* alpha, const acc_t* theta, acc_t* lambda_state, index_t* t_state,
-    acc_t* e_out, acc_t* grad_v0, acc_t* grad_alpha, acc_t* grad_theta, index_t B, index_t T, index_t N,
-    int reset, int max_spikes, int has_vmin, acc_t v_min, int norm_input, int gradient, int surrogate,
-    acc_t grad_scale, acc_t p0, acc_t p1, acc_t p2, acc_t band, int num_threads) {
+    acc_t* e_out, acc_t* grad_v0, acc_t* grad_alpha, acc_t* grad_theta, const acc_t* grad_points,
+    const acc_t* weight_t, const index_t* in_row_ptr, const index_t* in_col, acc_t* lambda_row, acc_t* grad_in,
+    index_t B, index_t T, index_t N, index_t N_in, acc_t gain, int reset, int max_spikes, int has_vmin, acc_t v_min,
+    int norm_input, int gradient, int surrogate, acc_t grad_scale, acc_t p0, acc_t p1, acc_t p2, acc_t band,
+    int num_threads) {
+  (void)N_in;
   const LifConfig c = {reset, max_spikes, has_vmin, norm_input, v_min, gradient, surrogate, grad_scale, p0, p1, p2, band};
   const index_t points = B > 0 ? row_ptr[B * T] : 0;
   if (num_threads < 1 || points < 4096) num_threads = 1;
@@ -39,19 +42,33 @@ extern "C" void exodus_cpu_lif_sparse_backward(
       if (grad_alpha) grad_alpha[b * N + n] = acc_t(0);
       if (grad_theta) grad_theta[b * N + n] = acc_t(0);
     }
+    acc_t* cur = grad_in ? lambda_row + b * N : nullptr;  // lambda_t of every neuron (sampled dL/ds only)
+    if (cur) std::fill(cur, cur + N, acc_t(0));
     for (index_t t = T - 1; t >= 0; --t) {
       const index_t row = b * T + t;
+      if (cur)
+        for (index_t n = 0; n < N; ++n) cur[n] *= alpha[n];
       for (index_t i = row_ptr[row]; i < row_ptr[row + 1]; ++i) {
         const index_t n = col[i];
         const acc_t a_n = alpha[n];
         const acc_t after = last[n] < T ? decay_over(a_n, last[n] - t - 1) * lam[n] : acc_t(0);
-        const acc_t ga = grad_spikes ? static_cast<acc_t>(grad_spikes[row * N + n]) : acc_t(0);
+        const acc_t ga = grad_points ? grad_points[i] : grad_spikes ? static_cast<acc_t>(grad_spikes[row * N + n]) : acc_t(0);
         acc_t g_theta = acc_t(0), e = acc_t(0);
         lam[n] = lif_sparse_point_step(c, h[i], ga, after, a_n, theta[n], g_theta, e);
         last[n] = t;
         e_out[i] = e;
         if (grad_theta) grad_theta[b * N + n] += g_theta;
         if (grad_alpha) grad_alpha[b * N + n] += e * (norm_input ? q[i] - y[i] : q[i]);
+        if (cur) cur[n] = lam[n];
+      }
+      if (cur) {  // dL/ds_t = gain W^T lambda_t at the input's own active points
+        for (index_t i = in_row_ptr[row]; i < in_row_ptr[row + 1]; ++i) {
+          const acc_t* w_j = weight_t + in_col[i] * N;
+          acc_t sum = acc_t(0);
+#pragma omp simd reduction(+ : sum)
+          for (index_t n = 0; n < N; ++n) sum += w_j[n] * cur[n];
+          grad_in[i] = gain * sum;
+        }
       }
     }
     for (index_t n = 0; n < N; ++n)

@@ -274,8 +274,10 @@ extern "C" __global__ void exodus_lif_sparse_backward(
     const acc_t* __restrict__ q, const acc_t* __restrict__ y, const scalar_t* __restrict__ grad_spikes,
     const acc_t* __restrict__ alpha, const acc_t* __restrict__ theta, acc_t* __restrict__ lambda_state,
     index_t* __restrict__ t_state, acc_t* __restrict__ e_out, acc_t* __restrict__ grad_v0,
-    acc_t* __restrict__ grad_alpha, acc_t* __restrict__ grad_theta, index_t B, index_t T, index_t N,
-    int reset, int max_spikes, int has_vmin, acc_t v_min, int norm_input, int gradient, int surrogate,
+    acc_t* __restrict__ grad_alpha, acc_t* __restrict__ grad_theta, const acc_t* __restrict__ grad_points,
+    const acc_t* __restrict__ weight_t, const index_t* __restrict__ in_row_ptr, const index_t* __restrict__ in_col,
+    acc_t* __restrict__ lambda_row, acc_t* __restrict__ grad_in, index_t B, index_t T, index_t N, index_t N_in,
+    acc_t gain, int reset, int max_spikes, int has_vmin, acc_t v_min, int norm_input, int gradient, int surrogate,
     acc_t grad_scale, acc_t p0, acc_t p1, acc_t p2, acc_t band) {
   const index_t b = blockIdx.x;
   if (b >= B) return;
@@ -285,23 +287,38 @@ extern "C" __global__ void exodus_lif_sparse_backward(
     t_state[b * N + n] = T;
     if (grad_alpha) grad_alpha[b * N + n] = acc_t(0);
     if (grad_theta) grad_theta[b * N + n] = acc_t(0);
+    if (grad_in) lambda_row[b * N + n] = acc_t(0);
   }
   __syncthreads();
   for (index_t t = T - 1; t >= 0; --t) {
     const index_t row = b * T + t;
+    if (grad_in) {  // lambda_row: lambda_t of every neuron (decayed; the points below overwrite theirs)
+      for (index_t n = threadIdx.x; n < N; n += blockDim.x) lambda_row[b * N + n] *= alpha[n];
+      __syncthreads();
+    }
     for (index_t i = row_ptr[row] + threadIdx.x; i < row_ptr[row + 1]; i += blockDim.x) {
       const index_t n = col[i], s = b * N + n;
       const acc_t a_n = alpha[n];
       const acc_t after = t_state[s] < T ? decay_over(a_n, t_state[s] - t - 1) * lambda_state[s] : acc_t(0);
-      const acc_t ga = grad_spikes ? to_acc(grad_spikes[row * N + n]) : acc_t(0);
+      const acc_t ga = grad_points ? grad_points[i] : grad_spikes ? to_acc(grad_spikes[row * N + n]) : acc_t(0);
       acc_t g_theta = acc_t(0), e = acc_t(0);
       lambda_state[s] = lif_sparse_point_step(c, h[i], ga, after, a_n, theta[n], g_theta, e);
       t_state[s] = t;
       e_out[i] = e;
       if (grad_theta) grad_theta[s] += g_theta;
       if (grad_alpha) grad_alpha[s] += e * (norm_input ? q[i] - y[i] : q[i]);
+      if (grad_in) lambda_row[s] = lambda_state[s];
     }
     __syncthreads();
+    if (grad_in) {  // dL/ds_t = gain W^T lambda_t, only at the input's own active points (in_row_ptr, in_col)
+      for (index_t i = in_row_ptr[row] + threadIdx.x; i < in_row_ptr[row + 1]; i += blockDim.x) {
+        const acc_t* w_j = weight_t + in_col[i] * N;
+        acc_t sum = acc_t(0);
+        for (index_t n = 0; n < N; ++n) sum += w_j[n] * lambda_row[b * N + n];
+        grad_in[i] = gain * sum;
+      }
+      __syncthreads();
+    }
   }
   // dL/dv0 = alpha lambda_0, and lambda_0 = alpha^k lambda_k for the first active point k.
   for (index_t n = threadIdx.x; n < N; n += blockDim.x) {

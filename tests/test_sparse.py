@@ -174,20 +174,39 @@ def test_gpu_drivers_under_host_emulation_match_the_cpu_drivers():
     col = flat % N
     hp = h.view(-1)[flat]
     q = torch.rand(flat.shape, dtype=dtype)
-    results = {}
-    for backend in ("cpu", "emulation"):
-        out = [torch.empty(flat.shape, dtype=dtype), *(torch.empty((B, N), dtype=dtype) for _ in range(3))]
-        lam, t_state = torch.empty((B, N), dtype=dtype), torch.empty((B, N), dtype=torch.int64)
-        plan = launch.lif_sparse_backward_plan(row_ptr, col, hp, q, None, g_spikes.contiguous(), alpha_n, theta_n, lam,
-                                               t_state, *out, B, T, N, o)
-        if backend == "emulation":
-            plan.block = (4, 1, 1)  # several threads per block, fewer than the points of a step
-            emulation.launch(plan, dtype)
-        else:
-            L._launch(plan, "cpu", dtype, dtype, h.device)
-        results[backend] = out
-    for a, e in zip(results["cpu"], results["emulation"]):
-        assert torch.allclose(a, e, rtol=1e-14, atol=1e-14)
+    # The input's own active points (as if a sparse block below produced s) for the sampled dL/ds.
+    in_flat = (torch.rand(B * T * 6, generator=torch.Generator().manual_seed(9)) < 0.3).nonzero().squeeze(1)
+    in_row_ptr = torch.zeros(B * T + 1, dtype=torch.int64)
+    torch.cumsum(torch.bincount(in_flat // 6, minlength=B * T), 0, out=in_row_ptr[1:])
+    for fused in (False, True):
+        results = {}
+        for backend in ("cpu", "emulation"):
+            out = [torch.empty(flat.shape, dtype=dtype), *(torch.empty((B, N), dtype=dtype) for _ in range(3))]
+            lam, t_state = torch.empty((B, N), dtype=dtype), torch.empty((B, N), dtype=torch.int64)
+            grad_in = torch.empty(in_flat.shape, dtype=dtype)
+            sampled = (w.t().contiguous(), in_row_ptr, in_flat % 6, torch.empty((B, N), dtype=dtype), grad_in, 0.7)
+            plan = launch.lif_sparse_backward_plan(
+                row_ptr, col, hp, q, None, None if fused else g_spikes.contiguous(), alpha_n, theta_n, lam, t_state,
+                *out, B, T, N, o, grad_points=g_spikes.view(-1)[flat].contiguous() if fused else None,
+                sampled=sampled if fused else None)
+            if backend == "emulation":
+                plan.block = (4, 1, 1)  # several threads per block, fewer than the points of a step
+                emulation.launch(plan, dtype)
+            else:
+                L._launch(plan, "cpu", dtype, dtype, h.device)
+            results[backend] = out + ([grad_in] if fused else [])
+        for a, e in zip(results["cpu"], results["emulation"]):
+            assert torch.allclose(a, e, rtol=1e-13, atol=1e-13)
+        if fused:  # grad_in = gain W^T lambda_t at the input points, lambda rebuilt from e (reverse leaky scan)
+            e_dense = torch.zeros(B * T * N, dtype=dtype)
+            e_dense[flat] = results["cpu"][0]
+            lam_dense = torch.zeros(B, T, N, dtype=dtype)
+            running = torch.zeros(B, N, dtype=dtype)
+            for t in reversed(range(T)):
+                running = e_dense.view(B, T, N)[:, t] + 0.85 * running
+                lam_dense[:, t] = running
+            expected = (0.7 * lam_dense.view(B * T, N) @ w).view(-1)[in_flat]
+            assert torch.allclose(results["cpu"][4], expected, rtol=1e-12, atol=1e-12)
 
 
 def test_weight_gradient_torch_path_equals_the_cpu_driver():

@@ -160,14 +160,21 @@ def adaptive_recurrent_forward_plan(x, weight_t, a_state, params, v_state, w_sta
 
 
 def lif_sparse_backward_plan(row_ptr, col, h, q, y, grad_spikes, alpha, theta, lambda_state, t_state, e, grad_v0,
-                             grad_alpha, grad_theta, B: int, T: int, N: int, o: LifOptions) -> LaunchPlan:
+                             grad_alpha, grad_theta, B: int, T: int, N: int, o: LifOptions, grad_points=None,
+                             sampled=None) -> LaunchPlan:
     """exodus_lif_sparse_backward (cuda/kernels.cu): the reverse scan over a layer's active points
-    (DESIGN.md §6), one block per batch row; point arrays (nnz,), row_ptr (B T + 1,), states (B, N)."""
+    (DESIGN.md §6), one block per batch row; point arrays (nnz,), row_ptr (B T + 1,), states (B, N).
+    grad_points: dL/dspikes at the points (instead of the dense grad_spikes). sampled: (weight_t (N_in, N),
+    in_row_ptr, in_col, lambda_row (B, N) scratch, grad_in (nnz_in,), gain): also dL/ds at the input's
+    own active points."""
     p0, p1, p2, band = o.surrogate_params
+    weight_t, in_row_ptr, in_col, lambda_row, grad_in, gain = sampled if sampled is not None else (None,) * 5 + (1.0,)
     args = [
         ("ptr", row_ptr), ("ptr", col), ("ptr", h), ("ptr", q), ("ptr", y), ("ptr", grad_spikes), ("ptr", alpha),
         ("ptr", theta), ("ptr", lambda_state), ("ptr", t_state), ("ptr", e), ("ptr", grad_v0), ("ptr", grad_alpha),
-        ("ptr", grad_theta), ("i64", B), ("i64", T), ("i64", N),
+        ("ptr", grad_theta), ("ptr", grad_points), ("ptr", weight_t), ("ptr", in_row_ptr), ("ptr", in_col),
+        ("ptr", lambda_row), ("ptr", grad_in), ("i64", B), ("i64", T), ("i64", N),
+        ("i64", 0 if weight_t is None else weight_t.shape[0]), ("acc", gain),
         ("i32", o.reset), ("i32", o.max_spikes), ("i32", int(o.has_vmin)), ("acc", o.v_min),
         ("i32", int(o.norm_input)), ("i32", o.gradient), ("i32", o.surrogate), ("acc", o.grad_scale),
         ("acc", p0), ("acc", p1), ("acc", p2), ("acc", band),

@@ -167,7 +167,7 @@ class _SparseLinearLIF(torch.autograd.Function):
         ctx.o, ctx.backend = o, backend
         ctx.input_points = getattr(s, _POINTS_ATTR, None)
         ctx.set_materialize_grads(False)
-        setattr(spikes, _POINTS_ATTR, (row_ptr, flat % N))
+        setattr(spikes, _POINTS_ATTR, (row_ptr, flat))
         return spikes, v
 
     @staticmethod
@@ -184,23 +184,47 @@ class _SparseLinearLIF(torch.autograd.Function):
         acc = alpha.dtype
         alpha_n = alpha.expand((N,)).contiguous()
         col = flat % N
-        gs = _storage(grad_spikes, backend).contiguous()
+        grad_points = gs = None
+        if grad_spikes.is_sparse:  # from a sparse block above: usually exactly at this block's points
+            grad_spikes = grad_spikes.coalesce()
+            indices = grad_spikes.indices()
+            at_points = indices.shape[1] == flat.numel() and torch.equal(
+                (indices[0] * T + indices[1]) * N + indices[2], flat)
+            if at_points:
+                grad_points = grad_spikes.values().to(acc).contiguous()
+            else:
+                grad_spikes = grad_spikes.to_dense()
+        if grad_points is None:
+            gs = _storage(grad_spikes, backend).contiguous()
+        storage = gs.dtype if gs is not None else s.dtype
+        if backend == "cpu" and storage not in (torch.float32, torch.float64):
+            storage = torch.float32
         e = torch.empty_like(h_points)
         grad_v0 = torch.empty((B, N), dtype=acc, device=s.device)
         g_alpha = torch.empty((B, N), dtype=acc, device=s.device) if need_alpha else None
         g_theta = torch.empty((B, N), dtype=acc, device=s.device) if need_theta else None
         lam_state = torch.empty((B, N), dtype=acc, device=s.device)
         t_state = torch.empty((B, N), dtype=torch.int64, device=s.device)
-        plan = launch.lif_sparse_backward_plan(row_ptr, col, h_points, q_points, y_points, gs, alpha_n, theta_n,
-                                               lam_state, t_state, e, grad_v0, g_alpha, g_theta, B, T, N, o)
-        _launch(plan, backend, gs.dtype, acc, s.device)
         gain = (1 - alpha) if o.norm_input else torch.ones((), dtype=acc, device=s.device)  # dL/dx = gain lambda
-        grad_w = grad_b = grad_s = None
+        # dL/ds at the active points of the block below, fused into the scan (CPU driver).
+        sampled = grad_s = None
+        if need_s and ctx.input_points is not None and backend == "cpu":
+            in_row_ptr, in_flat = ctx.input_points
+            grad_in = torch.empty(in_flat.shape, dtype=acc, device=s.device)
+            sampled = (weight.detach().to(acc).t().contiguous(), in_row_ptr, in_flat % N_in,
+                       torch.empty((B, N), dtype=acc, device=s.device), grad_in, float(gain))
+        plan = launch.lif_sparse_backward_plan(row_ptr, col, h_points, q_points, y_points, gs, alpha_n, theta_n,
+                                               lam_state, t_state, e, grad_v0, g_alpha, g_theta, B, T, N, o,
+                                               grad_points=grad_points, sampled=sampled)
+        _launch(plan, backend, storage, acc, s.device)
+        grad_w = grad_b = None
         if need_w or need_b:
             grad_w, grad_b = _weight_grads(s, row_ptr, col, flat, e, alpha, N, backend)
             grad_w = (gain * grad_w).to(weight.dtype)
             grad_b = (gain * grad_b).to(bias.dtype) if need_b else None
-        if need_s:
+        if sampled is not None:
+            grad_s = _at_points(ctx.input_points[1], sampled[4], s)
+        elif need_s:
             grad_s = _input_grad(ctx, s, weight, flat, e, alpha_n, gain, B, T, N, backend)
         grad_alpha = None
         if need_alpha:
@@ -241,23 +265,32 @@ def _input_grad(ctx, s, weight, flat, e, alpha_n, gain, B, T, N, backend):
     lam = (gain * lam).view(B * T, N)
     w = weight.to(acc)
     if ctx.input_points is not None:  # the block below reads dL/ds at its own active points only
-        row_ptr_in, col_in = ctx.input_points
+        row_ptr_in, flat_in = ctx.input_points
         with warnings.catch_warnings():  # "sparse CSR support is in beta"
             warnings.simplefilter("ignore", UserWarning)
-            pattern = torch.sparse_csr_tensor(row_ptr_in, col_in, torch.ones(col_in.shape, dtype=acc, device=s.device),
+            pattern = torch.sparse_csr_tensor(row_ptr_in, flat_in % s.shape[2],
+                                              torch.ones(flat_in.shape, dtype=acc, device=s.device),
                                               (B * T, s.shape[2]), check_invariants=False)
             sampled = torch.sparse.sampled_addmm(pattern, lam, w, beta=0.0)
-        grad_s = torch.zeros((B * T, s.shape[2]), dtype=s.dtype, device=s.device)
-        rows_in = torch.repeat_interleave(torch.arange(B * T, device=s.device), row_ptr_in.diff())
-        grad_s[rows_in, col_in] = sampled.values().to(s.dtype)
-        return grad_s.view(s.shape)
+        return _at_points(flat_in, sampled.values(), s)
     return (lam @ w).to(s.dtype).view(s.shape)
+
+
+def _at_points(flat: Tensor, values: Tensor, s: Tensor) -> Tensor:
+    """dL/ds as a sparse COO tensor of s's shape, nonzero at the flat indices of the block below's
+    active points (the only entries its backward reads); autograd passes it on to that block."""
+    B, T, N_in = s.shape
+    t_n = flat % (T * N_in)
+    indices = torch.stack([flat // (T * N_in), t_n // N_in, t_n % N_in])
+    return torch.sparse_coo_tensor(indices, values.to(s.dtype), s.shape, is_coalesced=True, check_invariants=False)
 
 
 def _dense_backward(ctx, s, weight, bias, alpha, theta_n, v0n, grad_spikes, grad_v):
     """dL/dv reaches the loss: recompute the block and run the dense exodus backward (same gradients)."""
     o, backend = ctx.o, ctx.backend
     needs = ctx.needs_input_grad[:6]
+    if grad_spikes is not None and grad_spikes.is_sparse:
+        grad_spikes = grad_spikes.to_dense()
     inputs = [t.detach().requires_grad_(need) if t is not None else None
               for t, need in zip((s, weight, bias, alpha, theta_n, v0n), needs)]
     with torch.enable_grad():
