@@ -273,6 +273,56 @@ def test_gradients_match_finite_differences(model, drive, graph, n_spikes):
         assert abs(vjp - fd) <= GRAD_RTOL * max(abs(fd), 1e-3 * np.max(np.abs(grad_times))), (name, vjp, fd)
 
 
+@pytest.mark.parametrize("model", ["lif", "qif"])
+def test_final_phase_gradients(model):
+    """Phases at the end of a duration-stopped run: final_phases equals the phase of the sampled
+    voltage (independent path through the simulator), and its vjp matches finite differences."""
+    rng = np.random.default_rng(5)
+    net = ev.Network(150, 12, seed=7, model=model, i_ext=rng.uniform(0.05, 0.2, 150))
+    duration = 0.05 if model == "lif" else 0.02
+    spikes = ev.simulate(net, duration=duration)
+    g = rng.normal(size=net.n)
+    grads = A.spike_time_vjp(net, spikes, np.zeros(spikes.times.size), grad_final_phase=g)
+
+    def loss(network):
+        run = ev.simulate(network, duration=duration, phase0=spikes.phase0, voltage_times=[duration])
+        assert np.array_equal(run.neurons, spikes.neurons)
+        phase = A.final_phases(network, run)
+        omega, v = network.omega_per_neuron(), run.voltage[0]
+        from_voltage = (-omega * np.log(1.0 - v / (1.0 + network.i_ext)) if model == "lif"
+                        else 2.0 * np.arctan(2.0 * v / omega))
+        np.testing.assert_allclose(phase, from_voltage, rtol=0, atol=1e-9)
+        return float(g @ phase)
+
+    h = 1e-6
+    d_a = rng.normal(size=net.n) * 0.1
+    fd_a = (loss(net.with_params(i_ext=net.i_ext + h * d_a)) - loss(net.with_params(i_ext=net.i_ext - h * d_a))) / (2 * h)
+    fd_j = (loss(net.with_params(j0=net.j0 + h)) - loss(net.with_params(j0=net.j0 - h))) / (2 * h)
+    assert grads["i_ext"] @ d_a == pytest.approx(fd_a, rel=GRAD_RTOL)
+    assert grads["j0"] == pytest.approx(fd_j, rel=GRAD_RTOL)
+
+
+def test_torch_spike_times_function():
+    """exodus.events.spike_times: autograd through the tape equals spike_time_vjp, and the
+    continuous phase rate equals count / T plus the phase fractions."""
+    import torch
+    net = ev.Network(80, 8, seed=3, i_ext=np.full(80, 0.1))
+    drive = torch.full((80,), 0.1, dtype=torch.float64, requires_grad=True)
+    j0 = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    times, neurons, phase_end, spikes = ev.spike_times(net, duration=0.3, i_ext=drive, j0=j0, return_final_phase=True)
+    rates = ev.phase_rates(net, spikes, phase_end)
+    weights = torch.linspace(0.0, 1.0, times.numel(), dtype=torch.float64)
+    loss = (weights * times).sum() + (rates ** 2).sum()
+    loss.backward()
+    phase_np = A.final_phases(net, spikes)
+    rates_np = ev.phase_rates(net, spikes, phase_np)
+    np.testing.assert_allclose(rates.detach().numpy(), rates_np, rtol=1e-14)
+    np.testing.assert_allclose(rates_np, (spikes.counts + phase_np - spikes.phase0) / 0.3, rtol=1e-13)
+    expected = A.spike_time_vjp(net, spikes, weights.numpy(), grad_final_phase=2 * rates_np / 0.3)
+    np.testing.assert_allclose(drive.grad.numpy(), expected["i_ext"], rtol=1e-12, atol=1e-12)
+    assert j0.grad.item() == pytest.approx(expected["j0"], rel=1e-12)
+
+
 def test_isi_rates_numpy_and_torch():
     import torch
     net = ev.Network(50, 5, seed=1)

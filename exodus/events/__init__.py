@@ -6,8 +6,9 @@
     spikes = ev.simulate(net, n_spikes=1_000_000)    # compiled heap: O(K log N) per spike
     spikes.times, spikes.neurons, spikes.mean_rate() # seconds, ids, Hz
 """
+from .adjoint import final_phases, isi_rates, phase_rates, replay, spike_time_jvp, spike_time_vjp, spike_times
 from .eif import EIFParams, EIFTable, eif_table
 from .network import MODELS, Network, Spikes, simulate
 from .reference import random_targets, simulate_reference, uniform_phases
 
-__all__ = ["EIFParams", "EIFTable", "eif_table", "MODELS", "Network", "Spikes", "simulate", "random_targets", "simulate_reference", "uniform_phases"]
+__all__ = ["final_phases", "isi_rates", "phase_rates", "replay", "spike_time_jvp", "spike_time_vjp", "spike_times", "EIFParams", "EIFTable", "eif_table", "MODELS", "Network", "Spikes", "simulate", "random_targets", "simulate_reference", "uniform_phases"]

@@ -80,6 +80,8 @@ class Tape:
     synapses: list
     u: list
     time_i: list
+    final_phase: Optional[np.ndarray] = None   # (n,) state after the last event
+    final_time: Optional[np.ndarray] = None
 
 
 def replay(network: Network, spikes: Spikes, check_tolerance: float = 1e-9) -> Tape:
@@ -109,6 +111,7 @@ def replay(network: Network, spikes: Spikes, check_tolerance: float = 1e-9) -> T
         last[targets] = t
         phase[j] = net.phase_reset
         last[j] = t
+    tape.final_phase, tape.final_time = phase, last
     recorded = np.asarray(spikes.times, np.float64) / net.tau
     if S and np.max(np.abs(tape.times - recorded) / (1.0 + np.abs(recorded))) > check_tolerance:
         worst = int(np.argmax(np.abs(tape.times - recorded)))
@@ -117,8 +120,34 @@ def replay(network: Network, spikes: Spikes, check_tolerance: float = 1e-9) -> T
     return tape
 
 
-def spike_time_vjp(network: Network, spikes: Spikes, grad_times, tape: Optional[Tape] = None) -> dict:
-    """Reverse mode: gradient of L with dL/dt_s = grad_times[s] (t_s in seconds), for all
+def final_phases(network: Network, spikes: Spikes, tape: Optional[Tape] = None) -> np.ndarray:
+    """(n,) every neuron's phase at the end of the run, t = spikes.duration."""
+    tape = replay(network, spikes) if tape is None else tape
+    end = spikes.duration / network.tau
+    return tape.final_phase + network.omega_per_neuron() * (end - tape.final_time)
+
+
+def phase_rates(network: Network, spikes: Spikes, final_phase, phase0=None):
+    """(n,) rate in Hz from the continuous spike count n_i + (phi_i(T) - phi_i(0)) / (phi_th - phi_reset)
+    over the run's duration T: continuous and differentiable in the parameters also where a spike
+    enters or leaves the window, and non-zero in gradient for silent neurons. numpy or torch."""
+    span = network.phase_th - network.phase_reset
+    start = spikes.phase0 if phase0 is None else phase0
+    counts = spikes.counts
+    try:
+        import torch
+        if isinstance(final_phase, torch.Tensor):
+            counts = torch.as_tensor(counts, dtype=final_phase.dtype)
+            start = torch.as_tensor(start, dtype=final_phase.dtype) if not isinstance(start, torch.Tensor) else start
+    except ImportError:  # pragma: no cover
+        pass
+    return (counts + (final_phase - start) / span) / spikes.duration
+
+
+def spike_time_vjp(network: Network, spikes: Spikes, grad_times, tape: Optional[Tape] = None,
+                   grad_final_phase=None) -> dict:
+    """Reverse mode: gradient of L with dL/dt_s = grad_times[s] (t_s in seconds) and optionally
+    dL/dphi_i(T) = grad_final_phase[i] (the phases at the end, see final_phases), for all
     parameters at once. Returns {"j0": float, "i_ext": float or (n,), "weights": (n, k) / (nnz,)
     (ones if the network has none), "phase0": (n,)}."""
     net = network
@@ -133,6 +162,13 @@ def spike_time_vjp(network: Network, spikes: Spikes, grad_times, tape: Optional[
     phase_bar = np.zeros(net.n)
     time_bar = np.zeros(net.n)
     omega_bar = np.zeros(net.n)
+    if grad_final_phase is not None:  # phi_i(T) = phi_i + omega_i (T - tau_i), T fixed
+        g = np.asarray(grad_final_phase, np.float64).reshape(-1)
+        if g.shape != (net.n,):
+            raise ValueError(f"grad_final_phase must have shape ({net.n},), got {g.shape}")
+        phase_bar += g
+        time_bar -= g * p.omega
+        omega_bar += g * (spikes.duration / net.tau - tape.final_time)
     kappa_bar = np.zeros(net.n)
     weight_bar = np.zeros(weights.size)
     for s in range(tape.times.size - 1, -1, -1):
@@ -229,3 +265,56 @@ def isi_rates(times, neurons, n: int):
     np.maximum.at(last, ids, times)
     ok = counts >= 2
     return np.where(ok, (counts - 1) / np.where(ok, last - first, 1.0), 0.0)
+
+
+def spike_times(network: Network, n_spikes: Optional[int] = None, duration: Optional[float] = None, *, j0=None,
+                i_ext=None, weights=None, phase0=None, return_final_phase: bool = False):
+    """Differentiable simulation for torch: (times (S,) float64 seconds, neurons (S,) int64), and
+    with return_final_phase the (n,) phases at the end of the run (see final_phases, phase_rates)
+    and the Spikes record.
+
+    The tensors j0 (scalar), i_ext (scalar or (n,)), weights (the network's weights shape) and
+    phase0 (n,) replace the network's values; gradients flow to those that require grad through
+    the exact tape adjoint (spike_time_vjp). Runs the compiled simulator forward.
+    """
+    import torch
+
+    holder = {}  # the forward's Spikes record
+
+    class _SpikeTimes(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, j0_t, i_ext_t, weights_t, phase0_t):
+            changes = {}
+            if j0_t is not None:
+                changes["j0"] = float(j0_t.detach())
+            if i_ext_t is not None:
+                value = i_ext_t.detach().double().numpy()
+                changes["i_ext"] = float(value) if value.ndim == 0 else value
+            if weights_t is not None:
+                changes["weights"] = weights_t.detach().double().numpy()
+            net = network.with_params(**changes) if changes else network
+            start = None if phase0_t is None else phase0_t.detach().double().numpy()
+            from .network import simulate
+            spikes = simulate(net, n_spikes, duration, phase0=start)
+            tape = replay(net, spikes)
+            ctx.net, ctx.spikes, ctx.tape = net, spikes, tape
+            ctx.inputs = (j0_t, i_ext_t, weights_t, phase0_t)
+            neurons = torch.from_numpy(spikes.neurons)
+            ctx.mark_non_differentiable(neurons)
+            holder["spikes"] = spikes
+            return torch.from_numpy(spikes.times), neurons, torch.from_numpy(final_phases(net, spikes, tape))
+
+        @staticmethod
+        def backward(ctx, grad_times, _grad_neurons, grad_phase):
+            grads = spike_time_vjp(ctx.net, ctx.spikes, grad_times.detach().double().numpy(), ctx.tape,
+                                   grad_final_phase=None if grad_phase is None else grad_phase.detach().double().numpy())
+            out = []
+            for name, tensor in zip(("j0", "i_ext", "weights", "phase0"), ctx.inputs):
+                if tensor is None or not ctx.needs_input_grad[len(out)]:
+                    out.append(None)
+                else:
+                    out.append(torch.as_tensor(np.asarray(grads[name]), dtype=tensor.dtype).reshape(tensor.shape))
+            return tuple(out)
+
+    times, neurons, phase_end = _SpikeTimes.apply(j0, i_ext, weights, phase0)
+    return (times, neurons, phase_end, holder["spikes"]) if return_final_phase else (times, neurons)
