@@ -9,6 +9,7 @@ All timings in one run (medians of --repeats), so the ratios hold on a noisy mac
 
     python benchmarks/sparse_backward.py                   # H = 256 and 1024
     python benchmarks/sparse_backward.py --hidden 256 --bands 0.2 --repeats 3
+    python benchmarks/sparse_backward.py --threads 1         # one thread: steadier on a shared machine
 """
 from __future__ import annotations
 
@@ -121,7 +122,11 @@ def main() -> None:
     parser.add_argument("--bands", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.2])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-bptt", action="store_true", help="skip autograd BPTT (slow at H = 1024)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch / kernel threads (default: torch's); 1 is steadier on a shared machine")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; exodus {exodus.__version__}; "
           f"(64, 500, 700-H-H-20), alpha = exp(-{DT_MS}/{TAU_MS})")
     for hidden in args.hidden:
