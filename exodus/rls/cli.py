@@ -193,6 +193,10 @@ def _plots(trainer, out: Path, example_neurons: int) -> None:
         ax.plot(t_learn, result.smoothed[:, cell].float().cpu(), lw=1.5, label="u, 100 ms average")
         ax.plot(t_learn, trainer.targets[0, :, cell].float().cpu(), "--", lw=1.2, label="target")
         ax.axvspan(p.stim_on, p.stim_off, color="tab:orange", alpha=0.1)
+        settled = t_trace > 50.0  # the first milliseconds (random v(0), a synchronous volley) set no scale
+        values = torch.cat([result.u_trace[settled, cell].float().cpu(), trainer.targets[0, :, cell].float().cpu()])
+        low, high = float(values.min()), float(values.max())
+        ax.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
         kind = "E" if cell < p.n_exc else "I"
         ax.set_ylabel(f"{kind} {cell}")
     axes[0, 0].legend(fontsize=7, loc="upper left", ncol=3)
