@@ -80,6 +80,19 @@ EXODUS_HD acc_t input_from_membranes(acc_t h, acc_t v_prev, acc_t alpha) {
   return gain != acc_t(0) ? (h - alpha * v_prev) / gain : acc_t(0);
 }
 
+// rho = dr_t/dh_t and dr_t/dtheta of the reset (DESIGN §2), sigma the (scaled) surrogate; SLAYER mode
+// detaches the reset (rho = 1 | 1 - 1[a > 0], dr/dtheta = -a | 0).
+EXODUS_HD void reset_derivatives(const LifConfig& c, acc_t h, acc_t theta, acc_t sigma, acc_t a, acc_t no_spike,
+                                 acc_t& rho, acc_t& dr_dtheta) {
+  if (c.gradient == GRADIENT_EXODUS) {
+    rho = c.reset == RESET_SUBTRACT ? acc_t(1) - theta * sigma : no_spike - h * sigma;
+    dr_dtheta = c.reset == RESET_SUBTRACT ? theta * sigma - a : h * sigma;
+  } else {  // SLAYER: the reset is detached
+    rho = c.reset == RESET_SUBTRACT ? acc_t(1) : no_spike;
+    dr_dtheta = c.reset == RESET_SUBTRACT ? -a : acc_t(0);
+  }
+}
+
 // One step of the reverse scan. Returns lambda_t = dL/dh_t given lambda_{t+1};
 // accumulates dL/dalpha and dL/dtheta for this neuron.
 EXODUS_HD acc_t lif_backward_step(const LifConfig& c, acc_t h, acc_t v_prev, acc_t grad_spikes,
@@ -92,15 +105,8 @@ EXODUS_HD acc_t lif_backward_step(const LifConfig& c, acc_t h, acc_t v_prev, acc
   const bool kappa = !c.has_vmin || r > c.v_min;  // a select, not a factor: 0 * NaN must stay 0
   const acc_t no_spike = a > acc_t(0) ? acc_t(0) : acc_t(1);
   const acc_t mu = grad_v + alpha * lambda_next;
-
   acc_t rho, dr_dtheta;
-  if (c.gradient == GRADIENT_EXODUS) {
-    rho = c.reset == RESET_SUBTRACT ? acc_t(1) - theta * sigma : no_spike - h * sigma;
-    dr_dtheta = c.reset == RESET_SUBTRACT ? theta * sigma - a : h * sigma;
-  } else {  // SLAYER: the reset is detached
-    rho = c.reset == RESET_SUBTRACT ? acc_t(1) : no_spike;
-    dr_dtheta = c.reset == RESET_SUBTRACT ? -a : acc_t(0);
-  }
+  reset_derivatives(c, h, theta, sigma, a, no_spike, rho, dr_dtheta);
   const acc_t lambda = grad_spikes * sigma + (kappa ? rho * mu : acc_t(0));
   grad_theta += (kappa ? mu * dr_dtheta : acc_t(0)) - grad_spikes * sigma;
   grad_alpha += lambda * v_prev;
@@ -154,4 +160,26 @@ EXODUS_HD acc_t lif_sparse_point_step(const LifConfig& c, acc_t h, acc_t grad_sp
                                          unused_grad_alpha, grad_theta);
   e = lambda - alpha * lambda_after;
   return lambda;
+}
+
+// Forward-mode (online) step of DESIGN.md §7 at one neuron-step, after lif_forward_step gave h_t:
+// the traces of v_t's derivatives, e_alpha = dv/dalpha, e_bias = dv/db, e_theta = dv/dtheta, advance
+// from step t-1 to t, and the factor kappa_t rho_t of the weight trace, G_t = kappa rho (alpha G_{t-1} + g s_t),
+// is returned (exactly 1 where the surrogate is 0 and no reset / clamp acts: the weight trace then only
+// decays). x is the raw input x_t (used with norm_input), gain g = 1 - alpha with norm_input, else 1.
+EXODUS_HD acc_t lif_trace_step(const LifConfig& c, acc_t h, acc_t v_prev, acc_t x, acc_t alpha, acc_t theta,
+                               acc_t gain, acc_t& e_alpha, acc_t& e_bias, acc_t& e_theta) {
+  acc_t sigma = banded_sigma(c.surrogate, h, theta, c.p0, c.p1, c.p2, c.band);
+  if (c.gradient == GRADIENT_SLAYER) sigma *= c.grad_scale;
+  const acc_t a = spike_count(h, theta, c.max_spikes);
+  const acc_t r = reset_membrane(h, theta, a, c.reset);
+  const bool kappa = !c.has_vmin || r > c.v_min;
+  acc_t rho, dr_dtheta;
+  reset_derivatives(c, h, theta, sigma, a, a > acc_t(0) ? acc_t(0) : acc_t(1), rho, dr_dtheta);
+  const acc_t factor = kappa ? rho : acc_t(0);
+  const acc_t dh_dalpha = v_prev + alpha * e_alpha - (c.norm_input ? x : acc_t(0));
+  e_alpha = factor * dh_dalpha;
+  e_bias = factor * (alpha * e_bias + gain);
+  e_theta = kappa ? rho * alpha * e_theta + dr_dtheta : acc_t(0);
+  return factor;
 }

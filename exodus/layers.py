@@ -446,7 +446,8 @@ class LinearLIF(LIF):
     (batch, time, out_features); carries the membrane ``v`` (batch, out_features) between calls.
 
     gradient: "exodus" (exact, dense), "sparse" (exact, visits only the active neuron-steps; DESIGN.md
-    §6), "slayer" or "bptt". With "sparse" the surrogate is truncated to |h - theta| < band theta
+    §6), "online" (forward-mode traces carried across calls: train a long sequence chunk by chunk with
+    memory flat in its length, exodus.online; DESIGN.md §7), "slayer" or "bptt". With "sparse" the surrogate is truncated to |h - theta| < band theta
     (``exodus.surrogate.Truncated(surrogate, band)``; default surrogate SingleExponential) unless it is
     a Truncated already; pass the same Truncated surrogate to a dense block to compute the same function.
     detach_reset=True (sparse only) drops the reset from the gradient, as S3GD does. "sparse" needs one
@@ -460,19 +461,21 @@ class LinearLIF(LIF):
         for name in ("tau_syn", "recurrent"):
             if lif_options.get(name):
                 raise ValueError(f"LinearLIF has no {name}: use nn.Linear followed by exodus.LIF")
-        F._check_choice("gradient", gradient, F.LINEAR_GRADIENTS)
+        F._check_choice("gradient", gradient, (*F.LINEAR_GRADIENTS, "online"))
         if gradient == "sparse":
             if surrogate is not None and not isinstance(surrogate, Surrogate):
                 raise TypeError(f"surrogate must be an exodus.surrogate.Surrogate, got {surrogate!r}")
             if not isinstance(surrogate, Truncated):
                 surrogate = Truncated(surrogate if surrogate is not None else SingleExponential(), band)
-        elif detach_reset:
-            raise ValueError("detach_reset applies to gradient='sparse'; for a dense detached reset use gradient='slayer'")
+        elif detach_reset and gradient != "online":
+            raise ValueError("detach_reset applies to gradient='sparse' or 'online'; for a dense detached reset use "
+                             "gradient='slayer'")
         super().__init__(tau_mem=tau_mem, threshold=threshold, surrogate=surrogate,
-                         gradient="exodus" if gradient == "sparse" else gradient, **lif_options)
-        if gradient == "sparse" and self.tau_mem.numel() != 1:
-            raise ValueError("LinearLIF(gradient='sparse') needs one tau_mem for the block (a number), got shape "
+                         gradient="exodus" if gradient in ("sparse", "online") else gradient, **lif_options)
+        if gradient in ("sparse", "online") and self.tau_mem.numel() != 1:
+            raise ValueError(f"LinearLIF(gradient={gradient!r}) needs one tau_mem for the block (a number), got shape "
                              f"{tuple(self.tau_mem.shape)}; per-neuron tau: use gradient='exodus'")
+        self.traces = None  # gradient="online": forward-mode traces carried between calls (exodus.online)
         self.gradient = gradient
         self.detach_reset = detach_reset
         self.in_features, self.out_features = in_features, out_features
@@ -480,7 +483,14 @@ class LinearLIF(LIF):
         self.weight = linear.weight
         self.bias = linear.bias
 
+    def reset_states(self) -> None:
+        super().reset_states()
+        self.traces = None
+
     def forward(self, s: Tensor) -> Tensor:
+        if self.gradient == "online":
+            from .online import online_forward
+            return online_forward(self, s)
         F.check_input(s)
         v0 = self.v if (self.v is not None and tuple(self.v.shape) == (s.shape[0], self.out_features)
                         and self.v.device == s.device) else None

@@ -204,3 +204,19 @@ def lif_sparse_active_plan(h, theta, mask, o: LifOptions, with_theta: bool) -> L
         ("i32", o.gradient), ("i32", o.surrogate), ("acc", o.grad_scale),
         ("acc", p0), ("acc", p1), ("acc", p2), ("acc", band), ("i32", int(with_theta)),
     ])
+
+
+def lif_online_advance_plan(x, s, v_start, theta, s_hat, dev, stamp, e_alpha, e_bias, e_theta, v_end, t0: int,
+                            alpha: float, gain: float, o: LifOptions) -> LaunchPlan:
+    """exodus_lif_online_advance (CPU driver only, cuda/cpu_online.cpp): the online traces of a
+    Linear -> LIF block over one chunk (DESIGN.md §7); shapes as in the driver's comment."""
+    B, T, N = x.shape
+    p0, p1, p2, band = o.surrogate_params
+    return LaunchPlan("exodus_lif_online_advance", (1, 1, 1), (1, 1, 1), [
+        ("ptr", x), ("ptr", s), ("ptr", v_start), ("ptr", theta), ("ptr", s_hat), ("ptr", dev), ("ptr", stamp),
+        ("ptr", e_alpha), ("ptr", e_bias), ("ptr", e_theta), ("ptr", v_end), ("i64", B), ("i64", T), ("i64", N),
+        ("i64", s.shape[2]), ("i64", t0), ("acc", alpha), ("acc", gain),
+        ("i32", o.reset), ("i32", o.max_spikes), ("i32", int(o.has_vmin)), ("acc", o.v_min),
+        ("i32", int(o.norm_input)), ("i32", o.gradient), ("i32", o.surrogate), ("acc", o.grad_scale),
+        ("acc", p0), ("acc", p1), ("acc", p2), ("acc", band),
+    ])
