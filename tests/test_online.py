@@ -1,0 +1,126 @@
+"""Online (forward-mode) gradients of LinearLIF(gradient="online") (issue 9; DESIGN.md §7).
+
+One block fed in chunks, per-step loss on spikes and on v, backward per chunk: the accumulated
+gradients of W, b, tau_mem and threshold equal autograd BPTT through the reference over the whole
+sequence (float64 <= 1e-10 relative); detach_reset equals SLAYER-mode BPTT; the lazily updated
+sparse weight trace equals the dense Jacobian dv_t/dW of the reference.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import exodus
+from exodus import surrogate as S
+from exodus.functional.linear import linear_lif_ref
+from exodus.online import fit_sequence
+
+
+def _rel(a, b):
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def _block(n_in, n_out, dtype, seed, **options):
+    torch.manual_seed(seed)
+    block = exodus.LinearLIF(n_in, n_out, tau_mem=8.0, gradient="online", train_tau=True, train_threshold=True,
+                             record_states=True, **options).to(dtype)
+    with torch.no_grad():
+        block.weight.mul_(4.0 if options.get("norm_input") else 1.8)
+    return block
+
+
+OPTIONS = st.fixed_dictionaries({
+    "reset": st.sampled_from(["subtract", "zero"]),
+    "v_min": st.sampled_from([None, -0.3]),
+    "max_spikes_per_bin": st.sampled_from([1, 2, None]),
+    "norm_input": st.booleans(),
+    "detach_reset": st.booleans(),
+    "surrogate": st.sampled_from([S.SingleExponential(), S.Truncated(S.FastSigmoid(8.0), 0.3), S.ATan()]),
+})
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(options=OPTIONS, B=st.integers(1, 3), T=st.integers(1, 50), n_in=st.integers(1, 8), n_out=st.integers(1, 6),
+       chunk=st.integers(1, 20), v_loss=st.booleans(), seed=st.integers(0, 1000))
+def test_chunked_online_gradients_equal_full_sequence_bptt(options, B, T, n_in, n_out, chunk, v_loss, seed):
+    dtype = torch.float64
+    block = _block(n_in, n_out, dtype, seed, **options)
+    g = torch.Generator().manual_seed(seed)
+    s = (torch.rand(B, T, n_in, generator=g) < 0.3).to(dtype)
+    g_spikes = torch.randn(B, T, n_out, generator=g, dtype=dtype)
+    g_v = torch.randn(B, T, n_out, generator=g, dtype=dtype)
+    params = [p.detach().clone().requires_grad_() for p in (block.weight, block.bias, block.tau_mem, block.threshold)]
+    detach = options.pop("detach_reset")
+    spikes, v = linear_lif_ref(s, params[0], params[1], torch.exp(-1 / params[2]), params[3],
+                               gradient="slayer" if detach else "exodus", **options)
+    ((spikes * g_spikes).sum() + ((v * g_v).sum() if v_loss else 0)).backward()
+
+    def loss(out, window):
+        return (out * g_spikes[:, window]).sum() + ((block.recordings["v"] * g_v[:, window]).sum() if v_loss else 0)
+
+    fit_sequence(block, s, loss, chunk)
+    for name, mine, ref in zip(("weight", "bias", "tau_mem", "threshold"),
+                               (block.weight, block.bias, block.tau_mem, block.threshold), params):
+        if ref.grad.abs().max() == 0:
+            assert mine.grad is None or mine.grad.abs().max() == 0, name
+        else:
+            assert _rel(mine.grad, ref.grad) < 1e-10, (name, _rel(mine.grad, ref.grad))
+
+
+@pytest.mark.parametrize("surrogate", [S.SingleExponential(), S.Truncated(S.FastSigmoid(8.0), 0.2)],
+                         ids=["dense-surrogate", "truncated"])
+def test_lazy_sparse_weight_trace_equals_the_dense_jacobian(surrogate):
+    """G_T = dv_T/dW of the reference (autograd), row by row, from the lazily updated s_hat + D."""
+    dtype = torch.float64
+    block = _block(6, 4, dtype, 3, surrogate=surrogate, v_min=-0.5)
+    s = (torch.rand(2, 40, 6, generator=torch.Generator().manual_seed(4)) < 0.4).to(dtype)
+    for chunk in s.split(13, 1):
+        block(chunk)
+    G = block.traces.weight_trace(block.alpha().detach())
+    W = block.weight.detach().clone().requires_grad_()
+    _, v = linear_lif_ref(s, W, block.bias.detach(), block.alpha().detach(), block.threshold.detach(),
+                          surrogate=surrogate, v_min=-0.5)
+    for b in range(2):
+        for n in range(4):
+            (row,) = torch.autograd.grad(v[b, -1, n], W, retain_graph=True)
+            assert torch.allclose(G[b, n], row[n], rtol=1e-10, atol=1e-12)
+            assert (row[torch.arange(4) != n] == 0).all()  # one layer: v_n depends on W's row n only
+    assert block.traces.step == 40
+
+
+def test_float32_online_within_1e4_of_float64_bptt():
+    block = _block(10, 8, torch.float32, 0)
+    s = (torch.rand(4, 120, 10, generator=torch.Generator().manual_seed(1)) < 0.3).float()
+    g = torch.randn(4, 120, 8, generator=torch.Generator().manual_seed(2))
+    params = [p.detach().double().clone().requires_grad_() for p in (block.weight, block.bias)]
+    spikes, _ = linear_lif_ref(s.double(), params[0], params[1], block.alpha().detach().double(),
+                               block.threshold.detach().double())
+    (spikes * g.double()).sum().backward()
+    fit_sequence(block, s, lambda out, w: (out * g[:, w]).sum(), 25)
+    for mine, ref in zip((block.weight, block.bias), params):
+        assert _rel(mine.grad.double(), ref.grad) < 1e-4
+
+
+def test_memory_of_the_state_does_not_grow_with_the_sequence():
+    block = _block(5, 3, torch.float32, 0)
+    sizes = []
+    for T in (20, 200):
+        block.reset_states()
+        s = (torch.rand(2, T, 5) < 0.3).float()
+        fit_sequence(block, s, lambda out, w: out.sum(), 10)
+        tr = block.traces
+        sizes.append(sum(t.numel() for t in (tr.s_hat, tr.dev, tr.stamp, tr.e_alpha, tr.e_bias, tr.e_theta)))
+        assert tr.step == T
+    assert sizes[0] == sizes[1]
+
+
+def test_bad_input_and_limits():
+    with pytest.raises(ValueError, match="one tau_mem"):
+        exodus.LinearLIF(4, 3, tau_mem=torch.tensor([5.0, 6.0, 7.0]), gradient="online")
+    with pytest.raises(ValueError, match="chunk"):
+        fit_sequence(exodus.LinearLIF(4, 3, gradient="online"), torch.rand(1, 5, 4), lambda o, w: o.sum(), 0)
+    if torch.cuda.is_available():
+        with pytest.raises(NotImplementedError, match="CPU"):
+            exodus.LinearLIF(4, 3, gradient="online").cuda()(torch.rand(1, 5, 4, device="cuda"))
