@@ -101,6 +101,18 @@ def test_heap_equals_reference(model, drive, graph):
     np.testing.assert_allclose(got.voltage, expected.voltage, rtol=1e-12, atol=1e-12)
 
 
+@settings(max_examples=40)
+@given(n=st.integers(2, 60), data=st.data(), model=st.sampled_from(["lif", "qif"]), heterogeneous=st.booleans(),
+       seed=st.integers(0, 2 ** 32), j0=st.floats(0.1, 3.0))
+def test_heap_equals_reference_small_networks(n, data, model, heterogeneous, seed, j0):
+    """Property: any small random network (down to N = 2, K = 1) gives the reference's spikes."""
+    k = data.draw(st.integers(1, n - 1))
+    rng = np.random.default_rng(seed)
+    i_ext = rng.uniform(0.02, 1.0, n) if heterogeneous else float(rng.uniform(0.02, 1.0))
+    net = ev.Network(n, k, model=model, j0=j0, i_ext=i_ext, seed=seed)
+    assert_same_spikes(ev.simulate(net, 60), ev.simulate_reference(net, 60))
+
+
 def test_heap_equals_reference_n1000_long_lif():
     """Default balanced network (K = 100) at N = 1000, 3000 spikes: the global offset is
     renormalised many times on the way."""
