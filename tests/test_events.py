@@ -133,6 +133,8 @@ def test_duration_stop_and_chunks():
     counts_only = ev.simulate(net, duration=0.3, record=False)
     np.testing.assert_array_equal(counts_only.counts, whole.counts)
     assert counts_only.times.size == 0
+    nothing = ev.simulate(net, 0)
+    assert nothing.times.size == 0 and nothing.counts.sum() == 0
 
 
 def test_deterministic_and_seeded():

@@ -190,12 +190,9 @@ class Network:
 
     def with_params(self, **changes) -> "Network":
         """A copy with some constructor arguments changed (j0, i_ext, weights, ...)."""
-        args = dict(n=self.n, k=None if self.indptr is not None and not changes.get("k") else self.k, model=self.model,
-                    j0=self.j0, tau=self.tau, i_ext=self.i_ext, seed=self.seed,
+        args = dict(n=self.n, k=self.k, model=self.model, j0=self.j0, tau=self.tau, i_ext=self.i_ext, seed=self.seed,
                     graph=None if self.indptr is None else (self.indptr, self.indices), weights=self.weights,
                     eif=self.eif)
-        if self.indptr is not None:
-            args["k"] = self.k
         args.update(changes)
         return Network(**args)
 
@@ -352,7 +349,7 @@ def simulate(network: Network, n_spikes: Optional[int] = None, duration: Optiona
 
     report = _print_progress if progress is True else (progress or None)
     times_parts, ids_parts = [], []
-    done = 0
+    done, status = 0, _native.OK_MAX_SPIKES
     start = _time.perf_counter()
     done_count = ctypes.c_int64(0)
     samples_ptr = ctypes.byref(samples_struct) if samples_struct is not None else None
@@ -375,8 +372,8 @@ def simulate(network: Network, n_spikes: Optional[int] = None, duration: Optiona
             break
         if status == _native.ERR_CROSSING:
             raise ValueError(f"spike {done}: an excitatory kick pushed a {network.model.upper()} neuron across "
-                             "threshold at t = {:.6g} s; supra-threshold excitation is not supported (keep "
-                             "j0 * weights >= 0 or small)".format(state.time * network.tau))
+                             f"threshold at t = {state.time * network.tau:.6g} s; supra-threshold excitation is not "
+                             "supported (keep j0 * weights >= 0 or small)")
         if status == _native.ERR_EIF_RANGE:
             raise ValueError(f"spike {done}: inhibition pushed an EIF neuron below the table's lowest voltage "
                              f"v_low = {network.eif.v_low}; lower EIFParams.v_low")
