@@ -92,22 +92,34 @@ inline void store_lanes(T* p, typename Lanes<T>::type v) {
 // accumulate P[aB.., j] . x[aB..] for k[j] (the mirror entries (j, aB..), not stored) in B
 // vector accumulators, summed once per block-column; the diagonal block adds P[bB.., j] x_j.
 // P_base <- P_base - sum_{i < count} (f_i f_i^T) c_i over the stored entries, in order i = 0, 1, ..
-// (the same arithmetic for (a, b) and (b, a): the duplicated diagonal blocks stay symmetric).
+// Above the diagonal blocks (stored once) an entry (a, j) subtracts f_ia (f_ij c_i); inside the
+// diagonal blocks, where (a, j) and (j, a) are both stored, it subtracts (f_ia f_ij) c_i, the same
+// number for both, so the duplicated blocks stay exactly symmetric.
 template <typename T>
-inline void blocked_downdate(T* P, const T* f, const T* c_list, int64_t count, int64_t n) {
+inline void blocked_downdate(T* __restrict__ P, const T* __restrict__ f, const T* __restrict__ c_list, int64_t count,
+                             int64_t n) {
   typedef typename Lanes<T>::type V;
   constexpr int64_t B = Block<T>::size;
+  constexpr int64_t kMaxCount = 64;
   const int64_t padded = (n + B - 1) / B * B;
-  for (int64_t j = 0; j < n; ++j) {
-    T* col = P + blocked_column<T>(j);
-    const int64_t row_blocks = j / B + 1;
-    for (int64_t a = 0; a < row_blocks; ++a) {
-      V pv = load_lanes(col + a * B);
-      for (int64_t i = 0; i < count; ++i) {
-        const T* fi = f + i * padded;
-        pv -= (load_lanes(fi + a * B) * fi[j]) * c_list[i];
+  T scale[kMaxCount];
+  for (int64_t i0 = 0; i0 < count; i0 += kMaxCount) {
+    const int64_t chunk = count - i0 < kMaxCount ? count - i0 : kMaxCount;
+    for (int64_t j = 0; j < n; ++j) {
+      T* __restrict__ col = P + blocked_column<T>(j);
+      const int64_t diag = j / B;
+      for (int64_t i = 0; i < chunk; ++i) scale[i] = f[(i0 + i) * padded + j] * c_list[i0 + i];
+      for (int64_t a = 0; a < diag; ++a) {
+        V pv = load_lanes(col + a * B);
+        for (int64_t i = 0; i < chunk; ++i) pv -= load_lanes(f + (i0 + i) * padded + a * B) * scale[i];
+        store_lanes(col + a * B, pv);
       }
-      store_lanes(col + a * B, pv);
+      V pv = load_lanes(col + diag * B);
+      for (int64_t i = 0; i < chunk; ++i) {
+        const T* fi = f + (i0 + i) * padded;
+        pv -= (load_lanes(fi + diag * B) * fi[j]) * c_list[i0 + i];
+      }
+      store_lanes(col + diag * B, pv);
     }
   }
 }
@@ -187,25 +199,29 @@ inline void blocked_symv(const T* P, const T* x, T* k, int64_t n) {
     V dots[B];
     for (int64_t m = 0; m < B; ++m) dots[m] = V{};
     for (int64_t a = 0; a < b; ++a) {
-      V kv = load_lanes(k + a * B);
+      V even = load_lanes(k + a * B), odd = V{};  // two partial sums: half the add latency chain
       const V xv = load_lanes(x + a * B);
       const T* cp = panel + a * B;  // row block a of column m: cp + m ld
 #pragma GCC unroll 16
-      for (int64_t m = 0; m < B; ++m) {
-        const V cv = load_lanes(cp);
-        cp += ld;
-        kv += cv * xb[m];
-        dots[m] += cv * xv;
+      for (int64_t m = 0; m < B; m += 2) {
+        const V c0 = load_lanes(cp), c1 = load_lanes(cp + ld);
+        cp += 2 * ld;
+        even += c0 * xb[m];
+        odd += c1 * xb[m + 1];
+        dots[m] += c0 * xv;
+        dots[m + 1] += c1 * xv;
       }
-      store_lanes(k + a * B, kv);
+      store_lanes(k + a * B, even + odd);
     }
-    V kd = load_lanes(k + b * B);
+    V even = load_lanes(k + b * B), odd = V{};
     const T* cp = panel + b * B;
 #pragma GCC unroll 16
-    for (int64_t m = 0; m < B; ++m) {
-      kd += load_lanes(cp) * xb[m];
-      cp += ld;
+    for (int64_t m = 0; m < B; m += 2) {
+      even += load_lanes(cp) * xb[m];
+      odd += load_lanes(cp + ld) * xb[m + 1];
+      cp += 2 * ld;
     }
+    V kd = even + odd;
     if (b > 0) kd += transpose_sum<T>(dots);
     store_lanes(k + b * B, kd);
   }

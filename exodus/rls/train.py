@@ -492,6 +492,19 @@ class TrialResult:
     per_neuron: Optional[torch.Tensor] = None  # (N) correlations
 
 
+class _PrintProgress:
+    """Progress as one printed line per loop when tqdm is not installed."""
+
+    def set_postfix(self, **values):
+        self.values = values
+
+    def update(self, _):
+        print("  ".join(f"{k} {v}" for k, v in self.values.items()), flush=True)
+
+    def close(self):
+        pass
+
+
 class RLSTrainer:
     """Trains the plastic weights of ``net`` so each neuron's current follows ``targets``.
 
@@ -602,8 +615,11 @@ class RLSTrainer:
             raise ValueError(f"n_loops must be an int >= 0, got {n_loops!r}")
         bar = None
         if progress:
-            from tqdm import tqdm  # optional, only for the progress bar
-            bar = tqdm(total=n_loops, desc="RLS loops", unit="loop")
+            try:
+                from tqdm import tqdm  # optional (installed with the train extra), only for the progress bar
+                bar = tqdm(total=n_loops, desc="RLS loops", unit="loop")
+            except ImportError:
+                bar = _PrintProgress()
         out = []
         for _ in range(n_loops):
             evaluate = evaluate_every > 0 and (self.loop + 1) % evaluate_every == 0
