@@ -279,6 +279,7 @@ extern "C" __global__ void exodus_lif_sparse_backward(
     acc_t* __restrict__ lambda_row, acc_t* __restrict__ grad_in, index_t B, index_t T, index_t N, index_t N_in,
     acc_t gain, int reset, int max_spikes, int has_vmin, acc_t v_min, int norm_input, int gradient, int surrogate,
     acc_t grad_scale, acc_t p0, acc_t p1, acc_t p2, acc_t band) {
+  (void)N_in;  // the rows of weight_t are N long; N_in is part of the shared CPU / GPU signature
   const index_t b = blockIdx.x;
   if (b >= B) return;
   const LifConfig c = {reset, max_spikes, has_vmin, norm_input, v_min, gradient, surrogate, grad_scale, p0, p1, p2, band};
