@@ -63,8 +63,7 @@ def main() -> None:
     parser.add_argument("--stepped-duration", type=float, default=0.02, help="seconds simulated time-stepped")
     parser.add_argument("--dt", type=float, default=0.01, help="time step of the stepped run (units of tau)")
     parser.add_argument("--big", action="store_true", help="also run N = 1e6 for 1e7 spikes")
-    parser.add_argument("--memory", action="store_true", help="peak RSS of the heap simulator alone per N "
-                        "(fresh subprocesses)")
+    parser.add_argument("--memory", action="store_true", help="peak memory of a counts-only heap run per N")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -91,18 +90,16 @@ def main() -> None:
         lo, hi = sizes[0], sizes[-1]
         print(f"heap cost growth N = {lo:,} -> {hi:,}: {heap_cost[hi][0] / heap_cost[lo][0]:.2f}x wall, "
               f"{heap_cost[hi][1] / heap_cost[lo][1]:.2f}x CPU (log2 N ratio {math.log2(hi) / math.log2(lo):.2f})")
-    if args.memory:
-        import subprocess
-        import sys
-        probe = ("import resource, exodus.events as ev; n = {n}; base = resource.getrusage(resource.RUSAGE_SELF)"
-                 ".ru_maxrss; ev.simulate(ev.Network(n, {k}, seed=1), 200_000, record=False); "
-                 "print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    if args.memory:  # numpy allocations (tracemalloc sees them) of a counts-only run: the simulator's memory
+        import tracemalloc
         for size in args.sizes:
-            out = subprocess.run([sys.executable, "-c", probe.format(n=int(size), k=args.k)], capture_output=True,
-                                 text=True, check=True).stdout.split()
-            base, peak = (int(x) / 1024 for x in out)
-            print(f"memory N = {int(size):>9,}: peak RSS {peak:.0f} MB, {peak - base:.0f} MB above the process "
-                  f"after import ({base:.0f} MB)")
+            net = ev.Network(int(size), args.k, seed=1)
+            tracemalloc.start()
+            ev.simulate(net, 200_000, record=False)
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            print(f"memory N = {int(size):>9,}: peak {peak / 1e6:7.1f} MB allocated during simulate "
+                  f"({peak / int(size):.0f} bytes per neuron)")
     if args.big:
         net = ev.Network(1_000_000, args.k, seed=1)
         cpu = time.process_time()
