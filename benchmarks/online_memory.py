@@ -8,7 +8,9 @@ trained on one sequence of T steps:
 * exodus BPTT  LinearLIF(gradient="exodus") over the whole sequence, one backward
 * autograd BPTT the reference loop under autograd (only up to --bptt-max-T)
 
-Each (mode, T) runs in a fresh process; peak memory is the process' peak resident set size minus its
+Each (mode, T) runs in a fresh process (with MALLOC_MMAP_THRESHOLD_=65536, so that freed blocks of 64 KiB
+and more go back to the system and the peak resident size follows the live memory; --default-malloc
+keeps glibc's defaults, whose heap high-water mark varies by ~10 MB between identical runs); peak memory is the process' peak resident set size minus its
 size after imports and a warm-up. The gradients of online and exodus BPTT are the same (checked here at
 the smallest T). The baseline is taken after a 4-step warm-up (kernels loaded), so the figure includes
 the online traces (B·N·N_in, held twice during a chunk) and every buffer of the run. Timings from one
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -85,9 +88,12 @@ def child(mode: str, T: int, batch: int, check: bool) -> dict:
     return out
 
 
-def run_child(mode: str, T: int, batch: int, check: bool) -> dict:
+def run_child(mode: str, T: int, batch: int, check: bool, default_malloc: bool) -> dict:
     command = [sys.executable, __file__, "--child", mode, str(T), str(batch), str(int(check))]
-    done = subprocess.run(command, capture_output=True, text=True)
+    env = dict(os.environ)
+    if not default_malloc:  # large blocks from mmap, returned at free: the peak RSS then follows what is live
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         return {"mode": mode, "T": T, "error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -104,16 +110,19 @@ def main() -> None:
     parser.add_argument("--bptt-max-T", type=int, default=1000)
     parser.add_argument("--exodus-max-T", type=int, default=10000,
                         help="exodus BPTT holds the whole input and h: (batch, T, 700 + 256) floats")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="keep glibc's default malloc thresholds in the children (its heap high-water mark then "
+                             "varies by ~10 MB from run to run, whatever T)")
     args = parser.parse_args()
     import torch
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; 700-256-20, batch {args.batch}, "
-          f"chunks of {CHUNK}")
+          f"chunks of {CHUNK}; malloc: {'default' if args.default_malloc else 'MALLOC_MMAP_THRESHOLD_=65536'}")
     rows = []
     for i, T in enumerate(args.T):
         for mode in ("online", "exodus", "bptt"):
             if (mode == "bptt" and T > args.bptt_max_T) or (mode == "exodus" and T > args.exodus_max_T):
                 continue
-            rows.append(run_child(mode, T, args.batch, check=(i == 0 and mode != "bptt")))
+            rows.append(run_child(mode, T, args.batch, (i == 0 and mode != "bptt"), args.default_malloc))
             r = rows[-1]
             if "error" in r:
                 print(f"T={T:>7} {mode:7s} failed: {r['error']}")
