@@ -210,6 +210,25 @@ def test_symmetric_layouts_round_trip(n, dtype):
     assert pack_symmetric(P).shape[-1] == n * (n + 1) // 2
 
 
+def test_thread_chooser_follows_the_faster_count():
+    from exodus.rls.train import ThreadChooser
+
+    chooser = ThreadChooser(2, probe_every=5)
+    times = {1: 3.0, 2: 1.0}
+    picks = []
+    for _ in range(40):
+        t = chooser.choose()
+        picks.append(t)
+        chooser.record(t, times[t])
+    assert picks[:2] == [1, 2] and picks[10:].count(2) >= 24 and 1 in picks[10:]  # best, with probes
+    times = {1: 1.0, 2: 5.0}  # the machine got busy: one thread wins now
+    for _ in range(40):
+        t = chooser.choose()
+        chooser.record(t, times[t])
+    assert chooser.choose() == 1 or chooser.calls % 5 == 0
+    assert ThreadChooser(1).options == [1]
+
+
 def test_initial_P_equals_reference():
     p = small_params()
     net = rls.build_network(p)

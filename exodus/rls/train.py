@@ -197,19 +197,41 @@ SMALL_P_BYTES = 8 << 20
 
 
 def default_threads(P: torch.Tensor) -> int:
-    """Threads of the native RLS update when the caller gives none: one for a small P, else
-    torch.get_num_threads() capped by the idle cores (cpu_count − load average + this process's
-    own thread). On a saturated machine a second thread made the update 2-2.5x slower (it waits
-    at the region's end for a thread that lost its core); the result does not depend on the
-    thread count (every neuron's update is independent)."""
+    """Threads of a one-off native RLS update when the caller gives none: one for a small P,
+    else torch.get_num_threads(). (The trainer picks them by measurement: ThreadChooser.)"""
     if P.numel() * P.element_size() < SMALL_P_BYTES:
         return 1
-    threads = torch.get_num_threads()
-    try:
-        idle = (os.cpu_count() or 1) - os.getloadavg()[0] + 1.0
-    except (AttributeError, OSError):
-        return threads
-    return max(1, min(threads, int(idle + 0.5)))
+    return torch.get_num_threads()
+
+
+class ThreadChooser:
+    """Picks the thread count of the repeated RLS updates by timing them: each update runs with
+    the count of the lowest recent time per neuron, and every ``probe_every``-th update tries
+    the other one. On a machine shared with other jobs the best count changes: measured at
+    N = 10k, 2L = 90, two threads took 25 ms per update on an idle machine vs 45 ms on one, but
+    2-2.5x longer than one thread while other jobs saturated both cores (a thread that loses its
+    core holds up the end of the parallel region). Results do not depend on the count (every
+    neuron's update is independent)."""
+
+    def __init__(self, max_threads: int, probe_every: int = 10):
+        self.options = [1] if max_threads <= 1 else [1, max_threads]
+        self.seconds = {t: None for t in self.options}
+        self.calls = 0
+        self.probe_every = probe_every
+
+    def choose(self) -> int:
+        self.calls += 1
+        untried = [t for t in self.options if self.seconds[t] is None]
+        if untried:
+            return untried[0]
+        best = min(self.options, key=lambda t: self.seconds[t])
+        if len(self.options) > 1 and self.calls % self.probe_every == 0:
+            return next(t for t in self.options if t != best)
+        return best
+
+    def record(self, threads: int, seconds: float) -> None:
+        old = self.seconds[threads]
+        self.seconds[threads] = seconds if old is None else 0.5 * old + 0.5 * seconds
 
 
 def _check_rls_args(P, w, inputs, r, u_static, u_target, blocked: bool, check_range: bool = True) -> None:
@@ -525,6 +547,7 @@ class RLSTrainer:
         self.params = p
         self.targets = check_targets(targets, p, net.n_tasks).to(self.device)
         self.threads = threads
+        self._chooser = ThreadChooser(torch.get_num_threads())
         self.generator = generator if generator is not None else torch.Generator().manual_seed(p.seed + 1)
         self.w = self.net.w0.clone().contiguous()
         P0 = initial_P(p).to(p.torch_dtype)
@@ -552,8 +575,15 @@ class RLSTrainer:
     def rls_update(self, state: SimState, target_row: torch.Tensor) -> None:
         normalized = self.params.normalized_weight_step
         if self.backend == "native":
+            threads = self.threads
+            if threads is None:
+                small = self.P.base.numel() * self.P.base.element_size() < SMALL_P_BYTES
+                threads = 1 if small else self._chooser.choose()
+            start = time.perf_counter()
             self.P.update(self.w, self.net.plastic_inputs, state.r, state.u_static, target_row, normalized,
-                          self.threads, check_inputs=False)  # checked by check_network in __init__
+                          threads, check_inputs=False)  # checked by check_network in __init__
+            if self.threads is None:
+                self._chooser.record(threads, time.perf_counter() - start)
         else:
             rls_update_torch(self.P, self.w, self.net.plastic_inputs, state.r, state.u_static, target_row, normalized)
 
