@@ -36,7 +36,6 @@ class EventsState(ctypes.Structure):
 
 # One heap entry of cpu_events.cpp (struct Entry).
 HEAP_ENTRY = [("key", "<f8"), ("id", "<i8")]
-HEAP_PADDING = 8  # extra entries the simulator needs to align the heap to cache lines
 
 
 class EventsSamples(ctypes.Structure):
@@ -74,6 +73,8 @@ def load() -> ctypes.CDLL:
             library.exodus_events_targets.argtypes = [ctypes.c_uint64, _I64, _I64, _I64, _P]
             library.exodus_events_targets_many.restype = _I32
             library.exodus_events_targets_many.argtypes = [ctypes.c_uint64, _I64, _I64, _P, _I64, _P]
+            library.exodus_events_heap_padding.restype = _I64
+            library.exodus_events_heap_padding.argtypes = []
             library.exodus_events_ptc.restype = _I32
             library.exodus_events_ptc.argtypes = [_I32, _I64, _P, _P, _P, _P, _P, _P, _I64, _F64, _F64]
             _library = library

@@ -336,7 +336,7 @@ def simulate(network: Network, n_spikes: Optional[int] = None, duration: Optiona
 
     library = _native.load()
     net_struct, keep = network._struct()
-    heap = np.empty(n + _native.HEAP_PADDING, dtype=_native.HEAP_ENTRY)
+    heap = np.empty(n + library.exodus_events_heap_padding(), dtype=_native.HEAP_ENTRY)
     heap_pos = np.empty(n, np.int64)
     phase = np.empty(n if network.heterogeneous else 1, np.float64)
     last_time = np.empty(n if network.heterogeneous else 1, np.float64)
