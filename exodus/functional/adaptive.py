@@ -28,6 +28,7 @@ from .. import backends, reference
 from ..reference import acc_dtype
 from ..surrogate import Surrogate
 from ..backends import launch
+from ..backends.memory import empty_for_kernel
 from .lif import (RESETS, _as_parameter, _check_range, _check_threshold, _check_v0, _initial_state, _is_compiling, _options,
                   _storage, check_input, check_spiking_options)
 
@@ -77,12 +78,13 @@ def adaptive_scan(x: Tensor, params: Tensor, v0: Tensor, w0: Tensor, weight_rec:
     acc = acc_dtype(x.dtype)
     xs = _storage(x, backend)
     B, T, N = xs.shape
-    spikes = torch.empty_like(xs)
+    # Large outputs come from exodus' pool of reused, already faulted-in memory (backends/memory.py).
+    spikes = empty_for_kernel(xs.shape, xs.dtype, xs.device)
     v_state, w_state = v0.clone(), (w0.clone() if adaptive else None)
-    v_out = torch.empty_like(xs) if state_trace else None
-    w_out = torch.empty_like(xs) if state_trace and adaptive else None
-    h_save = torch.empty(xs.shape, dtype=acc, device=x.device)
-    w_save = torch.empty(xs.shape, dtype=acc, device=x.device) if adaptive else None
+    v_out = empty_for_kernel(xs.shape, xs.dtype, xs.device) if state_trace else None
+    w_out = empty_for_kernel(xs.shape, xs.dtype, xs.device) if state_trace and adaptive else None
+    h_save = empty_for_kernel(xs.shape, acc, x.device)
+    w_save = empty_for_kernel(xs.shape, acc, x.device) if adaptive else None
     if B * N > 0 and T > 0:
         if weight_rec is not None and _fused_recurrent(backend, N):
             plan = launch.adaptive_recurrent_forward_plan(xs, weight_rec.t().contiguous(), a0.clone(), params, v_state,
@@ -152,10 +154,10 @@ def adaptive_scan_backward(grad_spikes: Optional[Tensor], grad_v: Optional[Tenso
 
     gs = None if grad_spikes is None else _storage(grad_spikes, backend).to(storage).contiguous()
     carry_v, carry_w = final(grad_v), final(grad_w if adaptive else None)
-    grad_x = torch.empty((B, T, N), dtype=storage, device=h_save.device)
+    grad_x = empty_for_kernel((B, T, N), storage, h_save.device)
     recurrent = weight_rec is not None
     # a_{t-1} for every step (a0 first; the kernel fills the rest), for dL/dM in one product
-    prev_spikes = torch.empty_like(grad_x) if recurrent else None
+    prev_spikes = empty_for_kernel((B, T, N), storage, h_save.device) if recurrent else None
     if recurrent and T > 0:
         prev_spikes[:, 0] = a0
     grad_rec = torch.zeros((B, N), dtype=acc, device=h_save.device) if recurrent else None

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from .. import backends, reference
 from ..backends import launch
+from ..backends.memory import empty_for_kernel
 from ..reference import acc_dtype
 from ..surrogate import SingleExponential, Surrogate
 
@@ -183,9 +184,10 @@ def lif_scan(x: Tensor, alpha: Tensor, theta: Tensor, v0: Tensor, reset: int, ma
     acc = acc_dtype(x.dtype)
     xs = _storage(x, backend)
     B, T, N = xs.shape
-    spikes = torch.empty_like(xs)
-    v = torch.empty_like(xs) if v_trace else xs.new_empty((B, N))
-    h = torch.empty(xs.shape, dtype=acc, device=x.device)
+    # Large outputs come from exodus' pool of reused, already faulted-in memory (backends/memory.py).
+    spikes = empty_for_kernel(xs.shape, xs.dtype, xs.device)
+    v = empty_for_kernel(xs.shape, xs.dtype, xs.device) if v_trace else xs.new_empty((B, N))
+    h = empty_for_kernel(xs.shape, acc, x.device)
     if B * N > 0:
         _launch(launch.lif_forward_plan(xs, alpha, theta, v0, spikes, v, h, o), backend, xs.dtype, acc, x.device)
     return spikes.to(x.dtype), v.to(x.dtype), h
@@ -214,7 +216,7 @@ def lif_scan_backward(grad_spikes: Optional[Tensor], grad_v: Optional[Tensor], h
     gv = None if grad_v is None else _storage(grad_v, backend).contiguous()
     storage = (gs if gs is not None else gv).dtype
     B, _, N = h.shape
-    grad_x = torch.empty(h.shape, dtype=storage, device=h.device)
+    grad_x = empty_for_kernel(h.shape, storage, h.device)
     grad_v0 = torch.zeros((B, N), dtype=acc, device=h.device)
     # Per-(batch, neuron) partial sums, summed over the batch below; null pointers when not needed.
     grad_alpha = torch.zeros((B, N), dtype=acc, device=h.device) if need_grad_alpha else None
@@ -262,7 +264,7 @@ def leaky_scan(x: Tensor, alpha: Tensor, v0: Tensor, norm_input: bool, backend: 
     """Fused leaky integrator. x (B, T, N) contiguous; alpha (N,), v0 (B, N). Returns v (B, T, N)."""
     acc = acc_dtype(x.dtype)
     xs = _storage(x, backend)
-    v = torch.empty_like(xs)
+    v = empty_for_kernel(xs.shape, xs.dtype, xs.device)
     if xs.numel() > 0:
         _launch(launch.leaky_forward_plan(xs, alpha, v0, v, norm_input), backend, xs.dtype, acc, x.device)
     return v.to(x.dtype)
@@ -281,7 +283,7 @@ def leaky_scan_backward(grad_v: Tensor, v: Tensor, alpha: Tensor, v0: Tensor, ne
     acc = alpha.dtype
     gv, vs = _storage(grad_v, backend).contiguous(), _storage(v, backend)
     B, _, N = v.shape
-    grad_x = torch.empty_like(vs)
+    grad_x = empty_for_kernel(vs.shape, vs.dtype, vs.device)
     grad_v0 = torch.zeros((B, N), dtype=acc, device=v.device)
     grad_alpha = torch.zeros((B, N), dtype=acc, device=v.device) if need_grad_alpha else None
     if B * N > 0 and v.shape[1] > 0:

@@ -26,6 +26,7 @@ import torch
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 from pytorch_lightning.cli import LightningCLI  # noqa: E402
 
+from ..backends import memory
 from .data import ConfigError, MissingDataError, SpikeDataModule
 from .model import SpikingClassifier
 
@@ -155,7 +156,9 @@ def run(args: Sequence[str]) -> ExodusCLI:
 
 def main(args: Optional[Sequence[str]] = None) -> None:
     """Entry point of ``exodus-train`` (fit / validate / test / predict). Configuration mistakes
-    (ConfigError, MissingDataError) are printed without a traceback; EXODUS_DEBUG=1 shows it."""
+    (ConfigError, MissingDataError) are printed without a traceback; EXODUS_DEBUG=1 shows it.
+    First sets this process's allocator up for training (docs/cpu_memory.md); the library never does."""
+    memory.tune_training_process()
     try:
         _cli(args, run=True)
     except Exception as error:

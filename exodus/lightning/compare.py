@@ -47,6 +47,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from ..functional import LINEAR_GRADIENTS as GRADIENTS
+from ..backends import memory
 from .cli import build
 
 __all__ = ["main", "compare", "layer_gradients", "gradient_agreement", "peak_step_memory", "fastest_step_time",
@@ -588,7 +589,9 @@ def _first_seed(config: str, overrides: Sequence[str]) -> int:
 
 
 def main(args: Optional[Sequence[str]] = None) -> None:
-    """Entry point of ``exodus-compare``."""
+    """Entry point of ``exodus-compare``. First sets this process's allocator up for training
+    (docs/cpu_memory.md); the library never does."""
+    memory.tune_training_process()
     options, overrides = _parser().parse_known_args(None if args is None else list(args))
     if options.seeds < 1:
         raise SystemExit(f"--seeds must be >= 1, got {options.seeds}")
