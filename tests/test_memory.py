@@ -115,6 +115,21 @@ def test_idle_limit_drops_blocks_beyond_it(fresh_pool):
     assert memory.release() == 8 * MIB and memory.stats()["idle_bytes"] == 0
 
 
+def test_least_recently_freed_blocks_go_first(fresh_pool):
+    """Past the limit the pool drops the blocks freed longest ago, of any size: it follows the shapes in use."""
+    memory.configure(20 * MIB)
+    old = memory.empty_for_kernel((3 * MIB,), torch.float32)  # 12 MiB
+    del old
+    newer = [memory.empty_for_kernel((MIB,), torch.float32) for _ in range(2)]  # 4 MiB each
+    del newer
+    assert memory.stats()["idle_bytes"] == 20 * MIB
+    recent = memory.empty_for_kernel((2 * MIB,), torch.float32)  # 8 MiB: evicts the 12 MiB block when freed
+    del recent
+    assert memory.stats()["idle_bytes"] == 16 * MIB
+    again = memory.empty_for_kernel((3 * MIB,), torch.float32)
+    assert memory.stats()["mapped"] == 5  # the 12 MiB block was mapped anew
+
+
 def test_pool_off_gives_torch_empty(fresh_pool):
     memory.configure(0)
     t = memory.empty_for_kernel((64, MIB), torch.float32)

@@ -108,11 +108,14 @@ class _Block:
 
 
 class _Pool:
-    """Blocks keyed by size (rounded up to 2 MiB); idle ones wait in ``_idle[size]``."""
+    """Blocks keyed by size (rounded up to 2 MiB); idle ones wait in ``_idle[size]`` and, all sizes
+    together, in ``_order`` (least recently freed first): past the limit the oldest go first, so
+    the pool follows the shapes in current use."""
 
     def __init__(self, idle_limit: int):
         self.idle_limit = idle_limit
         self._idle: dict[int, list[_Block]] = {}
+        self._order: list[_Block] = []
         self._lock = threading.Lock()
         self.idle_bytes = 0
         self.in_use_bytes = 0
@@ -124,7 +127,8 @@ class _Pool:
         with self._lock:
             blocks = self._idle.get(size)
             if blocks:
-                block = blocks.pop()
+                block = blocks.pop()  # the most recently freed one of this size
+                self._order.remove(block)
                 self.idle_bytes -= size
                 self.reused += 1
             else:
@@ -135,19 +139,31 @@ class _Pool:
 
     def give_back(self, block: _Block) -> None:
         """Called when the last tensor on the block is freed (the block's buffer view died)."""
+        evicted = []
         with self._lock:
             self.in_use_bytes -= block.nbytes
-            keep = self.idle_bytes + block.nbytes <= self.idle_limit
-            if keep:
+            if block.nbytes <= self.idle_limit:
                 self._idle.setdefault(block.nbytes, []).append(block)
+                self._order.append(block)
                 self.idle_bytes += block.nbytes
-        # Else the block is dropped: its mapping is unmapped when the dying view lets go of it (an
-        # explicit close here would fail, the view still exports the buffer at this point).
+                while self.idle_bytes > self.idle_limit:
+                    evicted.append(self._pop_oldest())
+        # A block too large to keep is dropped: its mapping is unmapped when the dying view lets go
+        # of it (an explicit close here would fail, the view still exports the buffer).
+        for old in evicted:  # idle blocks: no view exports them any more
+            old.close()
+
+    def _pop_oldest(self) -> _Block:
+        block = self._order.pop(0)
+        self._idle[block.nbytes].remove(block)
+        self.idle_bytes -= block.nbytes
+        return block
 
     def release(self) -> int:
         with self._lock:
-            blocks = [block for blocks in self._idle.values() for block in blocks]
+            blocks = list(self._order)
             self._idle.clear()
+            self._order.clear()
             freed, self.idle_bytes = self.idle_bytes, 0
         for block in blocks:
             block.close()
