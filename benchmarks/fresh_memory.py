@@ -1,6 +1,6 @@
 """Cost of fresh output memory in the fused CPU ops, per allocator configuration (docs/cpu_memory.md).
 
-    python benchmarks/fresh_memory.py [--quick] [--configs before default ...] [--reps N]
+    python benchmarks/fresh_memory.py [--quick] [--configs before default ...] [--reps N] [--rounds R]
 
 Each configuration runs in a fresh process (torch reads THP_MEM_ALLOC_ENABLE once; glibc's heap
 state carries over between measurements otherwise):
@@ -9,6 +9,7 @@ state carries over between measurements otherwise):
                  i.e. a fresh glibc mmap for large tensors (the code before this change);
 * ``thp-env``  — pool off, THP_MEM_ALLOC_ENABLE=1 (torch advises huge pages on its allocations);
 * ``default``  — what a library user gets now: outputs from exodus.backends.memory's pool;
+* ``pool-4k``  — the pool without its huge-page advice (4 KiB pages): what the advice adds;
 * ``cli``      — the pool plus exodus.backends.memory.tune_training_process() (glibc serves every
                  block from its heap and keeps freed ones), what exodus-train / exodus-compare set.
 
@@ -27,8 +28,9 @@ In each process, timed interleaved so that the machine's noise hits all alike:
   over time, cross-entropy, Adam; T = 100, batch 64): exodus.LIF against the same network with
   nn.ReLU in place of the neurons, timed alternately; ratio (target <= 1.25).
 
-Medians over repetitions after a warm-up; the load average is printed. The table at the end
-compares the configurations.
+Medians over repetitions after a warm-up; with --rounds R every configuration runs R times, in
+turn (before, thp-env, ..., before, thp-env, ...), and the table shows the median over the rounds
+of each number (the load of other processes shifts between rounds). The load average is printed.
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ CONFIGS = {
     "before": {"EXODUS_CPU_POOL_BYTES": "0"},
     "thp-env": {"EXODUS_CPU_POOL_BYTES": "0", "THP_MEM_ALLOC_ENABLE": "1"},
     "default": {},
+    "pool-4k": {},  # the child turns memory.advise_huge_pages off
     "cli": {},  # + tune_training_process() in the child, after torch's first allocation (as in the CLIs)
 }
 SHAPE = (64, 500, 1024)
@@ -70,6 +73,8 @@ def child(config: str, reps: int, quick: bool) -> dict:
 
     import exodus
     from exodus.backends import memory
+    if config == "pool-4k":
+        memory.advise_huge_pages = lambda mapping: False
 
     torch.manual_seed(0)
     result = {"config": config, "applied": applied, "threads": torch.get_num_threads(),
@@ -194,8 +199,23 @@ def run_child(config: str, reps: int, quick: bool) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def merge_rounds(runs: list[dict]) -> dict:
+    """Median over the rounds of every number (per T for the sweep); the load range over all."""
+    merged = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            merged[key] = median([run[key] for run in runs])
+    merged["bwd_ns_per_neuron_step"] = {T: median([run["bwd_ns_per_neuron_step"][T] for run in runs])
+                                        for T in runs[0]["bwd_ns_per_neuron_step"]}
+    merged["load_before"] = min(run["load_before"] for run in runs)
+    merged["load_after"] = max(run["load_after"] for run in runs)
+    merged["rounds"] = len(runs)
+    return merged
+
+
 def report(results: list[dict]) -> None:
-    print(f"threads {results[0]['threads']}, THP mode {results[0]['thp_mode']!r}, shape {SHAPE} float32")
+    print(f"threads {results[0]['threads']}, THP mode {results[0]['thp_mode']!r}, shape {SHAPE} float32, "
+          f"median of {results[0]['rounds']} round(s)")
     header = ("config", "add reused", "add fresh", "LIF fwd+bwd", "% streaming", "kernels only", "% streaming",
               "bwd ns/step T=" +
               "/".join(str(T) for T in results[0]["bwd_ns_per_neuron_step"]), "T-ratio", "SHD LIF", "SHD ReLU",
@@ -228,6 +248,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=1, help="run every configuration this many times")
     parser.add_argument("--quick", action="store_true", help="smaller shapes, shorter sweep (smoke test)")
     parser.add_argument("--child", choices=list(CONFIGS), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -235,11 +256,12 @@ def main() -> None:
         print(json.dumps(child(args.child, args.reps, args.quick)))
         return
     print(f"load average at start: {' / '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    results = []
-    for config in args.configs:
-        results.append(run_child(config, args.reps, args.quick))
-        print(f"  {config}: done", flush=True)
-    report(results)
+    rounds = {config: [] for config in args.configs}
+    for round_index in range(args.rounds):
+        for config in args.configs:
+            rounds[config].append(run_child(config, args.reps, args.quick))
+            print(f"  round {round_index + 1}: {config} done", flush=True)
+    report([merge_rounds(runs) for runs in rounds.values()])
 
 
 if __name__ == "__main__":
