@@ -20,8 +20,9 @@ subtract reset).
 
 Deeper stacks: each block's traces see only its own parameters; a chunk's loss still reaches lower
 blocks within the chunk (autograd through the chunk), but not through earlier chunks of the block
-above (the e-prop approximation across layers). CPU only in this version (the trace driver has no
-GPU kernel yet).
+above (the e-prop approximation across layers). Calls under torch.no_grad() (evaluation) do not
+advance the traces: they are dropped, and gradients of later chunks then start from there. CPU only in
+this version (the trace driver has no GPU kernel yet).
 
     block = exodus.LinearLIF(700, 256, tau_mem=10.0, gradient="online")
     for chunk, target in zip(x.split(100, 1), y.split(100, 1)):
@@ -150,6 +151,12 @@ def online_forward(block, s: Tensor) -> Tensor:
     gradient = "slayer" if block.detach_reset else "exodus"
     spikes, v = functional.lif(x, block.alpha(), theta, v0_in, gradient=gradient, v_trace=block.record_states,
                                **options)
+    if not torch.is_grad_enabled():  # evaluation: no traces to carry (they restart at the next chunk with grad)
+        block.traces = None
+        if block.record_states:
+            block.recordings = {"v": v}
+        block.v = (v[:, -1] if block.record_states else v).detach() if T > 0 else v0
+        return spikes
     o = _options(RESETS[block.reset], _max_spikes_code(block.max_spikes_per_bin), block.v_min is not None,
                  0.0 if block.v_min is None else float(block.v_min), bool(block.norm_input), True,
                  1 if gradient == "slayer" else 0, block.surrogate.kind,

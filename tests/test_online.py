@@ -124,3 +124,20 @@ def test_bad_input_and_limits():
     if torch.cuda.is_available():
         with pytest.raises(NotImplementedError, match="CPU"):
             exodus.LinearLIF(4, 3, gradient="online").cuda()(torch.rand(1, 5, 4, device="cuda"))
+
+
+def test_lightning_online_mode_trains_in_chunks(tmp_path, monkeypatch):
+    """experiments/configs/spike_timing_online.yaml: manual optimisation, a backward per chunk, one
+    optimizer step per batch; the weights move and the logged loss is finite."""
+    cli_module = pytest.importorskip("exodus.lightning.cli")
+    import os
+    monkeypatch.chdir(tmp_path)
+    config = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs", "spike_timing_online.yaml")
+    cli = cli_module.build(["--config", config, "--trainer.fast_dev_run", "2", "--trainer.enable_progress_bar",
+                            "false", "--data.train_samples", "128", "--data.val_samples", "64"])
+    model = cli.model
+    assert isinstance(model.layers["hidden0"]["neuron"], exodus.LinearLIF) and not model.automatic_optimization
+    before = model.layers["hidden0"]["neuron"].weight.detach().clone()
+    cli.trainer.fit(model, datamodule=cli.datamodule)
+    assert torch.isfinite(cli.trainer.callback_metrics["train_loss"])
+    assert not torch.equal(before, model.layers["hidden0"]["neuron"].weight.detach())

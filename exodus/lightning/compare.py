@@ -46,9 +46,11 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from ..functional import LINEAR_GRADIENTS as GRADIENTS
+from ..functional import LINEAR_GRADIENTS
 from ..backends import memory
 from .cli import build
+
+GRADIENTS = (*LINEAR_GRADIENTS, "online")
 
 __all__ = ["main", "compare", "layer_gradients", "gradient_agreement", "peak_step_memory", "fastest_step_time",
            "MEASUREMENTS"]
@@ -317,7 +319,7 @@ def _run_all(config, gradients, seeds, overrides, grad_batches, reseed_data, pro
 
     def cli_for(gradient: str, seed: int):
         args = ["--config", config, *overrides, "--seed_everything", str(seed), "--model.gradient", gradient]
-        if "sparse" in gradients:  # one architecture for all modes (fused Linear -> LIF blocks): identical starts
+        if {"sparse", "online"} & set(gradients):  # one architecture for all modes (LinearLIF blocks): same starts
             args += ["--model.linear_blocks", "true"]
         if reseed_data:
             args += ["--data.init_args.seed", str(seed)]

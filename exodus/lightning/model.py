@@ -162,6 +162,11 @@ class SpikingClassifier(pl.LightningModule):
         linear_blocks: build the hidden layers as fused exodus.LinearLIF blocks (null: only for gradient
             "sparse", which needs them); true with another gradient gives the same parameters, e.g. for the
             BPTT twin that measures a sparse run's gradient agreement.
+        online_chunk: with gradient "online" (exodus.online: the hidden layers are LinearLIF blocks with
+            forward-mode traces), each training batch is fed in chunks of this many steps with a backward
+            per chunk and one optimizer step per batch; the training loss is then the per-step
+            cross-entropy of the readout over the readout window (a sum over steps, which chunks can split),
+            not the cross-entropy of the logits. Manual optimisation: no trainer.gradient_clip_val.
         grad_scale: surrogate scale of the "slayer" gradient.
         train_tau, train_threshold: learn one tau_mem / threshold per neuron.
         readout: "spike_count", "max_membrane" or "mean_membrane".
@@ -206,6 +211,7 @@ class SpikingClassifier(pl.LightningModule):
         surrogate_band: Optional[float] = None,
         gradient: str = "exodus",
         linear_blocks: Optional[bool] = None,
+        online_chunk: int = 100,
         grad_scale: float = 1.0,
         train_tau: bool = False,
         train_threshold: bool = False,
@@ -221,7 +227,7 @@ class SpikingClassifier(pl.LightningModule):
         arguments.pop("self")
         arguments.pop("__class__", None)
         if linear_blocks is None:
-            linear_blocks = gradient == "sparse"
+            linear_blocks = gradient in ("sparse", "online")
         arguments["linear_blocks"] = linear_blocks
         super().__init__()
         input_shape = tuple(int(s) for s in input_shape)
@@ -235,7 +241,7 @@ class SpikingClassifier(pl.LightningModule):
                                    "conv_channels": conv_channels, **ranges})
         _choice("neuron", neuron, NEURONS)
         _choice("readout", readout, READOUTS)
-        _choice("gradient", gradient, LINEAR_GRADIENTS)
+        _choice("gradient", gradient, (*LINEAR_GRADIENTS, "online"))
         _choice("reset", reset, RESETS)
         _choice("weight_rec_init", weight_rec_init, WEIGHT_REC_INITS)
         for key, value in (("recurrent", recurrent), ("zero_diagonal", zero_diagonal), ("batch_norm", batch_norm),
@@ -286,6 +292,14 @@ class SpikingClassifier(pl.LightningModule):
 
         surrogate_fn = make_surrogate(surrogate, surrogate_args)
         sparse = gradient == "sparse"
+        online = gradient == "online"
+        if online:
+            if not linear_blocks:
+                raise ConfigError("model.gradient: online needs model.linear_blocks: true (or null)")
+            if isinstance(online_chunk, bool) or not isinstance(online_chunk, int) or online_chunk < 1:
+                raise ConfigError(f"model.online_chunk must be a positive int, got {online_chunk!r}")
+            self.automatic_optimization = False
+        self.online_chunk = online_chunk
         if surrogate_band is not None or sparse:
             try:
                 surrogate_fn = surrogates.Truncated(surrogate_fn, 0.2 if surrogate_band is None else surrogate_band)
@@ -302,7 +316,7 @@ class SpikingClassifier(pl.LightningModule):
                                   f"tau_mem per layer; it does not support model.{', model.'.join(bad)} "
                                   f"(use gradient: exodus)")
         common = dict(threshold=threshold, reset=reset, v_min=v_min, max_spikes_per_bin=max_spikes_per_bin,
-                      surrogate=surrogate_fn, gradient="exodus" if sparse else gradient, grad_scale=grad_scale,
+                      surrogate=surrogate_fn, gradient="exodus" if sparse or online else gradient, grad_scale=grad_scale,
                       train_threshold=train_threshold, backend=backend)
         neuron_args = dict(tau_syn=tau_syn, **common)
         if neuron == "lif":
@@ -442,6 +456,10 @@ class SpikingClassifier(pl.LightningModule):
         spikes for readout="spike_count", else the ExpLeak membrane."""
         self.check_input(x)
         self.reset_states()     # samples are independent
+        return self._run_layers(x)
+
+    def _run_layers(self, x: Tensor) -> Tensor:
+        """The layers on x from their current states (forward() resets them first)."""
         batch, steps = x.shape[:2]
         h = x
         for name, layer in self.layers.items():
@@ -497,7 +515,44 @@ class SpikingClassifier(pl.LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
+        if self.hparams.gradient == "online":
+            return self._online_training_step(batch)
         return self._shared_step(batch, "train")
+
+    def _online_training_step(self, batch) -> Tensor:
+        """gradient "online": chunks of online_chunk steps, a backward per chunk (the online blocks carry
+        their traces, the other layers their states, detached), one optimizer step for the batch."""
+        x, y = batch
+        self.check_input(x)
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.reset_states()
+        steps = x.shape[1]
+        first = 0 if self.readout_steps is None else steps - self.readout_steps  # readout window
+        window_steps = steps - first
+        total, traces = x.new_zeros(()), []
+        for start in range(0, steps, self.online_chunk):
+            stop = min(steps, start + self.online_chunk)
+            trace = self._run_layers(x[:, start:stop])
+            lo = max(first, start) - start
+            if lo < trace.shape[1]:  # per-step cross-entropy over the readout window, summed over steps
+                part = trace[:, lo:]
+                labels = y.repeat_interleave(part.shape[1])
+                loss = nn.functional.cross_entropy(part.reshape(-1, self.num_classes), labels,
+                                                   reduction="sum") / (len(y) * window_steps)
+                self.manual_backward(loss)
+                total = total + loss.detach()
+            for layer in self.layers.values():  # no graph across chunks (the online blocks detach their own)
+                layer["neuron"].detach_states()
+            traces.append(trace.detach())
+        optimizer.step()
+        self.clamp_neuron_parameters()
+        logits = self.logits(torch.cat(traces, 1))
+        self.metrics["train_acc"](logits, y)
+        self.log("train_loss", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
+        self.log("train_acc", self.metrics["train_acc"], on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=len(y))
+        return total
 
     def validation_step(self, batch, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "val")
