@@ -8,6 +8,7 @@ CLIs' process settings must stay inside the CLI process.
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -90,6 +91,21 @@ def _roundtrip(t):
     torch.save(t, buffer)
     buffer.seek(0)
     return buffer
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_pool_memory_is_private_to_the_process(fresh_pool):
+    """A forked child (e.g. a DataLoader worker) writing into a pooled tensor does not change the parent's."""
+    import ctypes
+    t = memory.empty_for_kernel((MIB,), torch.float32)
+    t.fill_(1.0)
+    pid = os.fork()
+    if pid == 0:  # child: no torch op (no thread pools after fork), just overwrite the bytes
+        ctypes.memset(t.data_ptr(), 0, t.nbytes)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert t.sum().item() == MIB
 
 
 def test_small_meta_and_empty_tensors_are_plain(fresh_pool):

@@ -93,7 +93,9 @@ class _Block:
     def __init__(self, nbytes: int):
         # One huge page more than asked, so that the usable range can start on a 2 MiB boundary
         # (untouched virtual memory costs nothing).
-        self.memory = mmap.mmap(-1, nbytes + HUGE_PAGE_BYTES)
+        # Private: Python's default for anonymous maps is MAP_SHARED (shmem: no THP, and shared with
+        # forked children such as DataLoader workers).
+        self.memory = mmap.mmap(-1, nbytes + HUGE_PAGE_BYTES, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         advise_huge_pages(self.memory)
         base = ctypes.addressof(ctypes.c_char.from_buffer(self.memory))
         self.offset = -base % HUGE_PAGE_BYTES
