@@ -21,7 +21,8 @@ In each process, timed interleaved so that the machine's noise hits all alike:
   gradient on the spikes; fresh outputs as in training): time and "% of streaming" = the 6 streams
   it must move (x, spikes, h; h, grad, grad_x) per second over the reused add's 2 streams per second;
 * the ceiling: the forward and backward kernels alone on preallocated outputs (what the LIF step
-  would take if fresh memory cost nothing), as % of streaming;
+  would take if fresh memory cost nothing), as % of streaming, and each kernel's 3 streams as %
+  of streaming;
 * backward alone vs T (T = 250, 500, 1000, 2000 at batch 32, 1024 neurons): ns per neuron-step
   (linear in T: flat), with the ratio T=2000 / T=250;
 * an SHD-shaped training step (Linear 700-256, LIF, Linear 256-256, LIF, Linear 256-20, summed
@@ -107,12 +108,9 @@ def child(config: str, reps: int, quick: bool) -> dict:
     forward = launch.lif_forward_plan(x, alpha, theta, v0, spikes, v_last, h, options)
     backward = launch.lif_backward_plan(h, grad, None, alpha, theta, v0, grad_x, torch.zeros(B, N), None, None, options)
 
-    def kernels_preallocated():
-        cpu.run(forward, torch.float32)
-        cpu.run(backward, torch.float32)
-
     timed = {"add_reused": add_reused, "add_fresh": add_fresh, "lif_fwd_bwd": lif_step,
-             "kernels_preallocated": kernels_preallocated}
+             "kernel_fwd": lambda: cpu.run(forward, torch.float32),
+             "kernel_bwd": lambda: cpu.run(backward, torch.float32)}
     samples = {name: [] for name in timed}
     for i in range(2 + reps):  # round robin: every repetition times each once
         for name, function in timed.items():
@@ -124,7 +122,11 @@ def child(config: str, reps: int, quick: bool) -> dict:
         result[name + "_ms"] = median(samples[name]) * 1e3
     # bandwidth fraction: (6 streams / t_lif) / (2 streams / t_add)
     result["lif_fraction_of_streaming"] = 3 * result["add_reused_ms"] / result["lif_fwd_bwd_ms"]
+    result["kernels_preallocated_ms"] = result["kernel_fwd_ms"] + result["kernel_bwd_ms"]
     result["kernels_fraction_of_streaming"] = 3 * result["add_reused_ms"] / result["kernels_preallocated_ms"]
+    # each kernel moves 3 streams (forward: x, spikes, h; backward: h, grad, grad_x)
+    result["kernel_fwd_fraction"] = 1.5 * result["add_reused_ms"] / result["kernel_fwd_ms"]
+    result["kernel_bwd_fraction"] = 1.5 * result["add_reused_ms"] / result["kernel_bwd_ms"]
     del x, grad, y, spikes, h, grad_x
 
     # backward vs T: fresh forward each time (its outputs are what the backward reads), backward timed
@@ -217,6 +219,7 @@ def report(results: list[dict]) -> None:
     print(f"threads {results[0]['threads']}, THP mode {results[0]['thp_mode']!r}, shape {SHAPE} float32, "
           f"median of {results[0]['rounds']} round(s)")
     header = ("config", "add reused", "add fresh", "LIF fwd+bwd", "% streaming", "kernels only", "% streaming",
+              "fwd / bwd kernel %",
               "bwd ns/step T=" +
               "/".join(str(T) for T in results[0]["bwd_ns_per_neuron_step"]), "T-ratio", "SHD LIF", "SHD ReLU",
               "SHD ratio", "load")
@@ -226,7 +229,8 @@ def report(results: list[dict]) -> None:
         sweep = "/".join(f"{v:.2f}" for v in r["bwd_ns_per_neuron_step"].values())
         print(f"| {r['config']} | {r['add_reused_ms']:.1f} ms | {r['add_fresh_ms']:.1f} ms | {r['lif_fwd_bwd_ms']:.1f} ms | "
               f"{100 * r['lif_fraction_of_streaming']:.0f} % | {r['kernels_preallocated_ms']:.1f} ms | "
-              f"{100 * r['kernels_fraction_of_streaming']:.0f} % | {sweep} | {r['bwd_linearity']:.2f} | "
+              f"{100 * r['kernels_fraction_of_streaming']:.0f} % | "
+              f"{100 * r['kernel_fwd_fraction']:.0f} / {100 * r['kernel_bwd_fraction']:.0f} % | {sweep} | {r['bwd_linearity']:.2f} | "
               f"{r['shd_lif_ms']:.1f} ms | {r['shd_relu_ms']:.1f} ms | {r['shd_ratio']:.2f} | "
               f"{r['load_before']:.1f}-{r['load_after']:.1f} |")
     for r in results:
