@@ -84,13 +84,7 @@ EXODUS_HD acc_t adaptive_backward_step(const LifConfig& c, bool adaptive, acc_t 
   const acc_t A = adaptive ? grad_spikes + p.eta * W : grad_spikes;
 
   acc_t rho_r, dr_dtheta;
-  if (c.gradient == GRADIENT_EXODUS) {
-    rho_r = c.reset == RESET_SUBTRACT ? acc_t(1) - theta_t * sigma : no_spike - h * sigma;
-    dr_dtheta = c.reset == RESET_SUBTRACT ? theta_t * sigma - a : h * sigma;
-  } else {  // SLAYER: the reset is detached
-    rho_r = c.reset == RESET_SUBTRACT ? acc_t(1) : no_spike;
-    dr_dtheta = c.reset == RESET_SUBTRACT ? -a : acc_t(0);
-  }
+  reset_derivatives(c, h, theta_t, sigma, a, no_spike, rho_r, dr_dtheta);  // neuron.cuh, as for LIF
   acc_t H = A * sigma + (kappa ? rho_r * V : acc_t(0));
   if (adaptive) H += p.zeta * W;
   const acc_t Theta = (kappa ? V * dr_dtheta : acc_t(0)) - A * sigma;
