@@ -144,7 +144,7 @@ def test_sparse_saves_only_the_active_points():
     flat = saved[7]
     assert 0 < flat.numel() < 0.5 * spikes.numel()
     big = [i for i, t in enumerate(saved) if t is not None and t.numel() >= spikes.numel()]
-    assert big == [0]  # only the input s is (B, T, *)-sized; no dense h, v or mask is kept
+    assert set(big) <= {0}  # at most the input s is (B, T, *)-sized; no dense h, v or mask is kept
 
 
 def test_gpu_drivers_under_host_emulation_match_the_cpu_drivers():
