@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import exodus.events as ev
@@ -107,6 +107,12 @@ def test_heap_equals_reference(model, drive, graph):
 def test_heap_equals_reference_small_networks(n, data, model, heterogeneous, seed, j0):
     """Property: any small random network (down to N = 2, K = 1) gives the reference's spikes."""
     k = data.draw(st.integers(1, n - 1))
+    # Degenerate coupling: for LIF with identical drives a kick J = j0/sqrt(K) equal to
+    # threshold - reset (= 1) sends a neuron that is about to fire exactly to the reset, i.e.
+    # into synchrony with the neuron that just fired. The two then tie forever, and which of
+    # them fires first is decided by rounding (found by hypothesis at N = 2, K = 1, j0 = 1).
+    # No exact simulator can be compared spike by spike there.
+    assume(model != "lif" or heterogeneous or abs(j0 / math.sqrt(k) - 1.0) > 1e-6)
     rng = np.random.default_rng(seed)
     i_ext = rng.uniform(0.02, 1.0, n) if heterogeneous else float(rng.uniform(0.02, 1.0))
     net = ev.Network(n, k, model=model, j0=j0, i_ext=i_ext, seed=seed)
