@@ -17,6 +17,7 @@
 //   x_m       = fmix(key_j + (m + 1) G),  m = 0, 1, 2, ...
 //   cand_m    = floor(x_m (N - 1) / 2^64) (Lemire's multiply-shift);  target = cand_m + (cand_m >= j)
 //   targets   = the first K distinct targets in draw order; synapse (j, r) is the r-th of them.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -225,6 +226,29 @@ double kick(const EifTable& table, double phase, double c, [[maybe_unused]] doub
   else return eif_ptc(table, phase, c);
 }
 
+// A kick onto a neuron within rounding of threshold (a near-tie with the spiker). Exactly, its
+// phase is <= phase_th and an inhibitory kick never raises a phase (the PTCs are monotone);
+// rounded, the advanced phase can land above phase_th and the PTC on phase_th (QIF:
+// 2 atan(tan(pi/2 - ulp) + c) rounds to pi), which would read as a crossing. Enforce both facts;
+// a neuron left exactly on phase_th fires next with zero wait, as in the O(N) reference.
+// Inhibitory: c > 0 for LIF (c = J/I), c < 0 for QIF and EIF.
+template <int M>
+double kick_clamped(const EifTable& table, double phase_th, double before, double c, double omega) {
+  before = std::min(before, phase_th);
+  const double after = kick<M>(table, before, c, omega);
+  const bool inhibitory = M == LIF ? c > 0.0 : c < 0.0;
+  return inhibitory ? std::min(after, before) : after;  // std::min keeps a NaN in `after`
+}
+
+// The status of a kicked phase: a NaN (EIF: below the table), or an excitatory crossing.
+template <int M>
+int32_t kick_status(double after, double phase_th, double c) {
+  if (M == EIF && std::isnan(after)) return ERR_EIF_RANGE;
+  const bool inhibitory = M == LIF ? c > 0.0 : c < 0.0;
+  if (std::isnan(after) || (!inhibitory && !(after < phase_th))) return ERR_CROSSING;
+  return 0;
+}
+
 template <int M>
 double voltage(const EventsNetwork& net, const EifTable& table, int64_t i, double phase) {
   if constexpr (M == LIF) return lif_voltage(phase, net.drive ? net.drive[i] : net.drive0, net.omega ? net.omega[i] : net.omega0);
@@ -331,8 +355,9 @@ int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double
       if constexpr (Mo == Hetero) {
         const double omega = net.omega[i];
         const double before = s.phase[i] + omega * (t - s.last_time[i]);
-        const double after = kick<M>(table, before, net.coupling[i] * w, omega);
-        if (!(after < net.phase_th)) status = (M == EIF && std::isnan(after)) ? ERR_EIF_RANGE : ERR_CROSSING;
+        const double c = net.coupling[i] * w;
+        const double after = kick_clamped<M>(table, net.phase_th, before, c, omega);
+        if (const int32_t st = kick_status<M>(after, net.phase_th, c)) status = st;
         s.phase[i] = after;
         s.last_time[i] = t;
         heap.update(i, t + (net.phase_th - after) / omega);
@@ -342,8 +367,9 @@ int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double
         heap.update(i, after);
       } else {
         const double before = -heap.e[heap.pos[i]].key + offset;
-        const double after = kick<M>(table, before, net.coupling0 * w, omega0);
-        if (!(after < net.phase_th)) status = (M == EIF && std::isnan(after)) ? ERR_EIF_RANGE : ERR_CROSSING;
+        const double c = net.coupling0 * w;
+        const double after = kick_clamped<M>(table, net.phase_th, before, c, omega0);
+        if (const int32_t st = kick_status<M>(after, net.phase_th, c)) status = st;
         heap.update(i, -(after - offset));
       }
     }
