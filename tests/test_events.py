@@ -116,7 +116,36 @@ def test_heap_equals_reference_small_networks(n, data, model, heterogeneous, see
     rng = np.random.default_rng(seed)
     i_ext = rng.uniform(0.02, 1.0, n) if heterogeneous else float(rng.uniform(0.02, 1.0))
     net = ev.Network(n, k, model=model, j0=j0, i_ext=i_ext, seed=seed)
-    assert_same_spikes(ev.simulate(net, 60), ev.simulate_reference(net, 60))
+    got, expected = ev.simulate(net, 60), ev.simulate_reference(net, 60)
+    # A homogeneous all-to-all network is symmetric under relabelling, and inhibition contracts
+    # phase gaps there until neurons coincide to the last bit and rounding decides which of them
+    # fires first (LIF, N = 53, K = 52, j0 = 2.26, seed 425270292: spike times equal to 1e-16,
+    # labels permuted). Its spike times are label-free; compare those.
+    symmetric = not heterogeneous and k == n - 1
+    # Small networks can also be ill-conditioned: QIF ones chaotic, and a kick onto a phase next
+    # to pi reads tan(phi/2) near its pole, so one rounding of phi (1e-16) can move later spikes
+    # by 1e-13 (measured: N = 13, K = 7, j0 = 1.69, seed 3823212475). No two exact simulators agree
+    # to TIME_TOL there. So the heap must agree with the reference as well as the reference
+    # agrees with itself when its initial phases are nudged by 1e-13 (three random nudges): per
+    # spike, within max(TIME_TOL, 10x the largest nudged deviation), up to the horizon where a
+    # nudge changes the firing order or moves a spike by 1e-9. A wrong simulator is off by O(1).
+    scale = np.maximum(1.0, np.abs(expected.times))
+    horizon, deviation = 60, np.zeros(60)
+    phase = net.initial_phases()
+    for nudge_seed in range(3):
+        nudge = np.random.default_rng(nudge_seed).choice([-1.0, 1.0], n) * 1e-13 * np.maximum(1.0, np.abs(phase))
+        nudged = ev.simulate_reference(net, 60, phase0=np.clip(phase + nudge, net.phase_reset, np.nextafter(net.phase_th, -np.inf)))
+        deviation = np.maximum(deviation, np.abs(nudged.times - expected.times) / scale)
+        unpredictable = deviation > 1e-9
+        if not symmetric:
+            unpredictable |= nudged.neurons != expected.neurons
+        if unpredictable.any():
+            horizon = min(horizon, int(np.argmax(unpredictable)))
+    assert horizon >= 5, f"predictability horizon {horizon} spikes: too ill-conditioned to test"
+    if not symmetric:
+        np.testing.assert_array_equal(got.neurons[:horizon], expected.neurons[:horizon])
+    error = np.abs(got.times - expected.times)[:horizon] / scale[:horizon]
+    assert np.all(error <= np.maximum(TIME_TOL, 10.0 * deviation[:horizon]))
 
 
 def test_heap_equals_reference_n1000_long_lif():
