@@ -10,8 +10,8 @@ M a_{t-1} is summed inside the kernel over the neurons that spiked (one GPU bloc
 spikes in shared memory; N <= 1024 on the GPU, else one launch per step with cuBLAS in between).
 The recurrent backward launches the reverse-step driver once per step, with the dense product
 c H_{t+1} M computed between the launches by torch (BLAS / cuBLAS). Saved for the backward: h and w, two elements per
-neuron-step (h only without adaptation); the spikes needed for dL/dM are recomputed by the
-backward kernel from them.
+neuron-step (h only without adaptation), and for a recurrent layer the output spikes (held by the
+caller anyway): dL/dM sums over them, on the CPU over the spikes only (cuda/cpu_sparse.cpp).
 
 Without adaptation (beta = gamma = zeta = eta = 0 given as numbers, no w0) w is never computed
 and the neuron is exodus.functional.lif's LIF, bit for bit: that is how recurrent LIF layers run.
@@ -129,14 +129,15 @@ def _run_backward(plan, grad_x: Tensor, grad_rec: Optional[Tensor], weight_rec: 
 @torch.library.custom_op("exodus::adaptive_scan_backward", mutates_args=())
 def adaptive_scan_backward(grad_spikes: Optional[Tensor], grad_v: Optional[Tensor], grad_w: Optional[Tensor],
                            h_save: Tensor, w_save: Tensor, params: Tensor, v0: Tensor, w0: Tensor,
-                           weight_rec: Optional[Tensor], a0: Optional[Tensor], need_params: bool, reset: int,
+                           weight_rec: Optional[Tensor], a0: Optional[Tensor], spikes: Optional[Tensor],
+                           need_params: bool, reset: int,
                            max_spikes: int, has_vmin: bool, v_min: float, norm_input: bool, state_trace: bool,
                            adaptive: bool, gradient: int, surrogate: int, grad_scale: float,
                            surrogate_params: list[float],
                            backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Reverse scan of DESIGN §4/§5. Returns dL/dx (B, T, N), dL/dparams (7, N) (zeros when not
-    needed), dL/dv0, dL/dw0 (B, N), and with weight_rec dL/dweight_rec (N, N) and dL/da0 (B, N)
-    (else empty tensors)."""
+    """Reverse scan of DESIGN §4/§5. spikes: the forward's output (B, T, N) with weight_rec (else
+    None). Returns dL/dx (B, T, N), dL/dparams (7, N) (zeros when not needed), dL/dv0, dL/dw0 (B, N),
+    and with weight_rec dL/dweight_rec (N, N) and dL/da0 (B, N) (else empty tensors)."""
     o = _options(reset, max_spikes, has_vmin, v_min, norm_input, state_trace, gradient, surrogate, grad_scale,
                  surrogate_params)
     acc = h_save.dtype
@@ -156,9 +157,12 @@ def adaptive_scan_backward(grad_spikes: Optional[Tensor], grad_v: Optional[Tenso
     carry_v, carry_w = final(grad_v), final(grad_w if adaptive else None)
     grad_x = empty_for_kernel((B, T, N), storage, h_save.device)
     recurrent = weight_rec is not None
-    # a_{t-1} for every step (a0 first; the kernel fills the rest), for dL/dM in one product
-    prev_spikes = empty_for_kernel((B, T, N), storage, h_save.device) if recurrent else None
-    if recurrent and T > 0:
+    # dL/dM = sum over (b, t) of dL/dx_t (x) a_{t-1} (DESIGN §5). CPU: over the forward's spikes only
+    # (cuda/cpu_sparse.cpp). GPU: one dense product with a_{t-1} for every step (a0 first; the
+    # kernel fills the rest).
+    sparse_weight_grad = recurrent and backend == "cpu"
+    prev_spikes = empty_for_kernel((B, T, N), storage, h_save.device) if recurrent and not sparse_weight_grad else None
+    if prev_spikes is not None and T > 0:
         prev_spikes[:, 0] = a0
     grad_rec = torch.zeros((B, N), dtype=acc, device=h_save.device) if recurrent else None
     # Partial sums of the parameter gradients: one slot per batch row (GPU) or per CPU thread.
@@ -172,7 +176,14 @@ def adaptive_scan_backward(grad_spikes: Optional[Tensor], grad_v: Optional[Tenso
         _run_backward(plan, grad_x, grad_rec, weight_rec, backend, storage, acc)
     out_dtype = given.dtype
     grad_p = grad_params.sum(1) if need_params else torch.zeros((7, N), dtype=acc, device=h_save.device)
-    if recurrent and T > 0:
+    if sparse_weight_grad and T > 0:
+        partials = torch.empty((max(1, torch.get_num_threads()), N, N), dtype=acc, device=h_save.device)
+        plan = launch.spike_weight_grad_plan(grad_x, _storage(spikes, backend).to(storage).contiguous(),
+                                             a0.to(acc).contiguous(), partials)
+        backends.cpu.run(plan, acc)
+        grad_weight = partials.sum(0).t().contiguous()
+        grad_a0 = grad_x[:, 0].to(acc) @ weight_rec
+    elif recurrent and T > 0:
         gx, a_prev = grad_x.to(acc).reshape(B * T, N), prev_spikes.to(acc).reshape(B * T, N)
         grad_weight = gx.t() @ a_prev                  # sum over (b, t) of dL/dx_t (x) a_{t-1}  (DESIGN §5)
         grad_a0 = grad_x[:, 0].to(acc) @ weight_rec
@@ -184,7 +195,7 @@ def adaptive_scan_backward(grad_spikes: Optional[Tensor], grad_v: Optional[Tenso
 
 
 @adaptive_scan_backward.register_fake
-def _(grad_spikes, grad_v, grad_w, h_save, w_save, params, v0, w0, weight_rec, a0, need_params, *options):
+def _(grad_spikes, grad_v, grad_w, h_save, w_save, params, v0, w0, weight_rec, a0, spikes, need_params, *options):
     given = next(g for g in (grad_spikes, grad_v, grad_w) if g is not None)
     B, _, N = h_save.shape
     recurrent = weight_rec is not None
@@ -195,13 +206,15 @@ def _(grad_spikes, grad_v, grad_w, h_save, w_save, params, v0, w0, weight_rec, a
 
 def _setup_context(ctx, inputs, output):
     x, params, v0, w0, weight_rec, a0, *options = inputs
-    ctx.save_for_backward(output[3], output[4], params, v0, w0, weight_rec, a0)
+    # The output spikes are a_{t-1} of dL/dM (recurrent only; the caller holds them anyway).
+    ctx.save_for_backward(output[3], output[4], params, v0, w0, weight_rec, a0,
+                          output[0] if weight_rec is not None else None)
     ctx.options = options
     ctx.set_materialize_grads(False)  # outputs outside the loss arrive as None: no streams of zeros
 
 
 def _backward(ctx, grad_spikes, grad_v, grad_w, grad_h, grad_w_save):
-    h_save, w_save, params, v0, w0, weight_rec, a0 = ctx.saved_tensors
+    h_save, w_save, params, v0, w0, weight_rec, a0, spikes = ctx.saved_tensors
     adaptive = ctx.options[6]
     if not adaptive:
         grad_w = None
@@ -209,7 +222,8 @@ def _backward(ctx, grad_spikes, grad_v, grad_w, grad_h, grad_w_save):
         return (None,) * 18
     need_params = ctx.needs_input_grad[1]
     grad_x, grad_p, grad_v0, grad_w0, grad_weight, grad_a0 = adaptive_scan_backward(
-        grad_spikes, grad_v, grad_w, h_save, w_save, params, v0, w0, weight_rec, a0, need_params, *ctx.options)
+        grad_spikes, grad_v, grad_w, h_save, w_save, params, v0, w0, weight_rec, a0, spikes, need_params,
+        *ctx.options)
     recurrent = weight_rec is not None
     return (grad_x, grad_p if need_params else None, grad_v0, grad_w0 if adaptive else None,
             grad_weight if recurrent else None, grad_a0 if recurrent else None) + (None,) * 12
