@@ -184,6 +184,9 @@ class PeakMemory:
     def measure(self, call: Callable[[], None]) -> Optional[int]:
         if not self.available:
             return None
+        # exodus' output pool keeps freed blocks resident for the next step (backends/memory.py):
+        # unmap them, or memory the call needs would count as already there.
+        exodus.backends.memory.release()
         self.libc.malloc_trim(0)
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")

@@ -541,13 +541,23 @@ def test_opcheck_adaptive_ops(monkeypatch, recurrent):
     """torch.library.opcheck of the forward and backward custom ops with the arguments the API passes."""
     case = make_case(batch=2, time=5, features=(3,), seed=9, recurrent=recurrent, v_min=-0.5)
     module = F.adaptive
-    for args in _recorded_calls(monkeypatch, module, "adaptive_scan",
-                                lambda: case.run(F.adaptive_lif, backend="cpu")):
-        torch.library.opcheck(torch.ops.exodus.adaptive_scan.default, args)
     detached = lambda args: tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)  # noqa: E731
-    for args in _recorded_calls(monkeypatch, module, "adaptive_scan_backward",
+    # The eager CPU backward writes dL/dx over the saved h (the _into_h op, checked last);
+    # opcheck compares the forward's outputs, h among them, after a backward: keep h intact there.
+    module.GRAD_X_IN_H = False
+    try:
+        for args in _recorded_calls(monkeypatch, module, "adaptive_scan",
+                                    lambda: case.run(F.adaptive_lif, backend="cpu")):
+            torch.library.opcheck(torch.ops.exodus.adaptive_scan.default, args)
+        for args in _recorded_calls(monkeypatch, module, "adaptive_scan_backward",
+                                    lambda: case.run(F.adaptive_lif, backend="cpu")):
+            torch.library.opcheck(torch.ops.exodus.adaptive_scan_backward.default, detached(args))
+    finally:
+        module.GRAD_X_IN_H = True
+    for args in _recorded_calls(monkeypatch, module, "adaptive_scan_backward_into_h",
                                 lambda: case.run(F.adaptive_lif, backend="cpu")):
-        torch.library.opcheck(torch.ops.exodus.adaptive_scan_backward.default, detached(args))
+        assert args[12] is True  # grad_x_in_h
+        torch.library.opcheck(torch.ops.exodus.adaptive_scan_backward_into_h.default, detached(args))
 
 
 # ----------------------------------------------------------------------------- empty inputs
@@ -580,3 +590,56 @@ def test_empty_inputs(shape, backend, recurrent, state_trace):
             assert grad is None or grad.shape == leaves[k].shape
             if not (not state_trace and T == 0 and k in (8, 9)):
                 assert grad is None or not bool(grad.any()), f"leaf {k}: gradient of an empty output must be zero"
+
+
+# ----------------------------------------------------------------------------- dL/dx over the saved h
+
+@pytest.mark.parametrize("recurrent", [False, True], ids=["ff", "rec"])
+def test_grad_x_written_over_saved_h(monkeypatch, recurrent):
+    """The CPU backward writes dL/dx over the saved h (no new (B, T, N) buffer) unless the graph is
+    kept; kept or not, and with the reuse switched off, the gradients are the same bits."""
+    case = make_case(batch=3, time=12, features=(4,), seed=21, recurrent=recurrent)
+    module = F.adaptive
+    full = tuple(case.x.shape)
+
+    def backward_buffers(run):  # (B, T, N) buffers the backward op asks for
+        requested = []
+        original = module.empty_for_kernel
+
+        def spy(shape, *args, **kwargs):
+            requested.append(tuple(shape))
+            return original(shape, *args, **kwargs)
+
+        monkeypatch.setattr(module, "empty_for_kernel", spy)
+        result = run()
+        monkeypatch.undo()
+        return result, requested.count(full)
+
+    def grads(retain: bool):
+        spikes, v, w = F.adaptive_lif(case.x, torch.exp(-1.0 / case.tau), case.threshold,
+                                      torch.exp(-1.0 / case.tau_adapt), *(case.couplings[n] for n in COUPLINGS),
+                                      case.v0, case.w0, weight_rec=case.weight_rec, a0=case.a0, backend="cpu")
+        loss = (spikes * case.w_spikes).sum() + (v * case.w_v).sum() + (w * case.w_w).sum()
+        names, leaves = zip(*case.named_leaves())
+        first, n_first = backward_buffers(lambda: torch.autograd.grad(loss, leaves, retain_graph=retain,
+                                                                      allow_unused=True))
+        if not retain:
+            return [first], [n_first]
+        second, n_second = backward_buffers(lambda: torch.autograd.grad(loss, leaves, allow_unused=True))
+        return [first, second], [n_first, n_second]
+
+    plain, plain_buffers = grads(retain=False)
+    kept, kept_buffers = grads(retain=True)
+    assert plain_buffers == [0]          # dL/dx took h's buffer
+    assert kept_buffers == [1, 0]        # kept graph: a fresh dL/dx; the last backward reuses h
+    module.GRAD_X_IN_H = False
+    try:
+        off, off_buffers = grads(retain=False)
+    finally:
+        module.GRAD_X_IN_H = True
+    assert off_buffers == [1]
+    for other in (*kept, *off):
+        for a, b in zip(plain[0], other):
+            assert (a is None) == (b is None)
+            if a is not None:
+                assert torch.equal(a, b)
