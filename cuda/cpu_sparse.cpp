@@ -156,7 +156,8 @@ extern "C" void exodus_cpu_spike_weight_grad(
         for (index_t j = 0; j < N; ++j) {
           const acc_t a = t == 0 ? a0[b * N + j] : static_cast<acc_t>(spikes[(b * T + t - 1) * N + j]);
           if (a == acc_t(0)) continue;
-          acc_t* row = gw + j * N;
+          acc_t* __restrict__ row = gw + j * N;
+#pragma omp simd
           for (index_t i = 0; i < N; ++i) row[i] += a * static_cast<acc_t>(g_t[i]);
         }
       }
