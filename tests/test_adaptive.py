@@ -629,6 +629,7 @@ def test_grad_x_written_over_saved_h(monkeypatch, recurrent):
         return [first, second], [n_first, n_second]
 
     plain, plain_buffers = grads(retain=False)
+    assert not any(g is not None and (g.requires_grad or g.grad_fn is not None) for g in plain[0])
     kept, kept_buffers = grads(retain=True)
     assert plain_buffers == [0]          # dL/dx took h's buffer
     assert kept_buffers == [1, 0]        # kept graph: a fresh dL/dx; the last backward reuses h
@@ -643,3 +644,32 @@ def test_grad_x_written_over_saved_h(monkeypatch, recurrent):
             assert (a is None) == (b is None)
             if a is not None:
                 assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------- batch parts (recurrent CPU backward)
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("kind", ["float64-all-trained", "float32-multi-spike"])
+def test_recurrent_backward_in_batch_parts(monkeypatch, threads, kind):
+    """The recurrent CPU backward split over batch rows (one chain per thread, uneven parts, parameter
+    partials per part) gives the oracle's gradients and the unsplit run's to rounding."""
+    if kind == "float64-all-trained":
+        case = make_case(batch=7, time=18, features=(6,), seed=31, recurrent=True, v_min=-0.5, v0_kind="broadcast")
+    else:
+        case = make_case(batch=5, time=15, features=(16,), dtype=torch.float32, seed=32, recurrent=True,
+                         amplitude="large", max_spikes=None)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        monkeypatch.setattr(F.adaptive, "MIN_ROWS_PER_PART", 1)
+        assert F.adaptive._recurrent_parts(case.x.shape[0]) == threads
+        expected, split = compare(case, "cpu")
+        assert torch.get_num_threads() == threads  # restored after the parts ran
+        monkeypatch.setattr(F.adaptive, "MIN_ROWS_PER_PART", 10 ** 9)
+        assert F.adaptive._recurrent_parts(case.x.shape[0]) == 1
+        whole = case.run(F.adaptive_lif, backend="cpu")
+    finally:
+        torch.set_num_threads(previous)
+    rtol = 1e-12 if case.x.dtype == F64 else 1e-5
+    for name, g in whole[3].items():
+        torch.testing.assert_close(split[3][name], g, rtol=rtol, atol=rtol * float(g.abs().max()), msg=name)
