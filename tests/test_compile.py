@@ -169,8 +169,13 @@ def test_opcheck_lif_scan(monkeypatch, options):
     x, alpha, theta, v0 = _inputs()
     calls = recorded_op_calls(monkeypatch, "lif_scan",
                               lambda: F.lif(x, alpha, theta, v0, backend="cpu", **options))
-    for args in calls:
-        torch.library.opcheck(torch.ops.exodus.lif_scan.default, args)
+    lif_module = sys.modules["exodus.functional.lif"]
+    lif_module.GRAD_X_IN_H = False  # opcheck compares the outputs, h among them, after its own backward
+    try:
+        for args in calls:
+            torch.library.opcheck(torch.ops.exodus.lif_scan.default, args)
+    finally:
+        lif_module.GRAD_X_IN_H = True
 
 
 def test_opcheck_leaky_scan(monkeypatch):
@@ -198,8 +203,18 @@ def test_opcheck_backward_ops(monkeypatch, outputs, trained):
         loss = {"both": spikes.sum() + v.sum(), "spikes": spikes.sum(), "v": v.sum()}[outputs]
         torch.autograd.grad(loss, [t for t in (x, alpha, theta, v0) if t.requires_grad])
 
-    for args in recorded_op_calls(monkeypatch, "lif_scan_backward", lif_backward):
-        torch.library.opcheck(torch.ops.exodus.lif_scan_backward.default, detached(args))
+    # The eager CPU backward writes dL/dx over the saved h (the _into_h op, checked after it); opcheck
+    # compares the forward's outputs, h among them, after a backward: keep h intact for that check.
+    lif_module = sys.modules["exodus.functional.lif"]
+    lif_module.GRAD_X_IN_H = False
+    try:
+        for args in recorded_op_calls(monkeypatch, "lif_scan_backward", lif_backward):
+            torch.library.opcheck(torch.ops.exodus.lif_scan_backward.default, detached(args))
+    finally:
+        lif_module.GRAD_X_IN_H = True
+    for args in recorded_op_calls(monkeypatch, "lif_scan_backward_into_h", lif_backward):
+        assert args[8] is True  # into_h
+        torch.library.opcheck(torch.ops.exodus.lif_scan_backward_into_h.default, detached(args))
 
     def leaky_backward():
         torch.autograd.grad(F.leaky(x, alpha, v0, backend="cpu").sum(), [t for t in (x, alpha, v0) if t.requires_grad])

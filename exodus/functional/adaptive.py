@@ -31,7 +31,7 @@ from ..surrogate import Surrogate
 from ..backends import launch
 from ..backends.memory import empty_for_kernel
 from .lif import (RESETS, _as_parameter, _check_range, _check_threshold, _check_v0, _initial_state, _is_compiling, _options,
-                  _storage, check_input, check_spiking_options)
+                  _storage, check_input, check_spiking_options, grad_x_in_h)
 
 __all__ = ["adaptive_lif", "adaptive_lif_ref", "COUPLINGS"]
 
@@ -40,9 +40,6 @@ adaptive_lif_ref = reference.adaptive_lif_ref
 # Order of the packed (7, N) parameter array (AdaptiveParam in cuda/adaptive.cuh).
 PARAMETERS = ("alpha", "threshold", "rho", "beta", "gamma", "zeta", "eta")
 COUPLINGS = ("beta", "gamma", "zeta", "eta")
-# The CPU backward writes dL/dx over the saved h when the graph is not kept (see _backward); False
-# keeps h intact (torch.library.opcheck compares the forward's outputs, h among them, after a backward).
-GRAD_X_IN_H = True
 # Test-only backend: the GPU drivers executed on the CPU through cuda/host_emulation.h.
 EMULATION = "emulation"
 
@@ -194,7 +191,7 @@ def spike_weight_grad(grad_x: Tensor, spikes: Tensor, a0: Tensor) -> Tensor:
 def _adaptive_scan_backward(grad_spikes: Optional[Tensor], grad_v: Optional[Tensor], grad_w: Optional[Tensor],
                            h_save: Tensor, w_save: Tensor, params: Tensor, v0: Tensor, w0: Tensor,
                            weight_rec: Optional[Tensor], a0: Optional[Tensor], spikes: Optional[Tensor],
-                           need_params: bool, grad_x_in_h: bool, reset: int,
+                           need_params: bool, into_h: bool, reset: int,
                            max_spikes: int, has_vmin: bool, v_min: float, norm_input: bool, state_trace: bool,
                            adaptive: bool, gradient: int, surrogate: int, grad_scale: float,
                            surrogate_params: list[float],
@@ -203,7 +200,7 @@ def _adaptive_scan_backward(grad_spikes: Optional[Tensor], grad_v: Optional[Tens
     None). Returns dL/dx (B, T, N), dL/dparams (7, N) (zeros when not needed), dL/dv0, dL/dw0 (B, N),
     and with weight_rec dL/dweight_rec (N, N) and dL/da0 (B, N) (else empty tensors).
 
-    grad_x_in_h (CPU only): dL/dx is written over h_save, whose step t the reverse scan reads for
+    into_h (CPU only): dL/dx is written over h_save, whose step t the reverse scan reads for
     the last time just before it writes dL/dx_t there (one (B, T, N) buffer less at the peak);
     dL/dx is then returned empty and h_save holds it."""
     o = _options(reset, max_spikes, has_vmin, v_min, norm_input, state_trace, gradient, surrogate, grad_scale,
@@ -223,9 +220,9 @@ def _adaptive_scan_backward(grad_spikes: Optional[Tensor], grad_v: Optional[Tens
 
     gs = None if grad_spikes is None else _storage(grad_spikes, backend).to(storage).contiguous()
     carry_v, carry_w = final(grad_v), final(grad_w if adaptive else None)
-    if grad_x_in_h and (backend != "cpu" or storage != acc):
-        raise ValueError("grad_x_in_h needs the cpu backend (kernels store in the math dtype)")
-    grad_x = h_save if grad_x_in_h else empty_for_kernel((B, T, N), storage, h_save.device)
+    if into_h and (backend != "cpu" or storage != acc):
+        raise ValueError("into_h needs the cpu backend (kernels store in the math dtype)")
+    grad_x = h_save if into_h else empty_for_kernel((B, T, N), storage, h_save.device)
     recurrent = weight_rec is not None
     # dL/dM = sum over (b, t) of dL/dx_t (x) a_{t-1} (DESIGN §5). CPU: over the forward's spikes only
     # (cuda/cpu_sparse.cpp). GPU: one dense product with a_{t-1} for every step (a0 first; the
@@ -268,41 +265,27 @@ def _adaptive_scan_backward(grad_spikes: Optional[Tensor], grad_v: Optional[Tens
         grad_weight, grad_a0 = torch.zeros_like(weight_rec), torch.zeros_like(a0)
     else:
         grad_weight, grad_a0 = h_save.new_empty((0,)), h_save.new_empty((0,))
-    grad_x = h_save.new_empty((0,), dtype=out_dtype) if grad_x_in_h else grad_x.to(out_dtype)
+    grad_x = h_save.new_empty((0,), dtype=out_dtype) if into_h else grad_x.to(out_dtype)
     return grad_x, grad_p, carry_v, carry_w, grad_weight, grad_a0
 
 
 def _adaptive_scan_backward_fake(grad_spikes, grad_v, grad_w, h_save, w_save, params, v0, w0, weight_rec, a0, spikes,
-                                 need_params, grad_x_in_h, *options):
+                                 need_params, into_h, *options):
     given = next(g for g in (grad_spikes, grad_v, grad_w) if g is not None)
     B, _, N = h_save.shape
     recurrent = weight_rec is not None
-    return (h_save.new_empty((0,) if grad_x_in_h else h_save.shape, dtype=given.dtype), h_save.new_empty((7, N)),
+    return (h_save.new_empty((0,) if into_h else h_save.shape, dtype=given.dtype), h_save.new_empty((7, N)),
             h_save.new_empty((B, N)), h_save.new_empty((B, N)), h_save.new_empty((N, N) if recurrent else (0,)),
             h_save.new_empty((B, N) if recurrent else (0,)))
 
 
-# One implementation, two ops: the second declares that it writes dL/dx over h_save (grad_x_in_h=True).
+# One implementation, two ops: the second declares that it writes dL/dx over h_save (into_h=True).
 adaptive_scan_backward = torch.library.custom_op("exodus::adaptive_scan_backward", mutates_args=())(
     _adaptive_scan_backward)
 adaptive_scan_backward_into_h = torch.library.custom_op("exodus::adaptive_scan_backward_into_h",
                                                         mutates_args=("h_save",))(_adaptive_scan_backward)
 adaptive_scan_backward.register_fake(_adaptive_scan_backward_fake)
 adaptive_scan_backward_into_h.register_fake(_adaptive_scan_backward_fake)
-
-
-def _eager(t: Tensor) -> bool:
-    """t is a plain tensor outside any tracing (torch.compile, AOT / make_fx, fake or functional modes)."""
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-    return (not _is_compiling() and type(t) is torch.Tensor and _get_current_dispatch_mode() is None
-            and not torch._is_functional_tensor(t))
-
-
-def _graph_kept() -> bool:
-    """Whether the running backward keeps the graph (retain_graph=True or create_graph=True): its
-    saved tensors must then stay intact. True outside a backward or where torch has no such query."""
-    query = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
-    return True if query is None else bool(query())
 
 
 def _setup_context(ctx, inputs, output):
@@ -324,12 +307,12 @@ def _backward(ctx, grad_spikes, grad_v, grad_w, grad_h, grad_w_save):
     need_params = ctx.needs_input_grad[1]
     # On the CPU dL/dx takes h's buffer (h is read for the last time as dL/dx is written), unless
     # the graph is kept for another backward (retain_graph / create_graph, gradcheck) or traced.
-    grad_x_in_h = GRAD_X_IN_H and ctx.options[-1] == "cpu" and _eager(h_save) and not _graph_kept()
-    op = adaptive_scan_backward_into_h if grad_x_in_h else adaptive_scan_backward
+    into_h = grad_x_in_h(ctx.options[-1], h_save)
+    op = adaptive_scan_backward_into_h if into_h else adaptive_scan_backward
     grad_x, grad_p, grad_v0, grad_w0, grad_weight, grad_a0 = op(
         grad_spikes, grad_v, grad_w, h_save, w_save, params, v0, w0, weight_rec, a0, spikes, need_params,
-        grad_x_in_h, *ctx.options)
-    if grad_x_in_h:
+        into_h, *ctx.options)
+    if into_h:
         grad_x = h_save.detach().to(grad_x.dtype)  # no copy in float32 / float64
     recurrent = weight_rec is not None
     return (grad_x, grad_p if need_params else None, grad_v0, grad_w0 if adaptive else None,

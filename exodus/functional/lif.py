@@ -200,14 +200,40 @@ def _(x, alpha, theta, v0, reset, max_spikes, has_vmin, v_min, norm_input, v_tra
     return torch.empty_like(x), v, x.new_empty(x.shape, dtype=acc_dtype(x.dtype))
 
 
-@torch.library.custom_op("exodus::lif_scan_backward", mutates_args=())
-def lif_scan_backward(grad_spikes: Optional[Tensor], grad_v: Optional[Tensor], h: Tensor, alpha: Tensor,
-                      theta: Tensor, v0: Tensor, need_grad_alpha: bool, need_grad_theta: bool, reset: int,
+# The CPU backward writes dL/dx over the saved h when the graph is not kept (see grad_x_in_h); False
+# keeps h intact (torch.library.opcheck compares the forward's outputs, h among them, after a backward).
+GRAD_X_IN_H = True
+
+
+def _graph_kept() -> bool:
+    """Whether the running backward keeps the graph (retain_graph=True or create_graph=True): its
+    saved tensors must then stay intact. True outside a backward or where torch has no such query."""
+    query = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return True if query is None else bool(query())
+
+
+def _eager(t: Tensor) -> bool:
+    """t is a plain tensor outside any tracing (torch.compile, AOT / make_fx, fake or functional modes)."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+    return (not _is_compiling() and type(t) is torch.Tensor and _get_current_dispatch_mode() is None
+            and not torch._is_functional_tensor(t))
+
+
+def grad_x_in_h(backend: str, h: Tensor) -> bool:
+    """Whether a backward may write dL/dx over the saved pre-reset membrane h (B, T, N): on the CPU
+    (the drivers read h_t for the last time just before they write dL/dx_t), eagerly, and only when
+    the graph is not kept for another backward. Saves one (B, T, N) buffer at the backward's peak."""
+    return GRAD_X_IN_H and backend == "cpu" and _eager(h) and not _graph_kept()
+
+
+def _lif_scan_backward(grad_spikes: Optional[Tensor], grad_v: Optional[Tensor], h: Tensor, alpha: Tensor,
+                       theta: Tensor, v0: Tensor, need_grad_alpha: bool, need_grad_theta: bool, into_h: bool, reset: int,
                       max_spikes: int, has_vmin: bool, v_min: float, norm_input: bool, v_trace: bool, gradient: int,
                       surrogate: int, grad_scale: float, surrogate_params: list[float],
                       backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Reverse scan of DESIGN.md §2. Returns dL/dx (B, T, N), dL/dv0 (B, N), dL/dalpha (N,), dL/dtheta (N,).
-    A parameter gradient that is not needed comes back as zeros, and its work is skipped."""
+    A parameter gradient that is not needed comes back as zeros, and its work is skipped. into_h (CPU
+    only, see grad_x_in_h): dL/dx is written over h and returned empty."""
     o = _options(reset, max_spikes, has_vmin, v_min, norm_input, v_trace, gradient, surrogate, grad_scale,
                  surrogate_params)
     acc = h.dtype
@@ -216,7 +242,9 @@ def lif_scan_backward(grad_spikes: Optional[Tensor], grad_v: Optional[Tensor], h
     gv = None if grad_v is None else _storage(grad_v, backend).contiguous()
     storage = (gs if gs is not None else gv).dtype
     B, _, N = h.shape
-    grad_x = empty_for_kernel(h.shape, storage, h.device)
+    if into_h and (backend != "cpu" or storage != acc):
+        raise ValueError("into_h needs the cpu backend (kernels store in the math dtype)")
+    grad_x = h if into_h else empty_for_kernel(h.shape, storage, h.device)
     grad_v0 = torch.zeros((B, N), dtype=acc, device=h.device)
     # Per-(batch, neuron) partial sums, summed over the batch below; null pointers when not needed.
     grad_alpha = torch.zeros((B, N), dtype=acc, device=h.device) if need_grad_alpha else None
@@ -224,7 +252,8 @@ def lif_scan_backward(grad_spikes: Optional[Tensor], grad_v: Optional[Tensor], h
     if B * N > 0:
         plan = launch.lif_backward_plan(h, gs, gv, alpha, theta, v0, grad_x, grad_v0, grad_alpha, grad_theta, o)
         _launch(plan, backend, storage, acc, h.device)
-    return grad_x.to(out_dtype), grad_v0, _batch_sum(grad_alpha, N, acc, h.device), _batch_sum(grad_theta, N, acc, h.device)
+    grad_x = h.new_empty((0,), dtype=out_dtype) if into_h else grad_x.to(out_dtype)
+    return grad_x, grad_v0, _batch_sum(grad_alpha, N, acc, h.device), _batch_sum(grad_theta, N, acc, h.device)
 
 
 def _batch_sum(partials: Optional[Tensor], n: int, acc: torch.dtype, device: torch.device) -> Tensor:
@@ -232,11 +261,20 @@ def _batch_sum(partials: Optional[Tensor], n: int, acc: torch.dtype, device: tor
     return partials.sum(0) if partials is not None else torch.zeros((n,), dtype=acc, device=device)
 
 
-@lif_scan_backward.register_fake
-def _(grad_spikes, grad_v, h, alpha, theta, v0, need_grad_alpha, need_grad_theta, *options):
+def _lif_scan_backward_fake(grad_spikes, grad_v, h, alpha, theta, v0, need_grad_alpha, need_grad_theta, into_h,
+                            *options):
     out_dtype = (grad_spikes if grad_spikes is not None else grad_v).dtype
     B, _, N = h.shape
-    return (h.new_empty(h.shape, dtype=out_dtype), h.new_empty((B, N)), h.new_empty((N,)), h.new_empty((N,)))
+    return (h.new_empty((0,) if into_h else h.shape, dtype=out_dtype), h.new_empty((B, N)), h.new_empty((N,)),
+            h.new_empty((N,)))
+
+
+# One implementation, two ops: the second declares that it writes dL/dx over h (into_h=True).
+lif_scan_backward = torch.library.custom_op("exodus::lif_scan_backward", mutates_args=())(_lif_scan_backward)
+lif_scan_backward_into_h = torch.library.custom_op("exodus::lif_scan_backward_into_h",
+                                                   mutates_args=("h",))(_lif_scan_backward)
+lif_scan_backward.register_fake(_lif_scan_backward_fake)
+lif_scan_backward_into_h.register_fake(_lif_scan_backward_fake)
 
 
 def _lif_setup_context(ctx, inputs, output):
@@ -251,8 +289,12 @@ def _lif_backward(ctx, grad_spikes, grad_v, grad_h):
     if grad_spikes is None and grad_v is None:
         return (None,) * 15
     need_alpha, need_theta = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-    grad_x, grad_v0, grad_alpha, grad_theta = lif_scan_backward(grad_spikes, grad_v, h, alpha, theta, v0,
-                                                                need_alpha, need_theta, *ctx.options)
+    into_h = grad_x_in_h(ctx.options[-1], h)
+    op = lif_scan_backward_into_h if into_h else lif_scan_backward
+    grad_x, grad_v0, grad_alpha, grad_theta = op(grad_spikes, grad_v, h, alpha, theta, v0, need_alpha, need_theta,
+                                                 into_h, *ctx.options)
+    if into_h:
+        grad_x = h.detach().to(grad_x.dtype)  # no copy in float32 / float64
     return (grad_x, grad_alpha if need_alpha else None, grad_theta if need_theta else None, grad_v0) + (None,) * 11
 
 
