@@ -130,7 +130,8 @@ def _run_backward(plan, grad_x: Tensor, grad_rec: Optional[Tensor], weight_rec: 
 # Batch rows per part below which the recurrent CPU backward is not split (per-step Python and ctypes
 # overhead would dominate the halved work).
 MIN_ROWS_PER_PART = 8
-_part_pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
+_part_pool: Optional[concurrent.futures.ThreadPoolExecutor] = None  # threads for parts 1.. (part 0: the caller)
+_part_pool_workers = 0
 
 
 def _recurrent_parts(batch: int) -> int:
@@ -146,7 +147,7 @@ def _run_recurrent_backward_in_parts(plan_for, parts: int, grad_x: Tensor, grad_
     One thread per chain instead of two threads per step: a multi-threaded reverse step between
     multi-threaded BLAS products made two OpenMP runtimes (torch's and the driver's) spin against
     each other (docs/benchmarks.md). Returns the parameter-gradient partials (7, parts, N) or None."""
-    global _part_pool
+    global _part_pool, _part_pool_workers
     B, T, N = grad_x.shape
     bounds = [B * k // parts for k in range(parts + 1)]
     rows = [slice(bounds[k], bounds[k + 1]) for k in range(parts)]
@@ -166,7 +167,10 @@ def _run_recurrent_backward_in_parts(plan_for, parts: int, grad_x: Tensor, grad_
                         torch.mm(gx[:, t + 1], weight, out=rec)
                     run(t, t + 1)
 
-        if _part_pool is None or _part_pool._max_workers < parts - 1:
+        if _part_pool is None or _part_pool_workers < parts - 1:
+            if _part_pool is not None:
+                _part_pool.shutdown(wait=False)
+            _part_pool_workers = parts - 1
             _part_pool = concurrent.futures.ThreadPoolExecutor(max_workers=parts - 1, thread_name_prefix="exodus-bwd")
         futures = [_part_pool.submit(chain, k) for k in range(1, parts)]
         try:
