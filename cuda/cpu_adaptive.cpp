@@ -10,9 +10,6 @@
 // Compiled by exodus/backends/cpu.py with -DEXODUS_SCALAR=<float|double>.
 #include "cpu_common.h"
 #include "adaptive.cuh"
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
 
 namespace {
 using namespace exodus_cpu;
@@ -115,7 +112,7 @@ extern "C" void exodus_cpu_adaptive_backward(
   const LifConfig config = {reset, max_spikes, has_vmin, norm_input, v_min, gradient, surrogate, grad_scale, p0, p1, p2, band};
   // Parameter-gradient partials: slot = OpenMP thread (the batch sum happens in a small (7, P, N)
   // array that stays in cache when the driver is called once per step).
-  num_threads = static_cast<int>(std::min<index_t>(std::max(num_threads, 1), std::max<index_t>(partials, 1)));
+  num_threads = partial_sum_threads(num_threads, partials, B * (t_end - t_begin) * N);
   // Single-step launches (the recurrent backward) run on one thread: measured on a 2-core Xeon at
   // (64, 1000, 512), one thread took 0.38 s for the 1000 steps and two threads 11.6 s (a parallel
   // region per step with parameter gradients; not understood, see docs/benchmarks.md). The BLAS
@@ -139,11 +136,7 @@ extern "C" void exodus_cpu_adaptive_backward(
       const acc_t* const zeros_acc = rows + 5 * len;
       scalar_t* const zeros = scratch_rows<scalar_t, 2>(len);
       std::fill(zeros, zeros + len, from_acc(acc_t(0)));
-#if defined(_OPENMP)
-      const index_t slot = omp_in_parallel() ? omp_get_thread_num() : 0;
-#else
-      const index_t slot = 0;
-#endif
+      const index_t slot = partial_slot();
       acc_t* g_row[NUM_ADAPTIVE_PARAMS];
       for (int q = 0; q < NUM_ADAPTIVE_PARAMS; ++q)
         g_row[q] = need_params ? grad_params + (q * partials + slot) * N + n0 : nullptr;

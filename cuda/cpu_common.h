@@ -20,6 +20,9 @@ __attribute__((simd("notinbranch"))) double exp(double) noexcept;
 #if defined(__SSE2__)
 #include <immintrin.h>
 #endif
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 namespace exodus_cpu {
 
@@ -96,6 +99,22 @@ void with_bool(bool value, F&& f) {
 // body(b, n0, len) runs the whole time loop for neurons [n0, n0 + len) of batch b.
 // Below this many neuron-steps a parallel region costs more than it saves.
 constexpr index_t kMinParallelWork = 1 << 15;
+
+// Drivers that sum into per-thread partial slots: at most one thread per slot (the caller
+// allocated `partials` of them), one thread for less than kMinParallelWork of work.
+inline int partial_sum_threads(int requested, index_t partials, index_t work) {
+  if (work < kMinParallelWork) return 1;
+  return static_cast<int>(std::min<index_t>(std::max(requested, 1), std::max<index_t>(partials, 1)));
+}
+
+// The partial slot of the calling thread: its OpenMP thread number, 0 outside a parallel region.
+inline index_t partial_slot() {
+#if defined(_OPENMP)
+  return omp_in_parallel() ? omp_get_thread_num() : 0;
+#else
+  return 0;
+#endif
+}
 
 template <typename Body>
 void for_each_tile(index_t B, index_t T, index_t N, int num_threads, Body body) {

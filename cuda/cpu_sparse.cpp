@@ -19,10 +19,6 @@
 #include "cpu_common.h"
 #include "neuron.cuh"
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
 extern "C" void exodus_cpu_lif_sparse_backward(
     const index_t* row_ptr, const index_t* col, const acc_t* h, const acc_t* q, const acc_t* y,
     const scalar_t* grad_spikes, const acc_t* alpha, const acc_t* theta, acc_t* lambda_state, index_t* t_state,
@@ -84,19 +80,14 @@ extern "C" void exodus_cpu_lif_sparse_backward(
 extern "C" void exodus_cpu_sparse_weight_grad(
     const scalar_t* s, const index_t* row_ptr, const index_t* col, const acc_t* e, acc_t alpha, acc_t* grad_w,
     acc_t* grad_b, index_t B, index_t T, index_t N_in, index_t N_out, index_t partials, int num_threads) {
-  num_threads = static_cast<int>(std::min<index_t>(std::max(num_threads, 1), std::max<index_t>(partials, 1)));
-  if (B * T * N_in < (index_t(1) << 15)) num_threads = 1;
+  num_threads = exodus_cpu::partial_sum_threads(num_threads, partials, B * T * N_in);
   std::fill(grad_w, grad_w + partials * N_out * N_in, acc_t(0));  // every slot: fewer threads may run
   if (grad_b) std::fill(grad_b, grad_b + partials * N_out, acc_t(0));
 #pragma omp parallel num_threads(num_threads) if (num_threads > 1)
   {
-#if defined(_OPENMP)
-    const int slot = omp_get_thread_num();
-#else
-    const int slot = 0;
-#endif
-    acc_t* gw = grad_w + index_t(slot) * N_out * N_in;
-    acc_t* gb = grad_b ? grad_b + index_t(slot) * N_out : nullptr;
+    const index_t slot = exodus_cpu::partial_slot();
+    acc_t* gw = grad_w + slot * N_out * N_in;
+    acc_t* gb = grad_b ? grad_b + slot * N_out : nullptr;
     std::vector<acc_t> s_hat(N_in);
 #pragma omp for schedule(dynamic, 1)
     for (index_t b = 0; b < B; ++b) {
@@ -138,17 +129,12 @@ extern "C" void exodus_cpu_lif_sparse_active(
 extern "C" void exodus_cpu_spike_weight_grad(
     const scalar_t* g, const scalar_t* spikes, const acc_t* a0, acc_t* grad_wt, index_t B, index_t T, index_t N,
     index_t partials, int num_threads) {
-  num_threads = static_cast<int>(std::min<index_t>(std::max(num_threads, 1), std::max<index_t>(partials, 1)));
-  if (B * T * N < (index_t(1) << 15)) num_threads = 1;
+  num_threads = exodus_cpu::partial_sum_threads(num_threads, partials, B * T * N);
   std::fill(grad_wt, grad_wt + partials * N * N, acc_t(0));
 #pragma omp parallel num_threads(num_threads) if (num_threads > 1)
   {
-#if defined(_OPENMP)
-    const int slot = omp_get_thread_num();
-#else
-    const int slot = 0;
-#endif
-    acc_t* gw = grad_wt + index_t(slot) * N * N;
+    const index_t slot = exodus_cpu::partial_slot();
+    acc_t* gw = grad_wt + slot * N * N;
 #pragma omp for schedule(dynamic, 1)
     for (index_t b = 0; b < B; ++b) {
       for (index_t t = 0; t < T; ++t) {

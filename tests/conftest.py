@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -218,3 +219,49 @@ def grad_rtol(dtype: torch.dtype) -> float:
 def finite_and_nonzero(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t).all()) and bool(t.abs().sum() > 0)
 
+
+
+def check_grad_x_over_saved_h(module, make_loss: Callable, shape) -> list:
+    """The CPU backward writes dL/dx over the saved h (exodus.functional.lif.grad_x_in_h). make_loss()
+    runs a fresh forward and returns (loss, leaves). Checks: a plain backward asks `module`'s
+    empty_for_kernel for no buffer of `shape`; with retain_graph the first backward asks for one and
+    the last for none; the gradients are plain tensors and the same bits in all cases and with the
+    reuse switched off. Returns the plain backward's gradients."""
+    lif_module = sys.modules["exodus.functional.lif"]
+    shape = tuple(shape)
+
+    def grads(retain: bool):
+        loss, leaves = make_loss()
+        results, counts = [], []
+        for keep in ((True, False) if retain else (False,)):
+            requested, original = [], module.empty_for_kernel
+
+            def spy(size, *args, **kwargs):
+                requested.append(tuple(size))
+                return original(size, *args, **kwargs)
+
+            module.empty_for_kernel = spy
+            try:
+                results.append(torch.autograd.grad(loss, leaves, retain_graph=keep, allow_unused=True))
+            finally:
+                module.empty_for_kernel = original
+            counts.append(requested.count(shape))
+        return results, counts
+
+    plain, plain_buffers = grads(retain=False)
+    kept, kept_buffers = grads(retain=True)
+    assert plain_buffers == [0], "dL/dx should take h's buffer"
+    assert kept_buffers == [1, 0], "a kept graph needs a fresh dL/dx; the last backward reuses h"
+    assert all(g is None or (not g.requires_grad and g.grad_fn is None) for g in plain[0])
+    lif_module.GRAD_X_IN_H = False
+    try:
+        off, off_buffers = grads(retain=False)
+    finally:
+        lif_module.GRAD_X_IN_H = True
+    assert off_buffers == [1]
+    for other in (*kept, *off):
+        for a, b in zip(plain[0], other):
+            assert (a is None) == (b is None)
+            if a is not None:
+                assert torch.equal(a, b)
+    return plain[0]

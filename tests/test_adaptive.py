@@ -31,8 +31,8 @@ from torch._dynamo.backends.common import aot_autograd
 from torch.autograd import gradcheck
 
 import exodus
-from conftest import (AMPLITUDES, SURROGATE_IDS, SURROGATES, assert_equal, assert_grad_close, grad_rtol,
-                      param_shape, randn, uniform)
+from conftest import (AMPLITUDES, SURROGATE_IDS, SURROGATES, assert_equal, assert_grad_close,
+                      check_grad_x_over_saved_h, grad_rtol, param_shape, randn, uniform)
 from exodus import functional as F
 from exodus import surrogate as S
 from exodus.backends import emulation, launch
@@ -598,55 +598,19 @@ def test_empty_inputs(shape, backend, recurrent, state_trace):
 # ----------------------------------------------------------------------------- dL/dx over the saved h
 
 @pytest.mark.parametrize("recurrent", [False, True], ids=["ff", "rec"])
-def test_grad_x_written_over_saved_h(monkeypatch, recurrent):
+def test_grad_x_written_over_saved_h(recurrent):
     """The CPU backward writes dL/dx over the saved h (no new (B, T, N) buffer) unless the graph is
     kept; kept or not, and with the reuse switched off, the gradients are the same bits."""
     case = make_case(batch=3, time=12, features=(4,), seed=21, recurrent=recurrent)
-    module = F.adaptive
-    full = tuple(case.x.shape)
 
-    def backward_buffers(run):  # (B, T, N) buffers the backward op asks for
-        requested = []
-        original = module.empty_for_kernel
-
-        def spy(shape, *args, **kwargs):
-            requested.append(tuple(shape))
-            return original(shape, *args, **kwargs)
-
-        monkeypatch.setattr(module, "empty_for_kernel", spy)
-        result = run()
-        monkeypatch.undo()
-        return result, requested.count(full)
-
-    def grads(retain: bool):
+    def make_loss():
         spikes, v, w = F.adaptive_lif(case.x, torch.exp(-1.0 / case.tau), case.threshold,
                                       torch.exp(-1.0 / case.tau_adapt), *(case.couplings[n] for n in COUPLINGS),
                                       case.v0, case.w0, weight_rec=case.weight_rec, a0=case.a0, backend="cpu")
         loss = (spikes * case.w_spikes).sum() + (v * case.w_v).sum() + (w * case.w_w).sum()
-        names, leaves = zip(*case.named_leaves())
-        first, n_first = backward_buffers(lambda: torch.autograd.grad(loss, leaves, retain_graph=retain,
-                                                                      allow_unused=True))
-        if not retain:
-            return [first], [n_first]
-        second, n_second = backward_buffers(lambda: torch.autograd.grad(loss, leaves, allow_unused=True))
-        return [first, second], [n_first, n_second]
+        return loss, [leaf for _, leaf in case.named_leaves()]
 
-    plain, plain_buffers = grads(retain=False)
-    assert not any(g is not None and (g.requires_grad or g.grad_fn is not None) for g in plain[0])
-    kept, kept_buffers = grads(retain=True)
-    assert plain_buffers == [0]          # dL/dx took h's buffer
-    assert kept_buffers == [1, 0]        # kept graph: a fresh dL/dx; the last backward reuses h
-    lif_module.GRAD_X_IN_H = False
-    try:
-        off, off_buffers = grads(retain=False)
-    finally:
-        lif_module.GRAD_X_IN_H = True
-    assert off_buffers == [1]
-    for other in (*kept, *off):
-        for a, b in zip(plain[0], other):
-            assert (a is None) == (b is None)
-            if a is not None:
-                assert torch.equal(a, b)
+    check_grad_x_over_saved_h(F.adaptive, make_loss, case.x.shape)
 
 
 # ----------------------------------------------------------------------------- batch parts (recurrent CPU backward)

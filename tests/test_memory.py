@@ -18,6 +18,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import check_grad_x_over_saved_h
 from exodus import functional as F
 from exodus.backends import memory
 
@@ -375,7 +376,7 @@ def test_library_keeps_glibc_defaults():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
 @pytest.mark.parametrize("options", [dict(), dict(v_trace=False, reset="zero", v_min=-0.3, norm_input=True)],
                          ids=["defaults", "final-zero-vmin-norm"])
-def test_lif_backward_writes_grad_x_over_saved_h(monkeypatch, dtype, options):
+def test_lif_backward_writes_grad_x_over_saved_h(dtype, options):
     """The LIF CPU backward writes dL/dx over the saved h (no new (B, T, N) buffer) unless the graph
     is kept; kept or not, and with the reuse switched off, the gradients are the same bits and are
     plain tensors (not attached to the forward's graph)."""
@@ -389,37 +390,10 @@ def test_lif_backward_writes_grad_x_over_saved_h(monkeypatch, dtype, options):
     v0 = torch.zeros((B, N), dtype=acc, requires_grad=True)
     w_spikes, w_v = torch.randn((B, T, N), generator=g), torch.randn((B, T, N), generator=g)
 
-    def grads(retain: bool):
-        requested = []
-        original = lif_module.empty_for_kernel
-
-        def spy(shape, *args, **kwargs):
-            requested.append(tuple(shape))
-            return original(shape, *args, **kwargs)
-
+    def make_loss():
         spikes, v = F.lif(x, alpha, theta, v0, backend="cpu", **options)
         loss = (spikes.float() * w_spikes).sum() + (v.float() * (w_v if v.dim() == 3 else w_v[:, -1])).sum()
-        leaves = (x, alpha, theta, v0)
-        results, counts = [], []
-        for keep in ((True, False) if retain else (False,)):
-            requested.clear()
-            monkeypatch.setattr(lif_module, "empty_for_kernel", spy)
-            results.append(torch.autograd.grad(loss, leaves, retain_graph=keep))
-            monkeypatch.undo()
-            counts.append(requested.count((B, T, N)))
-        return results, counts
+        return loss, (x, alpha, theta, v0)
 
-    plain, plain_buffers = grads(retain=False)
-    kept, kept_buffers = grads(retain=True)
-    assert plain_buffers == [0] and kept_buffers == [1, 0]
-    assert all(not t.requires_grad and t.grad_fn is None for t in plain[0])
-    assert plain[0][0].dtype == dtype
-    lif_module.GRAD_X_IN_H = False
-    try:
-        off, off_buffers = grads(retain=False)
-    finally:
-        lif_module.GRAD_X_IN_H = True
-    assert off_buffers == [1]
-    for other in (*kept, *off):
-        for a, b in zip(plain[0], other):
-            assert torch.equal(a, b)
+    grads = check_grad_x_over_saved_h(lif_module, make_loss, (B, T, N))
+    assert grads[0].dtype == dtype  # values against the reference: every oracle test (plain backwards)

@@ -26,6 +26,7 @@ from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .. import backends, reference
 from ..backends import launch
@@ -214,7 +215,6 @@ def _graph_kept() -> bool:
 
 def _eager(t: Tensor) -> bool:
     """t is a plain tensor outside any tracing (torch.compile, AOT / make_fx, fake or functional modes)."""
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
     return (not _is_compiling() and type(t) is torch.Tensor and _get_current_dispatch_mode() is None
             and not torch._is_functional_tensor(t))
 
