@@ -141,3 +141,46 @@ def test_lightning_online_mode_trains_in_chunks(tmp_path, monkeypatch):
     cli.trainer.fit(model, datamodule=cli.datamodule)
     assert torch.isfinite(cli.trainer.callback_metrics["train_loss"])
     assert not torch.equal(before, model.layers["hidden0"]["neuron"].weight.detach())
+
+
+@pytest.mark.parametrize("readout_steps", [None, 7])
+def test_lightning_online_gradient_equals_exodus_per_step_loss_in_one_chunk(readout_steps):
+    """model.loss per_step: with one chunk over the whole sequence the online gradient (online_backward)
+    equals the exodus twin's gradient of the same per-step loss, for every layer; with shorter chunks
+    the hidden block is still exact only for the readout's own chunk (the readout's state is detached
+    across chunks), so the gradients differ but stay close in direction."""
+    model_module = pytest.importorskip("exodus.lightning.model")
+    torch.manual_seed(0)
+    common = dict(input_shape=(6,), num_classes=3, hidden=[5], readout="mean_membrane", readout_tau=10.0,
+                  readout_steps=readout_steps, loss="per_step", linear_blocks=True, surrogate_band=0.5,
+                  weight_gain=3.0)
+    exodus_model = model_module.SpikingClassifier(gradient="exodus", **common)
+    x, y = (torch.rand(4, 24, 6) < 0.3).float(), torch.tensor([0, 1, 2, 1])
+
+    def grads(model):
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    exodus_model.loss((x, y)).backward()
+    reference = grads(exodus_model)
+    for chunk, exact in ((24, True), (8, False)):
+        online = model_module.SpikingClassifier(gradient="online", online_chunk=chunk, **common)
+        online.load_state_dict(exodus_model.state_dict())
+        total, trace = online.online_backward((x, y))
+        assert trace.shape == (4, 24, 3)
+        got = grads(online)
+        if exact:
+            assert torch.allclose(total, exodus_model.loss((x, y)).detach(), rtol=1e-6)
+            assert torch.allclose(got, reference, rtol=1e-4, atol=1e-7), (got - reference).abs().max()
+        else:
+            assert not torch.allclose(got, reference, rtol=1e-4, atol=1e-7)
+            assert torch.nn.functional.cosine_similarity(got, reference, 0) > 0.5
+
+
+def test_lightning_online_needs_the_per_step_loss():
+    model_module = pytest.importorskip("exodus.lightning.model")
+    from exodus.lightning.data import ConfigError
+    with pytest.raises(ConfigError, match="model.loss"):
+        model_module.SpikingClassifier(input_shape=(4,), num_classes=2, gradient="online", loss="logits")
+    model = model_module.SpikingClassifier(input_shape=(4,), num_classes=2, gradient="online")
+    assert model.hparams.loss == "per_step"
+    assert model_module.SpikingClassifier(input_shape=(4,), num_classes=2).hparams.loss == "logits"

@@ -6,14 +6,16 @@ pytest.importorskip("pytorch_lightning")
 
 from exodus.lightning.data import EpochShuffleSampler  # noqa: E402
 from exodus.lightning.tasks import (  # noqa: E402
-    SpikeTimingData, StoreRecallData, TemporalOrderData, rate_baseline, spike_timing_task, store_recall_task,
-    temporal_order_task,
+    MotifStreamData, SpikeTimingData, StoreRecallData, TemporalOrderData, motif_stream_task, rate_baseline,
+    spike_timing_task, store_recall_task, temporal_order_task,
 )
 
 TIMING = dict(num_classes=5, neurons=20, time_steps=40, jitter=1.0, noise_rate=0.002)
 ORDER = dict(group_size=6, distractors=4, cue_steps=20, min_gap=4, delay_steps=20, response_steps=5, noise_rate=0.01)
 RECALL = dict(values=3, group_size=4, slot_steps=5, value_slots=10, store_slots=3, recall_steps=5, rate=0.4,
               noise_rate=0.01, distractors=2)
+MOTIF = dict(num_classes=4, neurons=12, time_steps=300, motif_steps=10, mean_gap=5.0, label_fraction=0.5,
+             jitter=1.0, noise_rate=0.005)
 
 
 def first_spike_times(x):
@@ -23,7 +25,7 @@ def first_spike_times(x):
 
 
 @pytest.mark.parametrize("task, args", [(spike_timing_task, TIMING), (temporal_order_task, ORDER),
-                                        (store_recall_task, RECALL)])
+                                        (store_recall_task, RECALL), (motif_stream_task, MOTIF)])
 def test_generation_is_a_function_of_seed_and_split(task, args):
     x1, y1 = task(50, seed=3, split="train", **args)
     x2, y2 = task(50, seed=3, split="train", **args)
@@ -114,6 +116,44 @@ def test_store_recall_after_the_block_nothing_depends_on_the_label():
     assert data.min_delay == (args["value_slots"] - first_free) * args["slot_steps"]
 
 
+def _occurrences(x):
+    """Clean motif streams (no noise, jitter 0): every neuron fires once per occurrence and occurrences do
+    not overlap, so the k-th spike of every neuron belongs to occurrence k. -> list per sample of
+    (occurrences, neurons) spike offsets from the occurrence's first spike."""
+    result = []
+    for sample in x:
+        times = [sample[:, n].nonzero().squeeze(1) for n in range(sample.shape[1])]
+        counts = {len(t) for t in times}
+        assert len(counts) == 1, "every neuron fires once per occurrence"
+        stacked = torch.stack(times, 1)                                     # (occurrences, neurons)
+        result.append(stacked - stacked.min(1, keepdim=True).values)
+    return result
+
+
+def test_motif_stream_label_is_the_most_frequent_motif():
+    """Without noise and jitter every occurrence is one class's motif (the same offsets in every split:
+    the motifs come from the seed); the label's motif makes up label_fraction of the occurrences and is
+    the most frequent one in nearly every sample; counts are the same in every class."""
+    clean = {**MOTIF, "jitter": 0.0, "noise_rate": 0.0}
+    x_pure, y_pure = motif_stream_task(40, seed=2, split="val", **{**clean, "label_fraction": 1.0})
+    templates = {}
+    for occ, label in zip(_occurrences(x_pure), y_pure.tolist()):
+        assert (occ == occ[0]).all(), "with label_fraction 1 every occurrence shows the label's motif"
+        assert torch.equal(templates.setdefault(label, occ[0]), occ[0]), "one motif per class"
+    assert len(templates) == MOTIF["num_classes"]
+    x, y = motif_stream_task(300, seed=2, split="train", **clean)
+    label_share, majority = [], []
+    for occ, label in zip(_occurrences(x), y.tolist()):
+        shown = [next(c for c, m in templates.items() if torch.equal(m, row)) for row in occ]
+        counts = torch.bincount(torch.tensor(shown), minlength=MOTIF["num_classes"])
+        label_share.append(float(counts[label]) / len(shown))
+        majority.append(int(counts.argmax()) == label)
+    assert abs(sum(label_share) / len(label_share) - MOTIF["label_fraction"]) < 0.03
+    assert sum(majority) / len(majority) > 0.9                             # ties count as misses
+    per_class = torch.stack([x[y == c].sum((1, 2)).float().mean() for c in range(MOTIF["num_classes"])])
+    assert (per_class.max() - per_class.min()) / per_class.mean() < 0.1     # same spike counts in all classes
+
+
 def test_rate_baseline_near_chance_on_every_task_but_timing_bins_decode():
     """Spike counts -> logistic regression stays near chance; the same decoder on counts in 8 time
     bins reads the timing and is well above chance (so the baseline is able to learn)."""
@@ -130,12 +170,17 @@ def test_rate_baseline_near_chance_on_every_task_but_timing_bins_decode():
         timed = rate_baseline(x_tr, y_tr, x_te, y_te, time_bins=8)
         assert abs(rate - chance) < 0.08, (rate, chance)
         assert timed > chance + margin, (timed, chance)
+    # motif streams: the motifs sit at random onsets, so neither counts nor coarse time bins decode them
+    (x_tr, y_tr), (x_te, y_te) = (motif_stream_task(600, seed=0, split=split, **MOTIF) for split in ("train", "test"))
+    for bins in (1, 8):
+        assert abs(rate_baseline(x_tr, y_tr, x_te, y_te, time_bins=bins) - 1 / MOTIF["num_classes"]) < 0.1
 
 
 def test_datamodules_shapes_match_batches():
     for data in (SpikeTimingData(batch_size=16, train_samples=40, val_samples=20, test_samples=20, **TIMING),
                  TemporalOrderData(batch_size=16, train_samples=40, val_samples=20, test_samples=20, **ORDER),
-                 StoreRecallData(batch_size=16, train_samples=40, val_samples=20, test_samples=20, **RECALL)):
+                 StoreRecallData(batch_size=16, train_samples=40, val_samples=20, test_samples=20, **RECALL),
+                 MotifStreamData(batch_size=16, train_samples=40, val_samples=20, test_samples=20, **MOTIF)):
         data.setup("fit")
         for loader in (data.train_dataloader(), data.val_dataloader(), data.test_dataloader()):
             x, y = next(iter(loader))
@@ -175,6 +220,9 @@ def test_epoch_shuffle_depends_on_seed_and_epoch_only():
     (lambda: store_recall_task(10, rate=0.0), "rate"),
     (lambda: StoreRecallData(slot_steps=0), "data.init_args.*slot_steps"),
     (lambda: SpikeTimingData(train_samples=0), "data.train_samples"),
+    (lambda: motif_stream_task(10, time_steps=5, motif_steps=10), "time_steps"),
+    (lambda: motif_stream_task(10, label_fraction=0.0), "label_fraction"),
+    (lambda: MotifStreamData(num_classes=1), "data.init_args.*num_classes"),
     (lambda: SpikeTimingData(batch_size=0), "data.batch_size"),
 ])
 def test_bad_task_arguments_say_what_to_fix(make, message):

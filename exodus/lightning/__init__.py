@@ -4,11 +4,12 @@ Needs the ``train`` extra (``pip install exodus-snn[train]``). See docs/training
 """
 from .data import ConfigError, EpochShuffleSampler, MissingDataError, ResumableLoader, SpikeDataModule, require_files
 from .model import SpikingClassifier
-from .tasks import (SpikeTimingData, StoreRecallData, TemporalOrderData, rate_baseline, spike_timing_task,
-                    store_recall_task, temporal_order_task)
+from .tasks import (MotifStreamData, SpikeTimingData, StoreRecallData, TemporalOrderData, motif_stream_task,
+                    rate_baseline, spike_timing_task, store_recall_task, temporal_order_task)
 
 __all__ = [
     "SpikingClassifier", "SpikeDataModule", "SpikeTimingData", "TemporalOrderData", "StoreRecallData",
-    "spike_timing_task", "temporal_order_task", "store_recall_task", "rate_baseline",
+    "MotifStreamData", "spike_timing_task", "temporal_order_task", "store_recall_task", "motif_stream_task",
+    "rate_baseline",
     "ConfigError", "MissingDataError", "require_files", "EpochShuffleSampler", "ResumableLoader",
 ]

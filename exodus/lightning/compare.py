@@ -93,13 +93,18 @@ def _layer_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
 
 
 def layer_gradients(model: nn.Module, batches: Sequence, device: torch.device) -> dict[str, Tensor]:
-    """Gradient of the loss summed over ``batches`` w.r.t. each layer's parameters, flattened (float64).
+    """Gradient of the loss summed over ``batches`` w.r.t. each layer's parameters, flattened (float64):
+    the gradient the model trains with (gradient "online": the chunked one of ``online_backward``).
     Leaves the model's .grad fields zeroed."""
     model.to(device)
     model.zero_grad(set_to_none=True)
+    online = getattr(model, "hparams", {}).get("gradient") == "online"
     with torch.enable_grad():
         for x, y in batches:
-            model.loss((x.to(device), y.to(device))).backward()
+            if online:
+                model.online_backward((x.to(device), y.to(device)))
+            else:
+                model.loss((x.to(device), y.to(device))).backward()
     grads = {}
     for name, params in _layer_parameters(model).items():
         grads[name] = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).detach().flatten()

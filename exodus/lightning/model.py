@@ -40,6 +40,7 @@ __all__ = ["SpikingClassifier", "NEURONS", "READOUTS", "BITTAR_GARNER_RANGES", "
 
 NEURONS = ("lif", "iaf", "alif", "adlif")
 READOUTS = ("spike_count", "max_membrane", "mean_membrane")
+LOSSES = ("logits", "per_step")
 
 # Per-neuron initialisation ranges of Bittar & Garner (2022, sparch's adLIF / RadLIF layers), as the
 # SpikingClassifier arguments that take them: tau in steps (alpha = exp(-1/tau_mem) in
@@ -167,6 +168,10 @@ class SpikingClassifier(pl.LightningModule):
             per chunk and one optimizer step per batch; the training loss is then the per-step
             cross-entropy of the readout over the readout window (a sum over steps, which chunks can split),
             not the cross-entropy of the logits. Manual optimisation: no trainer.gradient_clip_val.
+        loss: "logits" (cross-entropy of the logits) or "per_step" (cross-entropy of the readout trace at
+            every step of the readout window, averaged over the batch and the window: what gradient "online"
+            optimises, so that an exodus / bptt twin can train the same objective); null: "per_step" for
+            gradient "online", "logits" otherwise.
         grad_scale: surrogate scale of the "slayer" gradient.
         train_tau, train_threshold: learn one tau_mem / threshold per neuron.
         readout: "spike_count", "max_membrane" or "mean_membrane".
@@ -212,6 +217,7 @@ class SpikingClassifier(pl.LightningModule):
         gradient: str = "exodus",
         linear_blocks: Optional[bool] = None,
         online_chunk: int = 100,
+        loss: Optional[str] = None,
         grad_scale: float = 1.0,
         train_tau: bool = False,
         train_threshold: bool = False,
@@ -229,6 +235,9 @@ class SpikingClassifier(pl.LightningModule):
         if linear_blocks is None:
             linear_blocks = gradient in ("sparse", "online")
         arguments["linear_blocks"] = linear_blocks
+        if loss is None:
+            loss = "per_step" if gradient == "online" else "logits"
+        arguments["loss"] = loss
         super().__init__()
         input_shape = tuple(int(s) for s in input_shape)
         hidden, conv_channels = [int(h) for h in hidden], [int(c) for c in conv_channels]
@@ -241,6 +250,7 @@ class SpikingClassifier(pl.LightningModule):
                                    "conv_channels": conv_channels, **ranges})
         _choice("neuron", neuron, NEURONS)
         _choice("readout", readout, READOUTS)
+        _choice("loss", loss, LOSSES)
         _choice("gradient", gradient, (*LINEAR_GRADIENTS, "online"))
         _choice("reset", reset, RESETS)
         _choice("weight_rec_init", weight_rec_init, WEIGHT_REC_INITS)
@@ -298,8 +308,12 @@ class SpikingClassifier(pl.LightningModule):
                 raise ConfigError("model.gradient: online needs model.linear_blocks: true (or null)")
             if isinstance(online_chunk, bool) or not isinstance(online_chunk, int) or online_chunk < 1:
                 raise ConfigError(f"model.online_chunk must be a positive int, got {online_chunk!r}")
+            if loss != "per_step":
+                raise ConfigError(f"model.gradient: online trains the per-step loss (a sum over steps that chunks "
+                                  f"can split); model.loss {loss!r} is not possible: set model.loss: per_step or null")
             self.automatic_optimization = False
         self.online_chunk = online_chunk
+        self.loss_kind = loss
         if surrogate_band is not None or sparse:
             try:
                 surrogate_fn = surrogates.Truncated(surrogate_fn, 0.2 if surrogate_band is None else surrogate_band)
@@ -484,7 +498,7 @@ class SpikingClassifier(pl.LightningModule):
 
     # ------------------------------------------------------------------ steps
     def loss(self, batch) -> Tensor:
-        """Training loss of a batch (x, y): cross-entropy of the logits (what training_step optimises)."""
+        """Training loss of a batch (x, y): model.loss of the whole sequence (what training_step optimises)."""
         return self._logits_and_loss(batch)[1]
 
     def _logits_and_loss(self, batch) -> tuple[Tensor, Tensor]:
@@ -496,8 +510,19 @@ class SpikingClassifier(pl.LightningModule):
                               f"{self.num_classes}); "
                               f"model.num_classes is linked from data.num_classes — the DataModule's labels and "
                               f"num_classes disagree")
-        logits = self.logits(self(x))
+        trace = self(x)
+        logits = self.logits(trace)
+        if self.loss_kind == "per_step":
+            window = trace if self.readout_steps is None else trace[:, -self.readout_steps:]
+            return logits, self.per_step_loss(window, y, window.shape[1])
         return logits, nn.functional.cross_entropy(logits, y)
+
+    def per_step_loss(self, trace: Tensor, y: Tensor, window_steps: int) -> Tensor:
+        """Cross-entropy of the readout trace (batch, steps, classes) at every step against y (batch,), summed
+        over the steps and divided by batch * window_steps (so the chunks of a window add up to its mean)."""
+        labels = y.repeat_interleave(trace.shape[1])
+        return nn.functional.cross_entropy(trace.reshape(-1, self.num_classes), labels,
+                                           reduction="sum") / (len(y) * window_steps)
 
     def _shared_step(self, batch, split: str) -> Tensor:
         logits, loss = self._logits_and_loss(batch)
@@ -520,12 +545,27 @@ class SpikingClassifier(pl.LightningModule):
         return self._shared_step(batch, "train")
 
     def _online_training_step(self, batch) -> Tensor:
-        """gradient "online": chunks of online_chunk steps, a backward per chunk (the online blocks carry
-        their traces, the other layers their states, detached), one optimizer step for the batch."""
+        """gradient "online": the chunked backward of ``online_backward``, one optimizer step for the batch."""
         x, y = batch
-        self.check_input(x)
         optimizer = self.optimizers()
         optimizer.zero_grad()
+        total, trace = self.online_backward(batch, backward=self.manual_backward)
+        optimizer.step()
+        self.clamp_neuron_parameters()
+        self.metrics["train_acc"](self.logits(trace), y)
+        self.log("train_loss", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
+        self.log("train_acc", self.metrics["train_acc"], on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=len(y))
+        return total
+
+    def online_backward(self, batch, backward=None) -> tuple[Tensor, Tensor]:
+        """The gradient gradient "online" trains with: the batch is fed in chunks of online_chunk steps from
+        reset states, the per-step loss of each chunk's readout window is back-propagated at once (the online
+        blocks carry their traces across chunks, the other layers their states, detached). Accumulates into
+        .grad; returns the total loss (detached) and the readout trace (batch, time, classes), detached."""
+        backward = backward or (lambda loss: loss.backward())
+        x, y = batch
+        self.check_input(x)
         self.reset_states()
         steps = x.shape[1]
         first = 0 if self.readout_steps is None else steps - self.readout_steps  # readout window
@@ -535,24 +575,14 @@ class SpikingClassifier(pl.LightningModule):
             stop = min(steps, start + self.online_chunk)
             trace = self._run_layers(x[:, start:stop])
             lo = max(first, start) - start
-            if lo < trace.shape[1]:  # per-step cross-entropy over the readout window, summed over steps
-                part = trace[:, lo:]
-                labels = y.repeat_interleave(part.shape[1])
-                loss = nn.functional.cross_entropy(part.reshape(-1, self.num_classes), labels,
-                                                   reduction="sum") / (len(y) * window_steps)
-                self.manual_backward(loss)
+            if lo < trace.shape[1]:
+                loss = self.per_step_loss(trace[:, lo:], y, window_steps)
+                backward(loss)
                 total = total + loss.detach()
             for layer in self.layers.values():  # no graph across chunks (the online blocks detach their own)
                 layer["neuron"].detach_states()
             traces.append(trace.detach())
-        optimizer.step()
-        self.clamp_neuron_parameters()
-        logits = self.logits(torch.cat(traces, 1))
-        self.metrics["train_acc"](logits, y)
-        self.log("train_loss", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
-        self.log("train_acc", self.metrics["train_acc"], on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=len(y))
-        return total
+        return total, torch.cat(traces, 1)
 
     def validation_step(self, batch, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "val")

@@ -15,6 +15,10 @@
   the class is the value shown at the store cue. The slots between them are label-independent
   distractors, so the value must be held for > 100 steps against interference. Every value
   population is active in the same number of slots in distribution, whatever the class.
+* ``motif_stream_task`` / ``MotifStreamData`` — long recordings (10^3 steps and more) for long-
+  sequence training such as online gradients: short spike-order motifs, one per class, repeat
+  through the recording among other classes' motifs; the label is the motif shown most often.
+  Every neuron fires once per occurrence whatever the motif, so counts carry no class information.
 * ``rate_baseline`` — multinomial logistic regression on spike counts (optionally in coarse time
   bins), the evidence that a rate-only decoder is at chance on these tasks.
 
@@ -34,8 +38,8 @@ from torch.utils.data import TensorDataset
 from .data import ConfigError, SpikeDataModule
 
 __all__ = [
-    "spike_timing_task", "temporal_order_task", "store_recall_task", "rate_baseline",
-    "SpikeTimingData", "TemporalOrderData", "StoreRecallData",
+    "spike_timing_task", "temporal_order_task", "store_recall_task", "motif_stream_task", "rate_baseline",
+    "SpikeTimingData", "TemporalOrderData", "StoreRecallData", "MotifStreamData",
 ]
 
 _SPLITS = {"train": 1, "val": 2, "test": 3}
@@ -286,6 +290,57 @@ def rate_baseline(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tens
         return float(((f_test @ weight + bias).argmax(1) == y_test).float().mean())
 
 
+# ----------------------------------------------------------------------------- task (d)
+
+@_single_threaded
+def motif_stream_task(samples: int, *, num_classes: int = 5, neurons: int = 40, time_steps: int = 1000,
+                      motif_steps: int = 20, mean_gap: float = 20.0, label_fraction: float = 0.5,
+                      jitter: float = 1.0, noise_rate: float = 0.005, seed: int = 0,
+                      split: str = "train") -> tuple[Tensor, Tensor]:
+    """Long recordings of repeated spike-order motifs: evidence spread over the whole sequence.
+
+    Class c owns a motif: every input neuron n fires once at offset m_(c,n) ~ U{0 .. motif_steps-1}
+    (drawn from ``seed``). A sample is a stream of motif occurrences separated by gaps
+    ~ U{0 .. 2 mean_gap} steps; each occurrence shows the label's motif with probability
+    ``label_fraction`` and otherwise the motif of another class drawn uniformly (a distractor).
+    Every spike is jittered by N(0, jitter^2) steps (clipped to its occurrence), then
+    Bernoulli(noise_rate) noise is added. Each neuron fires once per occurrence whatever the motif, so
+    spike counts carry no class information: only the order within an occurrence does, and the
+    label is the motif shown most often across the recording (integrate over the whole sequence).
+
+    Returns x float32 (samples, time_steps, neurons) in {0, 1} and y int64 (samples,).
+    """
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {tuple(_SPLITS)}, got {split!r}")
+    if num_classes < 2 or neurons < 1 or motif_steps < 1:
+        raise ValueError(f"need num_classes >= 2, neurons >= 1, motif_steps >= 1, got {num_classes=}, "
+                         f"{neurons=}, {motif_steps=}")
+    if time_steps < motif_steps:
+        raise ValueError(f"time_steps ({time_steps}) must hold at least one motif (motif_steps={motif_steps})")
+    if not 0.0 < label_fraction <= 1.0 or mean_gap < 0:
+        raise ValueError(f"need 0 < label_fraction <= 1 and mean_gap >= 0, got {label_fraction=}, {mean_gap=}")
+    offsets = torch.randint(0, motif_steps, (num_classes, neurons), generator=_generator(seed, 30)).float()
+    g = _generator(seed, 30 + _SPLITS[split])
+    labels = torch.arange(samples) % num_classes
+    labels = labels[torch.randperm(samples, generator=g)]
+    rows, onsets, motifs = [], [], []
+    for sample in range(samples):
+        t = int(torch.randint(0, int(2 * mean_gap) + 1, (), generator=g))
+        while t + motif_steps <= time_steps:
+            motif = int(labels[sample])
+            if float(torch.rand((), generator=g)) >= label_fraction:   # a distractor: any other class
+                motif = (motif + 1 + int(torch.randint(0, num_classes - 1, (), generator=g))) % num_classes
+            rows.append(sample), onsets.append(t), motifs.append(motif)
+            t += motif_steps + int(torch.randint(0, int(2 * mean_gap) + 1, (), generator=g))
+    rows_t, onsets_t = torch.tensor(rows, dtype=torch.long), torch.tensor(onsets, dtype=torch.float32)
+    spread = jitter * torch.randn(len(rows), neurons, generator=g)
+    times = (offsets[torch.tensor(motifs, dtype=torch.long)] + spread).round().clamp(0, motif_steps - 1)
+    steps = (onsets_t[:, None] + times).long()                                   # (occurrences, neurons)
+    raster = torch.zeros(samples, time_steps, neurons)
+    raster[rows_t[:, None].expand_as(steps), steps, torch.arange(neurons).expand_as(steps)] = 1.0
+    return _add_noise(raster, noise_rate, g), labels
+
+
 # ----------------------------------------------------------------------------- DataModules
 
 def _validate(generate) -> None:
@@ -308,8 +363,27 @@ class _GeneratedData(SpikeDataModule):
                 raise ConfigError(f"data.{name} must be >= 1, got {value}")
         self.sizes = {"train": int(train_samples), "val": int(val_samples), "test": int(test_samples)}
 
+    make_task = None  # the task function (staticmethod): make_task(samples, seed=, split=, **self.task)
+
+    def _set_task(self, **task) -> None:
+        """Store the task arguments and check them now (the error names the config section)."""
+        self.task = task
+        _validate(lambda: type(self).make_task(1, seed=self.seed, **task))
+
     def generate(self, split: str) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
+        return type(self).make_task(self.sizes[split], seed=self.seed, split=split, **self.task)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.task["neurons"],)
+
+    @property
+    def num_classes(self) -> int:
+        return self.task["num_classes"]
+
+    @property
+    def time_steps(self) -> int:
+        return self.task["time_steps"]
 
     def setup(self, stage: Optional[str] = None) -> None:
         for split in ("train", "val", "test"):
@@ -328,31 +402,17 @@ class SpikeTimingData(_GeneratedData):
     Args: see ``spike_timing_task``; ``root`` is accepted for a uniform interface and unused
     (nothing is downloaded or written). Inputs (batch, time_steps, neurons)."""
 
+    make_task = staticmethod(spike_timing_task)
+
     def __init__(self, root: Optional[str] = None, batch_size: int = 64, num_workers: int = 0, seed: int = 0,
                  train_samples: int = 2000, val_samples: int = 500, test_samples: int = 500,
                  num_classes: int = 10, neurons: int = 40, time_steps: int = 60, spike_window: Optional[int] = None,
                  manifold_dim: int = 1, frequencies: int = 3, smoothness: float = 1.0, jitter: float = 1.0,
                  noise_rate: float = 0.002):
         super().__init__(root, batch_size, num_workers, seed, train_samples, val_samples, test_samples)
-        self.task = dict(num_classes=num_classes, neurons=neurons, time_steps=time_steps, spike_window=spike_window,
-                         manifold_dim=manifold_dim, frequencies=frequencies, smoothness=smoothness, jitter=jitter,
-                         noise_rate=noise_rate)
-        _validate(lambda: spike_timing_task(1, seed=seed, **self.task))
-
-    def generate(self, split: str) -> tuple[Tensor, Tensor]:
-        return spike_timing_task(self.sizes[split], seed=self.seed, split=split, **self.task)
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return (self.task["neurons"],)
-
-    @property
-    def num_classes(self) -> int:
-        return self.task["num_classes"]
-
-    @property
-    def time_steps(self) -> int:
-        return self.task["time_steps"]
+        self._set_task(num_classes=num_classes, neurons=neurons, time_steps=time_steps, spike_window=spike_window,
+                       manifold_dim=manifold_dim, frequencies=frequencies, smoothness=smoothness, jitter=jitter,
+                       noise_rate=noise_rate)
 
 
 class TemporalOrderData(_GeneratedData):
@@ -362,19 +422,17 @@ class TemporalOrderData(_GeneratedData):
     2 group_size + distractors); read the answer in the last ``response_steps`` steps
     (set ``model.readout_steps`` to it)."""
 
+    make_task = staticmethod(temporal_order_task)
+
     def __init__(self, root: Optional[str] = None, batch_size: int = 64, num_workers: int = 0, seed: int = 0,
                  train_samples: int = 2000, val_samples: int = 500, test_samples: int = 500,
                  group_size: int = 10, distractors: int = 10, cue_steps: int = 30, min_gap: int = 5,
                  burst_width: float = 1.0, delay_steps: int = 30, response_steps: int = 10,
                  noise_rate: float = 0.01):
         super().__init__(root, batch_size, num_workers, seed, train_samples, val_samples, test_samples)
-        self.task = dict(group_size=group_size, distractors=distractors, cue_steps=cue_steps, min_gap=min_gap,
-                         burst_width=burst_width, delay_steps=delay_steps, response_steps=response_steps,
-                         noise_rate=noise_rate)
-        _validate(lambda: temporal_order_task(1, seed=seed, **self.task))
-
-    def generate(self, split: str) -> tuple[Tensor, Tensor]:
-        return temporal_order_task(self.sizes[split], seed=self.seed, split=split, **self.task)
+        self._set_task(group_size=group_size, distractors=distractors, cue_steps=cue_steps, min_gap=min_gap,
+                       burst_width=burst_width, delay_steps=delay_steps, response_steps=response_steps,
+                       noise_rate=noise_rate)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -400,19 +458,17 @@ class StoreRecallData(_GeneratedData):
     (values + 2) group_size + distractors); read the answer in the last ``recall_steps`` steps
     (set ``model.readout_steps`` to it)."""
 
+    make_task = staticmethod(store_recall_task)
+
     def __init__(self, root: Optional[str] = None, batch_size: int = 64, num_workers: int = 0, seed: int = 0,
                  train_samples: int = 2000, val_samples: int = 500, test_samples: int = 500,
                  values: int = 2, group_size: int = 10, slot_steps: int = 10, value_slots: int = 14,
                  store_slots: int = 3, recall_steps: int = 10, rate: float = 0.3, noise_rate: float = 0.01,
                  distractors: int = 0):
         super().__init__(root, batch_size, num_workers, seed, train_samples, val_samples, test_samples)
-        self.task = dict(values=values, group_size=group_size, slot_steps=slot_steps, value_slots=value_slots,
-                         store_slots=store_slots, recall_steps=recall_steps, rate=rate, noise_rate=noise_rate,
-                         distractors=distractors)
-        _validate(lambda: store_recall_task(1, seed=seed, **self.task))
-
-    def generate(self, split: str) -> tuple[Tensor, Tensor]:
-        return store_recall_task(self.sizes[split], seed=self.seed, split=split, **self.task)
+        self._set_task(values=values, group_size=group_size, slot_steps=slot_steps, value_slots=value_slots,
+                       store_slots=store_slots, recall_steps=recall_steps, rate=rate, noise_rate=noise_rate,
+                       distractors=distractors)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -437,13 +493,29 @@ class StoreRecallData(_GeneratedData):
         return (t["value_slots"] - t["store_slots"] - t["values"] + 1) * t["slot_steps"]
 
 
+class MotifStreamData(_GeneratedData):
+    """DataModule of ``motif_stream_task`` (long sequences; same rates in all classes). Args: see
+    ``motif_stream_task``; ``root`` is unused. Inputs (batch, time_steps, neurons)."""
+
+    make_task = staticmethod(motif_stream_task)
+
+    def __init__(self, root: Optional[str] = None, batch_size: int = 64, num_workers: int = 0, seed: int = 0,
+                 train_samples: int = 2000, val_samples: int = 500, test_samples: int = 500,
+                 num_classes: int = 5, neurons: int = 40, time_steps: int = 1000, motif_steps: int = 20,
+                 mean_gap: float = 20.0, label_fraction: float = 0.5, jitter: float = 1.0,
+                 noise_rate: float = 0.005):
+        super().__init__(root, batch_size, num_workers, seed, train_samples, val_samples, test_samples)
+        self._set_task(num_classes=num_classes, neurons=neurons, time_steps=time_steps, motif_steps=motif_steps,
+                       mean_gap=mean_gap, label_fraction=label_fraction, jitter=jitter, noise_rate=noise_rate)
+
+
 # ----------------------------------------------------------------------------- command line
 
 def _baseline_table(config_paths: list[str], bins: tuple[int, ...] = (1, 2, 4, 10)) -> str:
     """Markdown table of rate_baseline() for the offline task of each config file."""
     import yaml
 
-    known = {cls.__name__: cls for cls in (SpikeTimingData, TemporalOrderData, StoreRecallData)}
+    known = {cls.__name__: cls for cls in (SpikeTimingData, TemporalOrderData, StoreRecallData, MotifStreamData)}
     lines = ["| config | task | chance | " + " | ".join(
         "counts (rate only)" if b == 1 else f"counts in {b} time bins" for b in bins) + " |",
         "| --- " * (3 + len(bins)) + "|"]
