@@ -143,6 +143,36 @@ def test_memory_tracker_sees_saved_activations():
     assert short > 0 and long > 5 * short
 
 
+def test_memory_tracker_does_not_count_views_of_existing_storage():
+    """A slice of the input or a transposed weight allocates nothing; a new result does."""
+    x, weight = torch.rand(4, 1000, 8), torch.rand(3, 8)
+    tracker = C._AllocationTracker()
+    with tracker:
+        window = x[:, 10:20]
+        weight.t()
+        x.view(4, 8000)
+        out = window + 1.0
+    assert tracker.peak == out.untyped_storage().nbytes()
+
+
+def test_online_step_memory_is_flat_in_sequence_length():
+    """gradient online: the measured training step (chunk by chunk) keeps nothing per chunk; the exodus
+    step of the same network grows with T."""
+    from exodus.lightning.model import SpikingClassifier
+
+    common = dict(input_shape=(8,), num_classes=3, hidden=[16], loss="per_step", linear_blocks=True,
+                  surrogate_band=0.5, readout="mean_membrane")
+    y = torch.tensor([0, 1])
+    peaks = {}
+    for gradient in ("online", "exodus"):
+        model = SpikingClassifier(gradient=gradient, online_chunk=20, **common)
+        for steps in (100, 800):
+            x = (torch.rand(2, steps, 8) < 0.2).float()
+            peaks[gradient, steps] = C.peak_step_memory(model, (x, y), torch.device("cpu"))[0]
+    assert peaks["online", 800] == pytest.approx(peaks["online", 100], rel=0.01)
+    assert peaks["exodus", 800] > 5 * peaks["exodus", 100]
+
+
 def test_recurrent_adaptive_config_exodus_matches_bptt(tmp_path):
     """The store-recall config (recurrent ALIF, weight_rec among hidden0's parameters): EXODUS'
     gradient is BPTT's on every layer, at the initial and the final weights."""

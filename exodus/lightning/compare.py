@@ -63,15 +63,18 @@ MEASUREMENTS = {
     "epoch_time_s": "median over epochs of the wall time of one training epoch (data loading, forward, backward, "
                     "optimizer step; validation excluded)",
     "step_time_s": "fastest of 5 forward + backward passes of the loss on the first training batch, from the "
-                   "initial weights (no optimizer step; the minimum is robust to other load on the machine)",
+                   "initial weights (no optimizer step; the minimum is robust to other load on the machine); "
+                   "gradient online: the chunked forward + backward passes of a training step",
     "peak_memory_mb": "peak bytes of the tensors allocated during one training step (forward + backward of the "
-                      "loss on the first training batch, from the initial weights), parameters and input excluded. "
+                      "loss on the first training batch, from the initial weights; gradient online: chunk by "
+                      "chunk, as in training), parameters and input excluded. "
                       "CPU: tracked per tensor storage through a TorchDispatchMode (every allocation made by a "
                       "torch op, custom exodus ops included; memory a kernel allocates internally outside torch is "
                       "not seen). CUDA: torch.cuda.max_memory_allocated minus the allocation before the step.",
     "grad_cosine_vs_bptt": "per layer (all parameters of the layer, flattened): cosine between the gradient of the "
-                           "loss summed over the fixed validation batches under this mode and under bptt, from the "
-                           "same weights; 'init' = the shared initial weights, 'final' = this run's final weights",
+                           "loss summed over the fixed validation batches under this mode (gradient online: the "
+                           "chunked one it trains with) and under bptt (whole sequence), from the same weights; "
+                           "'init' = the shared initial weights, 'final' = this run's final weights",
     "grad_norm_ratio_vs_bptt": "per layer: |g_mode| / |g_bptt| on the same batches and weights",
     "grad_rel_error_vs_bptt": "per layer: |g_mode - g_bptt| / |g_bptt|",
 }
@@ -92,19 +95,24 @@ def _layer_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     return {name: params for name, params in grouped.items() if params}
 
 
+def training_backward(model: nn.Module, batch) -> None:
+    """The backward a training step of ``model`` runs on ``batch`` (no optimizer step): the loss's backward,
+    or for gradient "online" the chunked backwards of ``online_backward``. Accumulates into .grad."""
+    if getattr(model, "hparams", {}).get("gradient") == "online":
+        model.online_backward(batch)
+    else:
+        model.loss(batch).backward()
+
+
 def layer_gradients(model: nn.Module, batches: Sequence, device: torch.device) -> dict[str, Tensor]:
     """Gradient of the loss summed over ``batches`` w.r.t. each layer's parameters, flattened (float64):
     the gradient the model trains with (gradient "online": the chunked one of ``online_backward``).
     Leaves the model's .grad fields zeroed."""
     model.to(device)
     model.zero_grad(set_to_none=True)
-    online = getattr(model, "hparams", {}).get("gradient") == "online"
     with torch.enable_grad():
         for x, y in batches:
-            if online:
-                model.online_backward((x.to(device), y.to(device)))
-            else:
-                model.loss((x.to(device), y.to(device))).backward()
+            training_backward(model, (x.to(device), y.to(device)))
     grads = {}
     for name, params in _layer_parameters(model).items():
         grads[name] = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).detach().flatten()
@@ -145,11 +153,15 @@ class _AllocationTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        # An output on an argument's storage (a view, an in-place or out= result) allocated nothing: without
+        # this, a slice of the input or a transposed weight would count the whole pre-existing storage.
+        given = {id(a.untyped_storage()) for a in tree_flatten((args, kwargs))[0]
+                 if isinstance(a, Tensor) and a.device.type != "meta"}
         for t in tree_flatten(out)[0]:
             if isinstance(t, Tensor) and t.device.type != "meta":
                 storage = t.untyped_storage()
                 key = id(storage)
-                if key in self._live:
+                if key in self._live or key in given:
                     continue
                 size = storage.nbytes()
                 self._live.add(key)
@@ -160,7 +172,7 @@ class _AllocationTracker(TorchDispatchMode):
 
 
 def peak_step_memory(model: nn.Module, batch, device: torch.device) -> tuple[float, str]:
-    """Peak MB of the tensors allocated by one forward + backward of the loss on ``batch``
+    """Peak MB of the tensors allocated by one forward + backward (``training_backward``) on ``batch``
     (see MEASUREMENTS["peak_memory_mb"]) and the name of the method."""
     model.to(device)
     model.zero_grad(set_to_none=True)
@@ -170,20 +182,20 @@ def peak_step_memory(model: nn.Module, batch, device: torch.device) -> tuple[flo
             torch.cuda.synchronize(device)
             before = torch.cuda.memory_allocated(device)
             torch.cuda.reset_peak_memory_stats(device)
-            model.loss((x, y)).backward()
+            training_backward(model, (x, y))
             torch.cuda.synchronize(device)
             peak, method = torch.cuda.max_memory_allocated(device) - before, "cuda_max_memory_allocated"
         else:
             tracker = _AllocationTracker()
             with tracker:
-                model.loss((x, y)).backward()
+                training_backward(model, (x, y))
             peak, method = tracker.peak, "dispatch_allocation_tracker"
     model.zero_grad(set_to_none=True)
     return peak / 2**20, method
 
 
 def fastest_step_time(model: nn.Module, batch, device: torch.device, repeats: int = 5) -> float:
-    """Seconds of the fastest of ``repeats`` forward + backward passes of the loss on ``batch``
+    """Seconds of the fastest of ``repeats`` forward + backward passes (``training_backward``) on ``batch``
     (no optimizer step; the minimum is robust to other load on the machine)."""
     model.to(device)
     x, y = batch[0].to(device), batch[1].to(device)
@@ -194,7 +206,7 @@ def fastest_step_time(model: nn.Module, batch, device: torch.device, repeats: in
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
-            model.loss((x, y)).backward()
+            training_backward(model, (x, y))
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             best = min(best, time.perf_counter() - start)

@@ -549,10 +549,10 @@ class SpikingClassifier(pl.LightningModule):
         x, y = batch
         optimizer = self.optimizers()
         optimizer.zero_grad()
-        total, trace = self.online_backward(batch, backward=self.manual_backward)
+        total, logits = self.online_backward(batch, backward=self.manual_backward)
         optimizer.step()
         self.clamp_neuron_parameters()
-        self.metrics["train_acc"](self.logits(trace), y)
+        self.metrics["train_acc"](logits, y)
         self.log("train_loss", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
         self.log("train_acc", self.metrics["train_acc"], on_step=False, on_epoch=True, prog_bar=True,
                  batch_size=len(y))
@@ -562,7 +562,8 @@ class SpikingClassifier(pl.LightningModule):
         """The gradient gradient "online" trains with: the batch is fed in chunks of online_chunk steps from
         reset states, the per-step loss of each chunk's readout window is back-propagated at once (the online
         blocks carry their traces across chunks, the other layers their states, detached). Accumulates into
-        .grad; returns the total loss (detached) and the readout trace (batch, time, classes), detached."""
+        .grad; returns the total loss and the logits (batch, classes), both detached. Nothing is kept per
+        chunk (the logits are reduced chunk by chunk), so the memory does not grow with the sequence."""
         backward = backward or (lambda loss: loss.backward())
         x, y = batch
         self.check_input(x)
@@ -570,19 +571,24 @@ class SpikingClassifier(pl.LightningModule):
         steps = x.shape[1]
         first = 0 if self.readout_steps is None else steps - self.readout_steps  # readout window
         window_steps = steps - first
-        total, traces = x.new_zeros(()), []
+        total, logits = x.new_zeros(()), None
         for start in range(0, steps, self.online_chunk):
             stop = min(steps, start + self.online_chunk)
             trace = self._run_layers(x[:, start:stop])
             lo = max(first, start) - start
             if lo < trace.shape[1]:
-                loss = self.per_step_loss(trace[:, lo:], y, window_steps)
+                window = trace[:, lo:]
+                loss = self.per_step_loss(window, y, window_steps)
                 backward(loss)
                 total = total + loss.detach()
+                # the logits of self.logits, reduced over the window chunk by chunk
+                window = window.detach()
+                part = window.max(1).values if self.readout == "max_membrane" else window.sum(1)
+                logits = part if logits is None else (torch.maximum(logits, part) if self.readout == "max_membrane"
+                                                      else logits + part)
             for layer in self.layers.values():  # no graph across chunks (the online blocks detach their own)
                 layer["neuron"].detach_states()
-            traces.append(trace.detach())
-        return total, torch.cat(traces, 1)
+        return total, (logits / window_steps if self.readout == "mean_membrane" else logits)
 
     def validation_step(self, batch, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "val")
