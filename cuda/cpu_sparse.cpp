@@ -11,6 +11,8 @@
 //                                   input filtered by the membrane, s_hat_t = alpha s_hat_{t-1} + s_t,
 //                                   (and c_t = alpha c_{t-1} + 1) recomputed on the fly: O(B T N_in)
 //                                   for the filter plus O(#points N_in) for the outer products
+//   exodus_cpu_sparse_weight_grad_u8  the same, with the input packed into bytes (saved spikes)
+//   exodus_cpu_sparse_pack_counts   s -> bytes when every value is a whole number in [0, 255]
 //   exodus_cpu_spike_weight_grad    dL/dM of a recurrent layer (DESIGN.md §5), sum over (b, t) of
 //                                   dL/dx_t (x) a_{t-1}, over the spikes only: O(#spikes N) instead
 //                                   of the dense O(B T N^2) product
@@ -77,8 +79,11 @@ extern "C" void exodus_cpu_lif_sparse_backward(
 
 // grad_w (P, N_out, N_in) and grad_b (P, N_out) (null: not needed): per-thread partial sums (slot =
 // OpenMP thread), all P zeroed here and summed by the caller. alpha: the layer's one membrane decay.
-extern "C" void exodus_cpu_sparse_weight_grad(
-    const scalar_t* s, const index_t* row_ptr, const index_t* col, const acc_t* e, acc_t alpha, acc_t* grad_w,
+namespace {
+// In: the input element type (the math dtype, or bytes when the block saved its spikes packed).
+template <typename In>
+void sparse_weight_grad(
+    const In* s, const index_t* row_ptr, const index_t* col, const acc_t* e, acc_t alpha, acc_t* grad_w,
     acc_t* grad_b, index_t B, index_t T, index_t N_in, index_t N_out, index_t partials, int num_threads) {
   num_threads = exodus_cpu::partial_sum_threads(num_threads, partials, B * T * N_in);
   std::fill(grad_w, grad_w + partials * N_out * N_in, acc_t(0));  // every slot: fewer threads may run
@@ -94,7 +99,7 @@ extern "C" void exodus_cpu_sparse_weight_grad(
       std::fill(s_hat.begin(), s_hat.end(), acc_t(0));
       acc_t ones_hat = acc_t(0);
       for (index_t t = 0; t < T; ++t) {
-        const scalar_t* s_t = s + (b * T + t) * N_in;
+        const In* s_t = s + (b * T + t) * N_in;
         acc_t* sh = s_hat.data();
         for (index_t j = 0; j < N_in; ++j) sh[j] = alpha * sh[j] + static_cast<acc_t>(s_t[j]);
         ones_hat = alpha * ones_hat + acc_t(1);
@@ -108,6 +113,37 @@ extern "C" void exodus_cpu_sparse_weight_grad(
       }
     }
   }
+}
+}  // namespace
+
+extern "C" void exodus_cpu_sparse_weight_grad(
+    const scalar_t* s, const index_t* row_ptr, const index_t* col, const acc_t* e, acc_t alpha, acc_t* grad_w,
+    acc_t* grad_b, index_t B, index_t T, index_t N_in, index_t N_out, index_t partials, int num_threads) {
+  sparse_weight_grad(s, row_ptr, col, e, alpha, grad_w, grad_b, B, T, N_in, N_out, partials, num_threads);
+}
+
+// The same with the input packed into bytes (exodus_cpu_sparse_pack_counts).
+extern "C" void exodus_cpu_sparse_weight_grad_u8(
+    const unsigned char* s, const index_t* row_ptr, const index_t* col, const acc_t* e, acc_t alpha, acc_t* grad_w,
+    acc_t* grad_b, index_t B, index_t T, index_t N_in, index_t N_out, index_t partials, int num_threads) {
+  sparse_weight_grad(s, row_ptr, col, e, alpha, grad_w, grad_b, B, T, N_in, N_out, partials, num_threads);
+}
+
+// Packs s (n values) into bytes when every value is a whole number in [0, 255] (spikes, or spike counts of
+// multi-spike bins): out[i] = s[i] and *packed = 1; otherwise *packed = 0 and out is garbage. One pass.
+extern "C" void exodus_cpu_sparse_pack_counts(const scalar_t* s, unsigned char* out, int* packed, index_t n,
+                                              int num_threads) {
+  if (num_threads < 1 || n < (index_t(1) << 16)) num_threads = 1;
+  int bad = 0;
+#pragma omp parallel for simd schedule(static) reduction(| : bad) num_threads(num_threads) if (num_threads > 1)
+  for (index_t i = 0; i < n; ++i) {
+    const acc_t v = static_cast<acc_t>(s[i]);
+    const bool in_range = v >= acc_t(0) && v <= acc_t(255);  // false for NaN
+    const unsigned char byte = static_cast<unsigned char>(in_range ? v : acc_t(0));
+    out[i] = byte;
+    bad |= !in_range || static_cast<acc_t>(byte) != v;  // fractions, NaN, values outside [0, 255]
+  }
+  *packed = bad ? 0 : 1;
 }
 
 extern "C" void exodus_cpu_lif_sparse_active(

@@ -128,60 +128,37 @@ inline void blocked_downdate(T* __restrict__ P, const T* __restrict__ f, const T
 // level folds pairs of vectors into one holding twice as many half-length partial sums (two
 // two-source permutes and one add per pair; masks generated for B = 16 floats and 8 doubles),
 // log2 B levels instead of B^2 scalar adds.
+//
+// One level of the tree: v[i] = (lanes `first` of v[2i]:v[2i+1]) + (lanes `second`), i < pairs.
+template <typename V, typename M>
+inline void fold_pairs(V* v, int pairs, M first, M second) {
+  for (int i = 0; i < pairs; ++i)
+    v[i] = __builtin_shuffle(v[2 * i], v[2 * i + 1], first) + __builtin_shuffle(v[2 * i], v[2 * i + 1], second);
+}
+
 template <typename T>
 inline typename Lanes<T>::type transpose_sum(typename Lanes<T>::type* v);
 
 template <>
 inline Lanes<float>::type transpose_sum<float>(Lanes<float>::type* v) {
   typedef Mask<float>::type M;
-  {  // level 1: 16 -> 8 vectors
-    const M first = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
-    const M second = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
-    for (int i = 0; i < 8; ++i)
-      v[i] = __builtin_shuffle(v[2 * i], v[2 * i + 1], first) + __builtin_shuffle(v[2 * i], v[2 * i + 1], second);
-  }
-  {  // level 2: 8 -> 4 vectors
-    const M first = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
-    const M second = {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31};
-    for (int i = 0; i < 4; ++i)
-      v[i] = __builtin_shuffle(v[2 * i], v[2 * i + 1], first) + __builtin_shuffle(v[2 * i], v[2 * i + 1], second);
-  }
-  {  // level 3: 4 -> 2 vectors
-    const M first = {0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29};
-    const M second = {2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31};
-    for (int i = 0; i < 2; ++i)
-      v[i] = __builtin_shuffle(v[2 * i], v[2 * i + 1], first) + __builtin_shuffle(v[2 * i], v[2 * i + 1], second);
-  }
-  {  // level 4: 2 -> 1 vectors
-    const M first = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
-    const M second = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
-    for (int i = 0; i < 1; ++i)
-      v[i] = __builtin_shuffle(v[2 * i], v[2 * i + 1], first) + __builtin_shuffle(v[2 * i], v[2 * i + 1], second);
-  }
+  fold_pairs(v, 8, M{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},  // level 1: 16 -> 8 vectors
+             M{8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31});
+  fold_pairs(v, 4, M{0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27},  // level 2: 8 -> 4 vectors
+             M{4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31});
+  fold_pairs(v, 2, M{0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29},  // level 3: 4 -> 2 vectors
+             M{2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31});
+  fold_pairs(v, 1, M{0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30},  // level 4: 2 -> 1 vectors
+             M{1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31});
   return v[0];
 }
 
 template <>
 inline Lanes<double>::type transpose_sum<double>(Lanes<double>::type* v) {
   typedef Mask<double>::type M;
-  {  // level 1: 8 -> 4 vectors
-    const M first = {0, 1, 2, 3, 8, 9, 10, 11};
-    const M second = {4, 5, 6, 7, 12, 13, 14, 15};
-    for (int i = 0; i < 4; ++i)
-      v[i] = __builtin_shuffle(v[2 * i], v[2 * i + 1], first) + __builtin_shuffle(v[2 * i], v[2 * i + 1], second);
-  }
-  {  // level 2: 4 -> 2 vectors
-    const M first = {0, 1, 4, 5, 8, 9, 12, 13};
-    const M second = {2, 3, 6, 7, 10, 11, 14, 15};
-    for (int i = 0; i < 2; ++i)
-      v[i] = __builtin_shuffle(v[2 * i], v[2 * i + 1], first) + __builtin_shuffle(v[2 * i], v[2 * i + 1], second);
-  }
-  {  // level 3: 2 -> 1 vectors
-    const M first = {0, 2, 4, 6, 8, 10, 12, 14};
-    const M second = {1, 3, 5, 7, 9, 11, 13, 15};
-    for (int i = 0; i < 1; ++i)
-      v[i] = __builtin_shuffle(v[2 * i], v[2 * i + 1], first) + __builtin_shuffle(v[2 * i], v[2 * i + 1], second);
-  }
+  fold_pairs(v, 4, M{0, 1, 2, 3, 8, 9, 10, 11}, M{4, 5, 6, 7, 12, 13, 14, 15});  // level 1: 8 -> 4 vectors
+  fold_pairs(v, 2, M{0, 1, 4, 5, 8, 9, 12, 13}, M{2, 3, 6, 7, 10, 11, 14, 15});  // level 2: 4 -> 2 vectors
+  fold_pairs(v, 1, M{0, 2, 4, 6, 8, 10, 12, 14}, M{1, 3, 5, 7, 9, 11, 13, 15});  // level 3: 2 -> 1 vectors
   return v[0];
 }
 

@@ -27,9 +27,15 @@ def _rel(a, b):
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
-def _problem(seed, B, T, n_in, n_out, dtype, per_neuron_theta, input_rate=0.3):
+def _problem(seed, B, T, n_in, n_out, dtype, per_neuron_theta, input_rate=0.3, input_kind="spikes"):
+    """input_kind: "spikes" (0/1), "counts" (whole numbers 0..3, as from multi-spike bins) — both saved
+    packed into uint8 by the sparse block — or "analog" (real values, saved as they are)."""
     g = torch.Generator().manual_seed(seed)
     s = (torch.rand(B, T, n_in, generator=g) < input_rate).to(dtype)
+    if input_kind == "counts":
+        s = s * torch.randint(1, 4, s.shape, generator=g).to(dtype)
+    elif input_kind == "analog":
+        s = s * torch.rand(s.shape, generator=g, dtype=dtype) * 2
     w = torch.randn(n_out, n_in, generator=g, dtype=dtype) * (1.5 / math.sqrt(n_in * input_rate))
     b = torch.randn(n_out, generator=g, dtype=dtype) * 0.1
     theta = (1.0 + 0.3 * torch.rand(n_out, generator=g, dtype=dtype)) if per_neuron_theta else torch.tensor(1.0, dtype=dtype)
@@ -59,10 +65,12 @@ OPTIONS = st.fixed_dictionaries({
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(options=OPTIONS, B=st.integers(1, 3), T=st.integers(1, 40), n_in=st.integers(1, 9), n_out=st.integers(1, 9),
        band=st.sampled_from([0.05, 0.3, 1.5]), v_loss=st.booleans(), per_neuron_theta=st.booleans(),
-       seed=st.integers(0, 10_000))
-def test_sparse_equals_dense_exodus_and_bptt_float64(options, B, T, n_in, n_out, band, v_loss, per_neuron_theta, seed):
+       input_kind=st.sampled_from(["spikes", "counts", "analog"]), seed=st.integers(0, 10_000))
+def test_sparse_equals_dense_exodus_and_bptt_float64(options, B, T, n_in, n_out, band, v_loss, per_neuron_theta,
+                                                      input_kind, seed):
     dtype = torch.float64
-    s, w, b, theta, v0, g_spikes, g_v = _problem(seed, B, T, n_in, n_out, dtype, per_neuron_theta)
+    s, w, b, theta, v0, g_spikes, g_v = _problem(seed, B, T, n_in, n_out, dtype, per_neuron_theta,
+                                                 input_kind=input_kind)
     alpha = torch.tensor(0.85, dtype=dtype)
     surrogate = S.Truncated(S.FastSigmoid(slope=8.0), band)
     detach = options.pop("detach_reset")
@@ -145,6 +153,28 @@ def test_sparse_saves_only_the_active_points():
     assert 0 < flat.numel() < 0.5 * spikes.numel()
     big = [i for i, t in enumerate(saved) if t is not None and t.numel() >= spikes.numel()]
     assert set(big) <= {0}  # at most the input s is (B, T, *)-sized; no dense h, v or mask is kept
+    assert saved[0].dtype == torch.uint8  # and that packed into bytes
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sparse_saves_spike_inputs_as_bytes(dtype):
+    """Inputs of whole numbers in [0, 255] are saved as uint8 (exactly); anything else as it is."""
+    w = torch.randn(6, 5, dtype=dtype, requires_grad=True)
+    surrogate = S.Truncated(S.FastSigmoid(10.0), 0.3)
+    base = (torch.rand(3, 40, 5, generator=torch.Generator().manual_seed(4)) < 0.3).to(dtype)
+    cases = {"spikes": base, "counts": base * 255, "fraction": base * 0.5, "negative": -base,
+             "above 255": base * 256, "nan": torch.where(base > 0, torch.nan, base)}
+    for name, s in cases.items():
+        spikes, _ = linear_lif(s, w, None, 0.9, surrogate=surrogate, gradient="sparse")
+        saved = spikes.grad_fn.saved_tensors[0]
+        if name in ("spikes", "counts"):
+            assert saved.dtype == torch.uint8 and torch.equal(saved.to(dtype), s), name
+        else:
+            assert saved.dtype == dtype and torch.equal(saved, s) if name != "nan" else saved.dtype == dtype, name
+    s = base.clone().requires_grad_()
+    spikes, _ = linear_lif(s, w, None, 0.9, surrogate=surrogate, gradient="sparse")
+    (spikes * torch.randn(spikes.shape, dtype=dtype)).sum().backward()
+    assert s.grad.dtype == dtype and w.grad.dtype == dtype
 
 
 def test_gpu_drivers_under_host_emulation_match_the_cpu_drivers():

@@ -183,13 +183,23 @@ def lif_sparse_backward_plan(row_ptr, col, h, q, y, grad_spikes, alpha, theta, l
 
 
 def sparse_weight_grad_plan(s, row_ptr, col, e, alpha: float, grad_w, grad_b) -> LaunchPlan:
-    """exodus_sparse_weight_grad (CPU driver only, cuda/cpu_sparse.cpp): s (B, T, N_in); grad_w
-    (P, N_out, N_in) and grad_b (P, N_out) per-thread partials."""
+    """exodus_sparse_weight_grad (CPU driver only, cuda/cpu_sparse.cpp): s (B, T, N_in) in the math dtype
+    or packed into uint8 (sparse_pack_counts_plan); grad_w (P, N_out, N_in) and grad_b (P, N_out)
+    per-thread partials."""
     B, T, N_in = s.shape
     P, N_out, _ = grad_w.shape
-    return LaunchPlan("exodus_sparse_weight_grad", (1, 1, 1), (1, 1, 1), [
+    kernel = "exodus_sparse_weight_grad_u8" if s.dtype == torch.uint8 else "exodus_sparse_weight_grad"
+    return LaunchPlan(kernel, (1, 1, 1), (1, 1, 1), [
         ("ptr", s), ("ptr", row_ptr), ("ptr", col), ("ptr", e), ("acc", alpha), ("ptr", grad_w), ("ptr", grad_b),
         ("i64", B), ("i64", T), ("i64", N_in), ("i64", N_out), ("i64", P),
+    ])
+
+
+def sparse_pack_counts_plan(s, out, packed) -> LaunchPlan:
+    """exodus_sparse_pack_counts (CPU driver only): s (any shape, contiguous, math dtype) -> out uint8 of the
+    same size; packed (1,) int32 is set to 1 when every value of s is a whole number in [0, 255]."""
+    return LaunchPlan("exodus_sparse_pack_counts", (1, 1, 1), (1, 1, 1), [
+        ("ptr", s), ("ptr", out), ("ptr", packed), ("i64", s.numel()),
     ])
 
 

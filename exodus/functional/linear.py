@@ -163,8 +163,9 @@ class _SparseLinearLIF(torch.autograd.Function):
         q_points = _filtered(v_prev, alpha_n, backend).view(-1)[flat]
         del v_prev
         y_points = _filtered(x.to(acc), alpha_n, backend).view(-1)[flat] if o.norm_input else None
-        ctx.save_for_backward(s, weight, bias, alpha, theta_n, v0n, row_ptr, flat, h_points, q_points, y_points)
-        ctx.o, ctx.backend = o, backend
+        ctx.save_for_backward(_packed_counts(s, backend), weight, bias, alpha, theta_n, v0n, row_ptr, flat, h_points,
+                              q_points, y_points)
+        ctx.o, ctx.backend, ctx.s_dtype = o, backend, s.dtype
         ctx.input_points = getattr(s, _POINTS_ATTR, None)
         ctx.set_materialize_grads(False)
         setattr(spikes, _POINTS_ATTR, (row_ptr, flat))
@@ -173,12 +174,12 @@ class _SparseLinearLIF(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_spikes, grad_v):
         s, weight, bias, alpha, theta_n, v0n, row_ptr, flat, h_points, q_points, y_points = ctx.saved_tensors
-        o, backend = ctx.o, ctx.backend
+        o, backend, s_dtype = ctx.o, ctx.backend, ctx.s_dtype   # s: the input, maybe packed into uint8
         need_s, need_w, need_b, need_alpha, need_theta, need_v0 = ctx.needs_input_grad[:6]
         if grad_spikes is None and grad_v is None:
             return (None,) * 8
         if grad_v is not None:
-            return _dense_backward(ctx, s, weight, bias, alpha, theta_n, v0n, grad_spikes, grad_v)
+            return _dense_backward(ctx, s.to(s_dtype), weight, bias, alpha, theta_n, v0n, grad_spikes, grad_v)
         B, T, N_in = s.shape
         N = weight.shape[0]
         acc = alpha.dtype
@@ -196,7 +197,7 @@ class _SparseLinearLIF(torch.autograd.Function):
                 grad_spikes = grad_spikes.to_dense()
         if grad_points is None:
             gs = _storage(grad_spikes, backend).contiguous()
-        storage = gs.dtype if gs is not None else s.dtype
+        storage = gs.dtype if gs is not None else s_dtype
         if backend == "cpu" and storage not in (torch.float32, torch.float64):
             storage = torch.float32
         e = torch.empty_like(h_points)
@@ -223,9 +224,9 @@ class _SparseLinearLIF(torch.autograd.Function):
             grad_w = (gain * grad_w).to(weight.dtype)
             grad_b = (gain * grad_b).to(bias.dtype) if need_b else None
         if sampled is not None:
-            grad_s = _at_points(ctx.input_points[1], sampled[4], s)
+            grad_s = _at_points(ctx.input_points[1], sampled[4], s.shape, s_dtype)
         elif need_s:
-            grad_s = _input_grad(ctx, s, weight, flat, e, alpha_n, gain, B, T, N, backend)
+            grad_s = _input_grad(ctx, s.shape, s_dtype, weight, flat, e, alpha_n, gain, B, T, N, backend)
         grad_alpha = None
         if need_alpha:
             grad_alpha = g_alpha.sum()  # includes norm_input's -x term (through y)
@@ -242,8 +243,9 @@ def _weight_grads(s, row_ptr, col, flat, e, alpha, N, backend, native: Optional[
         slots = max(1, torch.get_num_threads())
         gw = torch.empty((slots, N, N_in), dtype=acc, device=s.device)
         gb = torch.empty((slots, N), dtype=acc, device=s.device)
-        plan = launch.sparse_weight_grad_plan(_storage(s, backend).contiguous(), row_ptr, col, e, float(alpha), gw, gb)
-        _launch(plan, backend, s.dtype, acc, s.device)
+        s_in = s if s.dtype == torch.uint8 else _storage(s, backend).contiguous()
+        plan = launch.sparse_weight_grad_plan(s_in, row_ptr, col, e, float(alpha), gw, gb)
+        _launch(plan, backend, s_in.dtype, acc, s.device)
         return gw.sum(0), gb.sum(0)
     # Device-generic torch path (GPU): E^T (N, B T) sparse times the filtered input (B T, N_in).
     s_hat = _filtered(s.to(acc), alpha.expand((N_in,)).contiguous(), backend).view(B * T, N_in)
@@ -254,12 +256,13 @@ def _weight_grads(s, row_ptr, col, flat, e, alpha, N, backend, native: Optional[
     return torch.sparse.mm(e_t, s_hat), grad_b
 
 
-def _input_grad(ctx, s, weight, flat, e, alpha_n, gain, B, T, N, backend):
-    """dL/ds = gain lambda W: lambda is the reverse leaky scan of e (it only decays between points)."""
-    acc = alpha_n.dtype
-    e_dense = torch.zeros((B, T, N), dtype=acc, device=s.device)
+def _input_grad(ctx, s_shape, s_dtype, weight, flat, e, alpha_n, gain, B, T, N, backend):
+    """dL/ds (s_shape, s_dtype) = gain lambda W: lambda is the reverse leaky scan of e (it only decays
+    between points)."""
+    acc, device, N_in = alpha_n.dtype, e.device, s_shape[2]
+    e_dense = torch.zeros((B, T, N), dtype=acc, device=device)
     e_dense.view(-1)[flat] = e
-    zeros = torch.zeros((B, N), dtype=acc, device=s.device)
+    zeros = torch.zeros((B, N), dtype=acc, device=device)
     lam, _, _ = leaky_scan_backward(e_dense, e_dense, alpha_n, zeros, False, False, backend)
     del e_dense
     lam = (gain * lam).view(B * T, N)
@@ -268,21 +271,33 @@ def _input_grad(ctx, s, weight, flat, e, alpha_n, gain, B, T, N, backend):
         row_ptr_in, flat_in = ctx.input_points
         with warnings.catch_warnings():  # "sparse CSR support is in beta"
             warnings.simplefilter("ignore", UserWarning)
-            pattern = torch.sparse_csr_tensor(row_ptr_in, flat_in % s.shape[2],
-                                              torch.ones(flat_in.shape, dtype=acc, device=s.device),
-                                              (B * T, s.shape[2]), check_invariants=False)
+            pattern = torch.sparse_csr_tensor(row_ptr_in, flat_in % N_in,
+                                              torch.ones(flat_in.shape, dtype=acc, device=device),
+                                              (B * T, N_in), check_invariants=False)
             sampled = torch.sparse.sampled_addmm(pattern, lam, w, beta=0.0)
-        return _at_points(flat_in, sampled.values(), s)
-    return (lam @ w).to(s.dtype).view(s.shape)
+        return _at_points(flat_in, sampled.values(), s_shape, s_dtype)
+    return (lam @ w).to(s_dtype).view(s_shape)
 
 
-def _at_points(flat: Tensor, values: Tensor, s: Tensor) -> Tensor:
-    """dL/ds as a sparse COO tensor of s's shape, nonzero at the flat indices of the block below's
-    active points (the only entries its backward reads); autograd passes it on to that block."""
-    B, T, N_in = s.shape
+def _at_points(flat: Tensor, values: Tensor, shape, dtype: torch.dtype) -> Tensor:
+    """dL/ds as a sparse COO tensor of s's shape (B, T, N_in) and dtype, nonzero at the flat indices of the
+    block below's active points (the only entries its backward reads); autograd passes it on to that block."""
+    B, T, N_in = shape
     t_n = flat % (T * N_in)
     indices = torch.stack([flat // (T * N_in), t_n // N_in, t_n % N_in])
-    return torch.sparse_coo_tensor(indices, values.to(s.dtype), s.shape, is_coalesced=True, check_invariants=False)
+    return torch.sparse_coo_tensor(indices, values.to(dtype), tuple(shape), is_coalesced=True, check_invariants=False)
+
+
+def _packed_counts(s: Tensor, backend: str) -> Tensor:
+    """The input as saved for the backward: packed into uint8 on the CPU when every value is a whole number in
+    [0, 255] (spikes, or the counts of multi-spike bins: exact), which the CPU backward reads as it is
+    (4x / 8x less saved memory than float32 / float64); otherwise s itself. One pass over s."""
+    if backend != "cpu" or s.numel() == 0 or not torch.is_floating_point(s):
+        return s
+    xs = _storage(s, backend).contiguous()
+    packed, ok = torch.empty(xs.shape, dtype=torch.uint8), torch.zeros(1, dtype=torch.int32)
+    _launch(launch.sparse_pack_counts_plan(xs, packed, ok), backend, xs.dtype, acc_dtype(s.dtype), s.device)
+    return packed if int(ok) else s
 
 
 def _dense_backward(ctx, s, weight, bias, alpha, theta_n, v0n, grad_spikes, grad_v):
