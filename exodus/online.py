@@ -28,6 +28,8 @@ this version (the trace driver has no GPU kernel yet).
     for chunk, target in zip(x.split(100, 1), y.split(100, 1)):
         loss = loss_fn(readout(block(chunk)), target); loss.backward()   # traces carry over
     optimizer.step(); block.reset_states()
+
+An existing network of nn.Linear -> exodus.LIF layers is trained online after ``to_online(model)``.
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ from .backends import launch
 from .functional.lif import RESETS, _launch, _max_spikes_code, _options, _storage
 from .reference import acc_dtype
 
-__all__ = ["OnlineTraces", "online_forward", "fit_sequence"]
+__all__ = ["OnlineTraces", "online_forward", "fit_sequence", "to_online"]
 
 
 @dataclass
@@ -190,3 +192,53 @@ def fit_sequence(model: torch.nn.Module, x: Tensor, loss_fn: Callable[[Tensor, s
         loss.backward()
         total += float(loss.detach())
     return total
+
+
+def to_online(module: torch.nn.Module, *, detach_reset: bool = False) -> torch.nn.Module:
+    """Make the LIF layers fed by a Linear train online, in place: in every nn.Sequential inside ``module``,
+    each nn.Linear directly followed by an exodus.LIF (or IAF) becomes one
+    ``exodus.LinearLIF(gradient="online")`` block at the Linear's position, and the LIF's position holds an
+    nn.Identity (indices stay valid). The block holds the same parameter objects (the Linear's weight and
+    bias, a trained tau_mem / threshold), so an optimizer built before keeps working; the neuron options
+    (reset, v_min, surrogate, ...) are copied and the LIF's ``gradient`` is replaced by "online"
+    (``detach_reset=True``: e-prop's trace). States start fresh. Returns ``module``.
+
+    The LIF needs one tau_mem (a number), no tau_syn and no recurrence, and must see the Linear's output
+    (batch, time, out_features) directly; a ValueError names the layer otherwise, and when no such pair
+    exists at all."""
+    from .layers import IAF, LIF, LinearLIF
+
+    converted = 0
+    for prefix, sequential in module.named_modules():
+        if not isinstance(sequential, torch.nn.Sequential):
+            continue
+        names = list(sequential._modules)
+        for first, second in zip(names, names[1:]):
+            linear, lif = sequential._modules[first], sequential._modules[second]
+            if not isinstance(linear, torch.nn.Linear) or type(lif) not in (LIF, IAF):
+                continue
+            where = f"{prefix + '.' if prefix else ''}{first} (Linear) -> {prefix + '.' if prefix else ''}{second}"
+            if lif.recurrent or lif.tau_syn is not None:
+                raise ValueError(f"to_online: {where} is {'recurrent' if lif.recurrent else 'synaptic (tau_syn)'}; "
+                                 f"online blocks are Linear -> LIF only")
+            if lif.tau_mem.numel() != 1:
+                raise ValueError(f"to_online: {where} has a tau_mem of shape {tuple(lif.tau_mem.shape)}; online "
+                                 f"blocks need one tau_mem per layer (per-neuron thresholds are fine)")
+            block = LinearLIF(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                              tau_mem=float(lif.tau_mem.detach()), threshold=lif.threshold.detach().clone(), reset=lif.reset,
+                              v_min=lif.v_min, max_spikes_per_bin=lif.max_spikes_per_bin, surrogate=lif.surrogate,
+                              norm_input=lif.norm_input, grad_scale=lif.grad_scale, gradient="online",
+                              detach_reset=detach_reset, train_tau=isinstance(lif.tau_mem, torch.nn.Parameter),
+                              train_threshold=isinstance(lif.threshold, torch.nn.Parameter),
+                              record_states=lif.record_states, backend=lif.backend)
+            block.weight, block.bias = linear.weight, linear.bias
+            for name in ("tau_mem", "threshold"):  # the same Parameter objects when they are trained
+                value = getattr(lif, name)
+                if isinstance(value, torch.nn.Parameter):
+                    setattr(block, name, value)
+            sequential._modules[first], sequential._modules[second] = block, torch.nn.Identity()
+            converted += 1
+    if not converted:
+        raise ValueError("to_online: no nn.Linear directly followed by an exodus.LIF inside an nn.Sequential; build "
+                         "the layers as exodus.LinearLIF(gradient='online') instead")
+    return module

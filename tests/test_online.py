@@ -7,6 +7,8 @@ sparse weight trace equals the dense Jacobian dv_t/dW of the reference.
 """
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -185,3 +187,58 @@ def test_lightning_online_needs_the_per_step_loss():
     model = model_module.SpikingClassifier(input_shape=(4,), num_classes=2, gradient="online")
     assert model.hparams.loss == "per_step"
     assert model_module.SpikingClassifier(input_shape=(4,), num_classes=2).hparams.loss == "logits"
+
+
+@pytest.mark.parametrize("neuron", ["lif", "iaf"])
+def test_to_online_converts_linear_lif_pairs_and_keeps_the_parameters(neuron):
+    """An nn.Sequential of Linear -> LIF layers trained online after to_online: same parameter objects,
+    same outputs, and for one layer with a per-step loss the chunked gradient equals full-sequence BPTT."""
+    torch.manual_seed(3)
+    make = (lambda: exodus.LIF(tau_mem=6.0, train_tau=True, train_threshold=True,
+                               surrogate=exodus.surrogate.Truncated(exodus.surrogate.FastSigmoid(4.0), 0.8))) \
+        if neuron == "lif" else (lambda: exodus.IAF(threshold=2.0))
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), make(), torch.nn.Linear(4, 3)).double()
+    reference = copy.deepcopy(model)
+    for layer in reference:
+        if isinstance(layer, exodus.LIF):
+            layer.gradient = "bptt"
+    params = list(model.parameters())
+    x = (torch.rand(2, 30, 5, generator=torch.Generator().manual_seed(0)) < 0.4).double() * 1.5
+    target = torch.randn(2, 30, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        expected = reference(x)
+    exodus.online.to_online(model)
+    assert isinstance(model[0], exodus.LinearLIF) and model[0].gradient == "online"
+    assert isinstance(model[1], torch.nn.Identity)
+    assert all(any(p is q for q in model.parameters()) for p in params)       # an old optimizer still works
+    with torch.no_grad():
+        assert torch.allclose(model(x), expected, rtol=0, atol=1e-12)
+    model[0].reset_states()
+    exodus.online.fit_sequence(model, x, lambda out, window: ((out - target[:, window]) ** 2).sum(), chunk=7)
+    reference[1].reset_states()                                                # the no_grad call above left v
+    ((reference(x) - target) ** 2).sum().backward()
+    for (name, p), q in zip(reference.named_parameters(), [dict(model.named_parameters())[k] for k in
+                                                           _converted_names(reference, model)]):
+        assert p.grad is not None and torch.allclose(q.grad, p.grad, rtol=1e-10, atol=1e-12), name
+
+
+def _converted_names(reference, model):
+    """Names in ``model`` (after to_online) of the parameters of ``reference``, in reference's order."""
+    mapping = {"0.weight": "0.weight", "0.bias": "0.bias", "1.tau_mem": "0.tau_mem", "1.threshold": "0.threshold",
+               "2.weight": "2.weight", "2.bias": "2.bias"}
+    return [mapping[name] for name, _ in reference.named_parameters()]
+
+
+def test_to_online_refuses_what_it_cannot_convert():
+    with pytest.raises(ValueError, match="no nn.Linear directly followed"):
+        exodus.online.to_online(torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.ReLU()))
+    with pytest.raises(ValueError, match=r"0 \(Linear\) -> 1 .*recurrent"):
+        exodus.online.to_online(torch.nn.Sequential(torch.nn.Linear(3, 3), exodus.LIF(recurrent=True, shape=(3,))))
+    with pytest.raises(ValueError, match="tau_syn"):
+        exodus.online.to_online(torch.nn.Sequential(torch.nn.Linear(3, 3), exodus.LIF(tau_syn=5.0)))
+    with pytest.raises(ValueError, match="one tau_mem"):
+        exodus.online.to_online(torch.nn.Sequential(torch.nn.Linear(3, 3),
+                                                    exodus.LIF(train_tau=True, shape=(3,))))
+    nested = torch.nn.Module()
+    nested.body = torch.nn.Sequential(torch.nn.Linear(3, 2), exodus.LIF())
+    assert isinstance(exodus.online.to_online(nested).body[0], exodus.LinearLIF)
