@@ -71,25 +71,29 @@ def test_chunked_online_gradients_equal_full_sequence_bptt(options, B, T, n_in, 
             assert _rel(mine.grad, ref.grad) < 1e-10, (name, _rel(mine.grad, ref.grad))
 
 
-@pytest.mark.parametrize("surrogate", [S.SingleExponential(), S.Truncated(S.FastSigmoid(8.0), 0.2)],
-                         ids=["dense-surrogate", "truncated"])
-def test_lazy_sparse_weight_trace_equals_the_dense_jacobian(surrogate):
-    """G_T = dv_T/dW of the reference (autograd), row by row, from the lazily updated s_hat + D."""
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(options=OPTIONS, B=st.integers(1, 3), T=st.integers(1, 45), n_in=st.integers(1, 7), n_out=st.integers(1, 5),
+       chunk=st.integers(1, 20), seed=st.integers(0, 1000))
+def test_lazy_sparse_weight_trace_equals_the_dense_jacobian(options, B, T, n_in, n_out, chunk, seed):
+    """G_T = dv_T/dW of the reference (autograd), row by row, from the lazily updated s_hat + D (the trace rows
+    change only at active points), over shapes, chunkings, resets, clamps, multi-spike bins, surrogates
+    (dense ones update every row at every step, truncated ones sparsely) and the detached reset."""
     dtype = torch.float64
-    block = _block(6, 4, dtype, 3, surrogate=surrogate, v_min=-0.5)
-    s = (torch.rand(2, 40, 6, generator=torch.Generator().manual_seed(4)) < 0.4).to(dtype)
-    for chunk in s.split(13, 1):
-        block(chunk)
+    detach = options.pop("detach_reset")
+    block = _block(n_in, n_out, dtype, seed, detach_reset=detach, **options)
+    s = (torch.rand(B, T, n_in, generator=torch.Generator().manual_seed(seed + 1)) < 0.4).to(dtype)
+    for part in s.split(chunk, 1):
+        block(part)
     G = block.traces.weight_trace(block.alpha().detach())
     W = block.weight.detach().clone().requires_grad_()
     _, v = linear_lif_ref(s, W, block.bias.detach(), block.alpha().detach(), block.threshold.detach(),
-                          surrogate=surrogate, v_min=-0.5)
-    for b in range(2):
-        for n in range(4):
+                          gradient="slayer" if detach else "exodus", **options)
+    for b in range(B):
+        for n in range(n_out):
             (row,) = torch.autograd.grad(v[b, -1, n], W, retain_graph=True)
-            assert torch.allclose(G[b, n], row[n], rtol=1e-10, atol=1e-12)
-            assert (row[torch.arange(4) != n] == 0).all()  # one layer: v_n depends on W's row n only
-    assert block.traces.step == 40
+            assert torch.allclose(G[b, n], row[n], rtol=1e-10, atol=1e-12), (b, n)
+            assert (row[torch.arange(n_out) != n] == 0).all()  # one layer: v_n depends on W's row n only
+    assert block.traces.step == T
 
 
 def test_float32_online_within_1e4_of_float64_bptt():
