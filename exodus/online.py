@@ -236,7 +236,8 @@ def to_online(module: torch.nn.Module, *, detach_reset: bool = False) -> torch.n
                 value = getattr(lif, name)
                 if isinstance(value, torch.nn.Parameter):
                     setattr(block, name, value)
-            sequential._modules[first], sequential._modules[second] = block, torch.nn.Identity()
+            sequential.add_module(first, block)  # replaces, keeping the position
+            sequential.add_module(second, torch.nn.Identity())
             converted += 1
     if not converted:
         raise ValueError("to_online: no nn.Linear directly followed by an exodus.LIF inside an nn.Sequential; build "

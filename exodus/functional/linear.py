@@ -163,7 +163,9 @@ class _SparseLinearLIF(torch.autograd.Function):
         q_points = _filtered(v_prev, alpha_n, backend).view(-1)[flat]
         del v_prev
         y_points = _filtered(x.to(acc), alpha_n, backend).view(-1)[flat] if o.norm_input else None
-        ctx.save_for_backward(_packed_counts(s, backend), weight, bias, alpha, theta_n, v0n, row_ptr, flat, h_points,
+        # s is read by the backward only (nothing to pack for a forward without gradients)
+        saved_s = _packed_counts(s, backend) if any(ctx.needs_input_grad[:6]) else s
+        ctx.save_for_backward(saved_s, weight, bias, alpha, theta_n, v0n, row_ptr, flat, h_points,
                               q_points, y_points)
         ctx.o, ctx.backend, ctx.s_dtype = o, backend, s.dtype
         ctx.input_points = getattr(s, _POINTS_ATTR, None)

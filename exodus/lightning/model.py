@@ -490,11 +490,19 @@ class SpikingClassifier(pl.LightningModule):
         """Readout trace (batch, time, classes) -> logits (batch, classes) over the last readout_steps."""
         if self.readout_steps is not None:
             trace = trace[:, -self.readout_steps:]
-        if self.readout == "spike_count":
-            return trace.sum(1)
+        return self._finish_logits(self._reduce_readout(trace), trace.shape[1])
+
+    def _reduce_readout(self, part: Tensor, so_far: Optional[Tensor] = None) -> Tensor:
+        """The readout reduction (sum, or max for max_membrane) over the steps of ``part`` (batch, steps,
+        classes), combined with ``so_far`` from earlier parts of the window: chunks reduce one by one."""
         if self.readout == "max_membrane":
-            return trace.max(1).values
-        return trace.mean(1)
+            value = part.max(1).values
+            return value if so_far is None else torch.maximum(so_far, value)
+        value = part.sum(1)
+        return value if so_far is None else so_far + value
+
+    def _finish_logits(self, reduced: Tensor, window_steps: int) -> Tensor:
+        return reduced / window_steps if self.readout == "mean_membrane" else reduced
 
     # ------------------------------------------------------------------ steps
     def loss(self, batch) -> Tensor:
@@ -581,14 +589,10 @@ class SpikingClassifier(pl.LightningModule):
                 loss = self.per_step_loss(window, y, window_steps)
                 backward(loss)
                 total = total + loss.detach()
-                # the logits of self.logits, reduced over the window chunk by chunk
-                window = window.detach()
-                part = window.max(1).values if self.readout == "max_membrane" else window.sum(1)
-                logits = part if logits is None else (torch.maximum(logits, part) if self.readout == "max_membrane"
-                                                      else logits + part)
+                logits = self._reduce_readout(window.detach(), logits)  # self.logits, chunk by chunk
             for layer in self.layers.values():  # no graph across chunks (the online blocks detach their own)
                 layer["neuron"].detach_states()
-        return total, (logits / window_steps if self.readout == "mean_membrane" else logits)
+        return total, self._finish_logits(logits, window_steps)
 
     def validation_step(self, batch, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "val")
