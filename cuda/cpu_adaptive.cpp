@@ -102,6 +102,116 @@ extern "C" void exodus_cpu_adaptive_forward(
   });
 }
 
+namespace {
+// Pointers and sizes of one reverse scan: the arguments both backward drivers share.
+struct ReverseScan {
+  const acc_t* h_save;
+  const acc_t* w_save;
+  const scalar_t* grad_spikes;
+  const scalar_t* grad_v;
+  const scalar_t* grad_w;
+  const acc_t* params;
+  const acc_t* v0;
+  const acc_t* w0;
+  scalar_t* grad_x;
+  scalar_t* prev_spikes;
+  acc_t* carry_v;
+  acc_t* carry_w;
+  acc_t* grad_params;
+  index_t T, N, partials;
+};
+
+// Scratch of one work item: v_{t-1}, w_{t-1}, w_{t-2}, carry_w without adaptation, a_t, zeros.
+// Only the last two rows keep their values between steps (both stay zero).
+constexpr int kReverseRows = 6;
+
+acc_t* reverse_scratch(index_t len, scalar_t*& zeros) {
+  acc_t* const rows = scratch_rows<acc_t, 1>(kReverseRows * len);
+  std::fill(rows, rows + kReverseRows * len, acc_t(0));
+  zeros = scratch_rows<scalar_t, 2>(len);
+  std::fill(zeros, zeros + len, from_acc(acc_t(0)));
+  return rows;
+}
+
+// Step t of the reverse scan for batch row b, neurons [n0, n0 + len): the loop body of both
+// backward drivers. extra: dL/da_t's recurrent term M^T c H_{t+1} of these neurons (or zeros).
+// Inlined into each driver's specialised loop, where the option fields of c are constants.
+template <bool ADAPT>
+__attribute__((always_inline)) inline void reverse_step_row(const LifConfig& c, const ReverseScan& s, index_t b, index_t t, index_t n0, index_t len,
+                      acc_t* const rows, const scalar_t* const zeros, const acc_t* const extra, index_t slot) {
+  const index_t T = s.T, N = s.N;
+  const acc_t* const prm = s.params + n0;  // local pointers (not the struct's): the loops vectorise
+  const acc_t* const h_save = s.h_save;
+  const acc_t* const w_save = s.w_save;
+  const bool need_params = s.grad_params != nullptr;
+  acc_t* const v_prev = rows;
+  acc_t* const w_prev = rows + len;
+  acc_t* const w_prev2 = rows + 2 * len;
+  acc_t* const spikes_row = rows + 4 * len;
+  const acc_t* const zeros_acc = rows + 5 * len;
+  acc_t* g_row[NUM_ADAPTIVE_PARAMS];
+  for (int q = 0; q < NUM_ADAPTIVE_PARAMS; ++q)
+    g_row[q] = need_params ? s.grad_params + (q * s.partials + slot) * N + n0 : nullptr;
+  acc_t* const cv = s.carry_v + b * N + n0;
+  acc_t* const cw = ADAPT ? s.carry_w + b * N + n0 : rows + 3 * len;
+  const acc_t* const w0_row = ADAPT ? s.w0 + b * N + n0 : zeros_acc;
+  const index_t row = (b * T + t) * N + n0;
+  const scalar_t* const gs = s.grad_spikes ? s.grad_spikes + row : zeros;
+  const scalar_t* const gv = s.grad_v ? s.grad_v + row : zeros;
+  const scalar_t* const gw = s.grad_w ? s.grad_w + row : zeros;
+  if (ADAPT) {
+    const acc_t* src = t > 0 ? w_save + row - N : w0_row;
+    for (index_t k = 0; k < len; ++k) w_prev[k] = src[k];
+  }
+  if (need_params) {
+    if (t > 0) {
+      if (ADAPT) {
+        const acc_t* src2 = t > 1 ? w_save + row - 2 * N : w0_row;
+        for (index_t k = 0; k < len; ++k) w_prev2[k] = src2[k];
+      }
+      const acc_t* h_prev = h_save + row - N;
+#pragma omp simd
+      for (index_t k = 0; k < len; ++k)
+        v_prev[k] = membrane_from_h(c, h_prev[k], adaptive_threshold(load_adaptive_params(prm, N, k), w_prev2[k], ADAPT));
+    } else {
+      const acc_t* const v0_row = s.v0 + b * N + n0;
+      for (index_t k = 0; k < len; ++k) v_prev[k] = v0_row[k];
+    }
+  }
+  const acc_t* h_t = h_save + row;
+  scalar_t* gx = s.grad_x + row;
+  if (need_params) {
+#pragma omp simd
+    for (index_t k = 0; k < len; ++k) {
+      const AdaptiveParams pk = load_adaptive_params(prm, N, k);
+      AdaptiveGrads gk;  // a local copy, so that the loop vectorises (structure of arrays in memory)
+      gk.alpha = g_row[P_ALPHA][k]; gk.theta = g_row[P_THETA][k]; gk.rho = g_row[P_RHO][k];
+      gk.beta = g_row[P_BETA][k]; gk.gamma = g_row[P_GAMMA][k]; gk.zeta = g_row[P_ZETA][k];
+      gk.eta = g_row[P_ETA][k];
+      const acc_t H = adaptive_backward_step(c, ADAPT, h_t[k], v_prev[k], w_prev[k],
+                                             to_acc(gs[k]) + extra[k], to_acc(gv[k]), to_acc(gw[k]),
+                                             pk, cv[k], cw[k], spikes_row[k], true, gk);
+      g_row[P_ALPHA][k] = gk.alpha; g_row[P_THETA][k] = gk.theta; g_row[P_RHO][k] = gk.rho;
+      g_row[P_BETA][k] = gk.beta; g_row[P_GAMMA][k] = gk.gamma; g_row[P_ZETA][k] = gk.zeta;
+      g_row[P_ETA][k] = gk.eta;
+      gx[k] = from_acc(c.norm_input ? (acc_t(1) - pk.alpha) * H : H);
+    }
+  } else {
+#pragma omp simd
+    for (index_t k = 0; k < len; ++k) {
+      AdaptiveGrads unused;
+      const AdaptiveParams pk = load_adaptive_params(prm, N, k);
+      const acc_t H = adaptive_backward_step(c, ADAPT, h_t[k], v_prev[k], w_prev[k],
+                                             to_acc(gs[k]) + extra[k], to_acc(gv[k]), to_acc(gw[k]),
+                                             pk, cv[k], cw[k], spikes_row[k], false, unused);
+      gx[k] = from_acc(c.norm_input ? (acc_t(1) - pk.alpha) * H : H);
+    }
+  }
+  if (s.prev_spikes && t + 1 < T)  // a_t is the spikes step t + 1's recurrent input saw
+    for (index_t k = 0; k < len; ++k) s.prev_spikes[row + N + k] = from_acc(spikes_row[k]);
+}
+}  // namespace
+
 extern "C" void exodus_cpu_adaptive_backward(
     const acc_t* h_save, const acc_t* w_save, const scalar_t* grad_spikes, const scalar_t* grad_v,
     const scalar_t* grad_w, const acc_t* grad_rec, const acc_t* params, const acc_t* v0, const acc_t* w0,
@@ -110,96 +220,158 @@ extern "C" void exodus_cpu_adaptive_backward(
     int has_vmin, acc_t v_min, int norm_input, int adaptive, int gradient, int surrogate, acc_t grad_scale, acc_t p0, acc_t p1, acc_t p2, acc_t band,
     int num_threads) {
   const LifConfig config = {reset, max_spikes, has_vmin, norm_input, v_min, gradient, surrogate, grad_scale, p0, p1, p2, band};
+  const ReverseScan scan = {h_save, w_save, grad_spikes, grad_v, grad_w, params, v0, w0, grad_x, prev_spikes,
+                            carry_v, carry_w, grad_params, T, N, partials};
   // Parameter-gradient partials: slot = OpenMP thread (the batch sum happens in a small (7, P, N)
   // array that stays in cache when the driver is called once per step).
   num_threads = partial_sum_threads(num_threads, partials, B * (t_end - t_begin) * N);
-  // Single-step launches (the recurrent backward) run on one thread: measured on a 2-core Xeon at
-  // (64, 1000, 512), one thread took 0.38 s for the 1000 steps and two threads 11.6 s (a parallel
-  // region per step with parameter gradients; not understood, see docs/benchmarks.md). The BLAS
-  // product between the steps still uses all threads.
+  // Single-step launches (the GPU-style per-step recurrent backward) run on one thread: a parallel
+  // region per step with parameter gradients was 30x slower on a 2-core Xeon (docs/benchmarks.md).
   if (t_end - t_begin < 4) num_threads = 1;
   dispatch_backward(config, adaptive != 0, [&](auto spec) {
     constexpr bool ADAPT = decltype(spec)::adaptive;
     for_each_tile(B, t_end - t_begin, N, num_threads, [&](index_t b, index_t n0, index_t len) {
       const LifConfig c = decltype(spec)::apply(config);
-      const acc_t* const prm = params + n0;  // a local pointer (not the captured one): the loops vectorise
-      const bool need_params = grad_params != nullptr;
-      // Parameter-gradient partials, one row of len per parameter (AdaptiveParam order).
-      // Scratch rows: v_{t-1}, w_{t-1}, w_{t-2}, carry_w without adaptation, a_t, zeros.
-      constexpr int kRows = 6;
-      acc_t* const rows = scratch_rows<acc_t, 1>(kRows * len);
-      std::fill(rows, rows + kRows * len, acc_t(0));
-      acc_t* const v_prev = rows;
-      acc_t* const w_prev = rows + len;
-      acc_t* const w_prev2 = rows + 2 * len;
-      acc_t* const spikes_row = rows + 4 * len;
-      const acc_t* const zeros_acc = rows + 5 * len;
-      scalar_t* const zeros = scratch_rows<scalar_t, 2>(len);
-      std::fill(zeros, zeros + len, from_acc(acc_t(0)));
+      scalar_t* zeros;
+      acc_t* const rows = reverse_scratch(len, zeros);
+      const acc_t* extra = grad_rec ? grad_rec + b * N + n0 : rows + 5 * len;
       const index_t slot = partial_slot();
-      acc_t* g_row[NUM_ADAPTIVE_PARAMS];
-      for (int q = 0; q < NUM_ADAPTIVE_PARAMS; ++q)
-        g_row[q] = need_params ? grad_params + (q * partials + slot) * N + n0 : nullptr;
-      acc_t* cv = carry_v + b * N + n0;
-      acc_t* cw = ADAPT ? carry_w + b * N + n0 : rows + 3 * len;
-      const acc_t* extra = grad_rec ? grad_rec + b * N + n0 : zeros_acc;
-      const acc_t* w0_row = ADAPT ? w0 + b * N + n0 : zeros_acc;
-      for (index_t t = t_end - 1; t >= t_begin; --t) {
-        const index_t row = (b * T + t) * N + n0;
-        const scalar_t* gs = grad_spikes ? grad_spikes + row : zeros;
-        const scalar_t* gv = grad_v ? grad_v + row : zeros;
-        const scalar_t* gw = grad_w ? grad_w + row : zeros;
-        if (ADAPT) {
-          const acc_t* src = t > 0 ? w_save + row - N : w0_row;
-          for (index_t k = 0; k < len; ++k) w_prev[k] = src[k];
-        }
-        if (need_params) {
-          if (t > 0) {
-            if (ADAPT) {
-              const acc_t* src2 = t > 1 ? w_save + row - 2 * N : w0_row;
-              for (index_t k = 0; k < len; ++k) w_prev2[k] = src2[k];
-            }
-            const acc_t* h_prev = h_save + row - N;
-#pragma omp simd
-            for (index_t k = 0; k < len; ++k)
-              v_prev[k] = membrane_from_h(c, h_prev[k], adaptive_threshold(load_adaptive_params(prm, N, k), w_prev2[k], ADAPT));
-          } else {
-            for (index_t k = 0; k < len; ++k) v_prev[k] = v0[b * N + n0 + k];
-          }
-        }
-        const acc_t* h_t = h_save + row;
-        scalar_t* gx = grad_x + row;
-        if (need_params) {
-#pragma omp simd
-          for (index_t k = 0; k < len; ++k) {
-            const AdaptiveParams pk = load_adaptive_params(prm, N, k);
-            AdaptiveGrads gk;  // a local copy, so that the loop vectorises (structure of arrays in memory)
-            gk.alpha = g_row[P_ALPHA][k]; gk.theta = g_row[P_THETA][k]; gk.rho = g_row[P_RHO][k];
-            gk.beta = g_row[P_BETA][k]; gk.gamma = g_row[P_GAMMA][k]; gk.zeta = g_row[P_ZETA][k];
-            gk.eta = g_row[P_ETA][k];
-            const acc_t H = adaptive_backward_step(c, ADAPT, h_t[k], v_prev[k], w_prev[k],
-                                                   to_acc(gs[k]) + extra[k], to_acc(gv[k]), to_acc(gw[k]),
-                                                   pk, cv[k], cw[k], spikes_row[k], true, gk);
-            g_row[P_ALPHA][k] = gk.alpha; g_row[P_THETA][k] = gk.theta; g_row[P_RHO][k] = gk.rho;
-            g_row[P_BETA][k] = gk.beta; g_row[P_GAMMA][k] = gk.gamma; g_row[P_ZETA][k] = gk.zeta;
-            g_row[P_ETA][k] = gk.eta;
-            gx[k] = from_acc(c.norm_input ? (acc_t(1) - pk.alpha) * H : H);
-          }
-        } else {
-#pragma omp simd
-          for (index_t k = 0; k < len; ++k) {
-            AdaptiveGrads unused;
-            const AdaptiveParams pk = load_adaptive_params(prm, N, k);
-            const acc_t H = adaptive_backward_step(c, ADAPT, h_t[k], v_prev[k], w_prev[k],
-                                                   to_acc(gs[k]) + extra[k], to_acc(gv[k]), to_acc(gw[k]),
-                                                   pk, cv[k], cw[k], spikes_row[k], false, unused);
-            gx[k] = from_acc(c.norm_input ? (acc_t(1) - pk.alpha) * H : H);
-          }
-        }
-        if (prev_spikes && t + 1 < T)  // a_t is the spikes step t + 1's recurrent input saw
-          for (index_t k = 0; k < len; ++k) prev_spikes[row + N + k] = from_acc(spikes_row[k]);
-      }
+      for (index_t t = t_end - 1; t >= t_begin; --t) reverse_step_row<ADAPT>(c, scan, b, t, n0, len, rows, zeros, extra, slot);
     });
+  });
+}
+
+// ---- recurrent backward in one call ------------------------------------------------------
+// The reverse scan of DESIGN §5 with its dense product inside: at step t, dL/da_t gains
+// M^T c H_{t+1} = (dL/dx_{t+1} M)^T. Each thread owns a range of neuron columns for the whole
+// scan: it keeps its columns of M packed in panels (N x cols, in its own L2 cache for N = 512),
+// computes their recurrent term from the full row dL/dx_{t+1}, runs the reverse step of its
+// neurons for every batch row, and adds dL/dM over the spikes a_{t-1} into its columns of dL/dM^T.
+// One barrier per step: step t reads every column of dL/dx_{t+1}.
+namespace {
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64;
+#else
+constexpr int kVectorBytes = 32;
+#endif
+typedef acc_t gemm_vector __attribute__((vector_size(kVectorBytes)));
+constexpr index_t kLanes = kVectorBytes / sizeof(acc_t);
+constexpr index_t kPanel = 2 * kLanes;  // columns per packed panel: two vectors
+constexpr int kRowBlock = 6;            // batch rows per register block (12 accumulators)
+
+// out[r][0, kPanel) = sum_k g[r][k] panel[k][0, kPanel) for R rows (an R x kPanel register block).
+// FMA contraction is allowed here only: the product's rounding is BLAS-like, not the neuron rules'.
+template <int R>
+__attribute__((optimize("fp-contract=fast"))) void panel_block(const acc_t* const* g, const acc_t* panel, index_t K,
+                                                               acc_t* const* out) {
+  gemm_vector acc[R][2];
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = gemm_vector{};
+  for (index_t k = 0; k < K; ++k) {
+    gemm_vector m0, m1;
+    __builtin_memcpy(&m0, panel + k * kPanel, sizeof m0);
+    __builtin_memcpy(&m1, panel + k * kPanel + kLanes, sizeof m1);
+    for (int r = 0; r < R; ++r) {
+      const acc_t x = g[r][k];
+      acc[r][0] += x * m0;
+      acc[r][1] += x * m1;
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    __builtin_memcpy(out[r], &acc[r][0], sizeof acc[r][0]);
+    __builtin_memcpy(out[r] + kLanes, &acc[r][1], sizeof acc[r][1]);
+  }
+}
+
+template <int R>
+void panel_rows(int rows, const acc_t* const* g, const acc_t* panel, index_t K, acc_t* const* out) {
+  if constexpr (R > 1) {
+    if (rows < R) return panel_rows<R - 1>(rows, g, panel, K, out);
+  }
+  panel_block<R>(g, panel, K, out);
+}
+
+// rec[b][0, width) = sum_k grad_x[b, t + 1, k] M[k, c0 + j] for the packed panels of M's columns
+// [c0, c0 + width); rec rows are padded to whole panels.
+void recurrent_term(const scalar_t* next, index_t row_stride, index_t B, index_t N, const acc_t* panels,
+                    index_t num_panels, acc_t* rec, index_t rec_stride) {
+  const acc_t* g[kRowBlock];
+  acc_t* out[kRowBlock];
+  for (index_t b0 = 0; b0 < B; b0 += kRowBlock) {
+    const int rows = static_cast<int>(std::min<index_t>(kRowBlock, B - b0));
+    for (int r = 0; r < rows; ++r) g[r] = next + (b0 + r) * row_stride;
+    for (index_t p = 0; p < num_panels; ++p) {
+      for (int r = 0; r < rows; ++r) out[r] = rec + (b0 + r) * rec_stride + p * kPanel;
+      panel_rows<kRowBlock>(rows, g, panels + p * N * kPanel, N, out);
+    }
+  }
+}
+}  // namespace
+
+extern "C" void exodus_cpu_adaptive_recurrent_backward(
+    const acc_t* h_save, const acc_t* w_save, const scalar_t* grad_spikes, const scalar_t* grad_v,
+    const scalar_t* grad_w, const acc_t* weight, const scalar_t* spikes, const acc_t* a0, const acc_t* params,
+    const acc_t* v0, const acc_t* w0, scalar_t* grad_x, acc_t* carry_v, acc_t* carry_w, acc_t* grad_params,
+    acc_t* grad_weight_t, index_t B, index_t T, index_t N, index_t partials, int reset, int max_spikes,
+    int has_vmin, acc_t v_min, int norm_input, int adaptive, int gradient, int surrogate, acc_t grad_scale, acc_t p0,
+    acc_t p1, acc_t p2, acc_t band, int num_threads) {
+  static_assert(std::is_same<scalar_t, acc_t>::value, "the CPU kernels store in the math dtype");
+  const LifConfig config = {reset, max_spikes, has_vmin, norm_input, v_min, gradient, surrogate, grad_scale, p0, p1, p2, band};
+  const ReverseScan scan = {h_save, w_save, grad_spikes, grad_v, grad_w, params, v0, w0, grad_x, nullptr,
+                            carry_v, carry_w, grad_params, T, N, partials};
+  const index_t total_panels = (N + kPanel - 1) / kPanel;
+  num_threads = partial_sum_threads(num_threads, grad_params ? partials : num_threads, B * T * N);
+  num_threads = static_cast<int>(std::max<index_t>(1, std::min<index_t>(num_threads, total_panels)));
+  dispatch_backward(config, adaptive != 0, [&](auto spec) {
+    constexpr bool ADAPT = decltype(spec)::adaptive;
+#pragma omp parallel num_threads(num_threads) if (num_threads > 1)
+    {
+      const LifConfig c = decltype(spec)::apply(config);
+      const index_t slot = partial_slot();
+#if defined(_OPENMP)
+      const index_t threads = omp_in_parallel() ? omp_get_num_threads() : 1;
+#else
+      const index_t threads = 1;
+#endif
+      const index_t p_begin = total_panels * slot / threads, p_end = total_panels * (slot + 1) / threads;
+      const index_t c0 = p_begin * kPanel, c1 = std::min(N, p_end * kPanel), width = c1 - c0;
+      const index_t num_panels = p_end - p_begin, padded = num_panels * kPanel;
+      // This thread's columns of M in panels: panels[p][k][q] = M[k, c0 + p kPanel + q] (zero past N).
+      std::vector<acc_t> panels(static_cast<size_t>(num_panels * N * kPanel), acc_t(0));
+      for (index_t p = 0; p < num_panels; ++p)
+        for (index_t k = 0; k < N; ++k)
+          for (index_t q = 0; q < kPanel && c0 + p * kPanel + q < c1; ++q)
+            panels[(p * N + k) * kPanel + q] = weight[k * N + c0 + p * kPanel + q];
+      std::vector<acc_t> rec(static_cast<size_t>(std::max<index_t>(B * padded, 1)), acc_t(0));
+      scalar_t* zeros;
+      acc_t* const rows = reverse_scratch(std::max<index_t>(width, 1), zeros);
+      if (grad_weight_t) std::fill(grad_weight_t + c0 * N, grad_weight_t + c1 * N, acc_t(0));
+      for (index_t t = T - 1; t >= 0; --t) {
+        if (width > 0) {
+          if (t + 1 < T) recurrent_term(grad_x + (t + 1) * N, T * N, B, N, panels.data(), num_panels, rec.data(), padded);
+          for (index_t b = 0; b < B; ++b)
+            reverse_step_row<ADAPT>(c, scan, b, t, c0, width, rows, zeros,
+                                    t + 1 < T ? rec.data() + b * padded : rows + 5 * width, slot);
+        }
+#pragma omp barrier
+      }
+      panels = std::vector<acc_t>();  // M's panels are not needed any more: dL/dM^T's columns get the cache
+      // dL/dM[i, j] = sum over (b, t) of dL/dx_t[i] a_{t-1}[j], over the spikes (DESIGN §5): this
+      // thread sums the rows j of dL/dM^T of its own neurons (it scans only their spikes).
+      if (grad_weight_t && width > 0) {
+        for (index_t b = 0; b < B; ++b)
+          for (index_t t = 0; t < T; ++t) {
+            const scalar_t* const a = t > 0 ? spikes + (b * T + t - 1) * N : nullptr;
+            const scalar_t* const g_t = grad_x + (b * T + t) * N;
+            for (index_t j = c0; j < c1; ++j) {
+              const acc_t a_j = a ? to_acc(a[j]) : a0[b * N + j];
+              if (a_j == acc_t(0)) continue;
+              acc_t* __restrict__ out = grad_weight_t + j * N;
+#pragma omp simd
+              for (index_t i = 0; i < N; ++i) out[i] += a_j * to_acc(g_t[i]);
+            }
+          }
+      }
+    }
   });
 }
 

@@ -613,27 +613,26 @@ def test_grad_x_written_over_saved_h(recurrent):
     check_grad_x_over_saved_h(F.adaptive, make_loss, case.x.shape)
 
 
-# ----------------------------------------------------------------------------- batch parts (recurrent CPU backward)
+# ----------------------------------------------------------------------------- recurrent CPU backward over threads
 
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("kind", ["float64-all-trained", "float32-multi-spike"])
-def test_recurrent_backward_in_batch_parts(monkeypatch, threads, kind):
-    """The recurrent CPU backward split over batch rows (one chain per thread, uneven parts, parameter
-    partials per part) gives the oracle's gradients and the unsplit run's to rounding."""
+def test_recurrent_backward_over_neuron_columns(threads, kind):
+    """The one-call recurrent CPU backward splits the neurons into column ranges, one per thread
+    (uneven ranges, a partial last panel of M, a barrier per step): the oracle's gradients, and
+    the single-thread run's to rounding. B T N is above the drivers' parallel-work threshold."""
     if kind == "float64-all-trained":
-        case = make_case(batch=7, time=18, features=(6,), seed=31, recurrent=True, v_min=-0.5, v0_kind="broadcast")
+        case = make_case(batch=9, time=64, features=(70,), seed=31, recurrent=True, v_min=-0.5, v0_kind="broadcast")
     else:
-        case = make_case(batch=5, time=15, features=(16,), dtype=torch.float32, seed=32, recurrent=True,
+        case = make_case(batch=7, time=48, features=(100,), dtype=torch.float32, seed=32, recurrent=True,
                          amplitude="large", max_spikes=None)
+    assert case.x.numel() >= 1 << 15
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
     try:
-        monkeypatch.setattr(F.adaptive, "MIN_ROWS_PER_PART", 1)
-        assert F.adaptive._recurrent_parts(case.x.shape[0]) == threads
-        expected, split = compare(case, "cpu")
-        assert torch.get_num_threads() == threads  # restored after the parts ran
-        monkeypatch.setattr(F.adaptive, "MIN_ROWS_PER_PART", 10 ** 9)
-        assert F.adaptive._recurrent_parts(case.x.shape[0]) == 1
+        torch.set_num_threads(threads)
+        compare(case, "cpu")
+        split = case.run(F.adaptive_lif, backend="cpu")
+        torch.set_num_threads(1)
         whole = case.run(F.adaptive_lif, backend="cpu")
     finally:
         torch.set_num_threads(previous)

@@ -18,7 +18,6 @@ and the neuron is exodus.functional.lif's LIF, bit for bit: that is how recurren
 """
 from __future__ import annotations
 
-import concurrent.futures
 import math
 from typing import Optional
 
@@ -127,62 +126,6 @@ def _run_backward(plan, grad_x: Tensor, grad_rec: Optional[Tensor], weight_rec: 
         run(t, t + 1)
 
 
-# Batch rows per part below which the recurrent CPU backward is not split (per-step Python and ctypes
-# overhead would dominate the halved work).
-MIN_ROWS_PER_PART = 8
-_part_pool: Optional[concurrent.futures.ThreadPoolExecutor] = None  # threads for parts 1.. (part 0: the caller)
-_part_pool_workers = 0
-
-
-def _recurrent_parts(batch: int) -> int:
-    """How many independent batch parts the recurrent CPU backward runs concurrently (one per thread)."""
-    return max(1, min(torch.get_num_threads(), batch // MIN_ROWS_PER_PART))
-
-
-def _run_recurrent_backward_in_parts(plan_for, parts: int, grad_x: Tensor, grad_rec: Tensor, weight_rec: Tensor,
-                                     need_params: bool, acc: torch.dtype) -> Optional[Tensor]:
-    """The recurrent reverse scan of DESIGN §5, split over batch rows. The rows are independent chains
-    (M is shared and only read), so each part runs the whole per-step loop, reverse step and
-    (B / parts, N) x (N, N) product, single-threaded on its own Python thread (both release the GIL).
-    One thread per chain instead of two threads per step: a multi-threaded reverse step between
-    multi-threaded BLAS products made two OpenMP runtimes (torch's and the driver's) spin against
-    each other (docs/benchmarks.md). Returns the parameter-gradient partials (7, parts, N) or None."""
-    global _part_pool, _part_pool_workers
-    B, T, N = grad_x.shape
-    bounds = [B * k // parts for k in range(parts + 1)]
-    rows = [slice(bounds[k], bounds[k + 1]) for k in range(parts)]
-    partials = [torch.zeros((7, 1, N), dtype=acc) if need_params else None for _ in range(parts)]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # BLAS and the drivers single-threaded inside each part
-    try:
-        runs = [backends.cpu.bind(plan_for(r, p), acc) for r, p in zip(rows, partials)]  # binds 1 thread
-
-        weight = weight_rec.detach()
-
-        def chain(k: int) -> None:
-            gx, rec, run = grad_x[rows[k]].detach(), grad_rec[rows[k]], runs[k]
-            with torch.no_grad():  # grad mode is per thread: the pool's threads do not inherit the op's
-                for t in range(T - 1, -1, -1):
-                    if t < T - 1:  # dL/da_t gains M^T (c H_{t+1}); c H_{t+1} = dL/dx_{t+1}  (DESIGN §5)
-                        torch.mm(gx[:, t + 1], weight, out=rec)
-                    run(t, t + 1)
-
-        if _part_pool is None or _part_pool_workers < parts - 1:
-            if _part_pool is not None:
-                _part_pool.shutdown(wait=False)
-            _part_pool_workers = parts - 1
-            _part_pool = concurrent.futures.ThreadPoolExecutor(max_workers=parts - 1, thread_name_prefix="exodus-bwd")
-        futures = [_part_pool.submit(chain, k) for k in range(1, parts)]
-        try:
-            chain(0)
-        finally:
-            for future in futures:
-                future.result()
-    finally:
-        torch.set_num_threads(threads)
-    return torch.cat(partials, 1) if need_params else None
-
-
 def spike_weight_grad(grad_x: Tensor, spikes: Tensor, a0: Tensor) -> Tensor:
     """dL/dM (N, N) of a recurrent layer on the CPU: the sum over (b, t) of dL/dx_t (x) a_{t-1}
     (DESIGN §5) over the nonzero a only. grad_x, spikes (B, T, N) contiguous float32/float64, a0 (B, N)."""
@@ -228,47 +171,48 @@ def _adaptive_scan_backward(grad_spikes: Optional[Tensor], grad_v: Optional[Tens
         raise ValueError("into_h needs the cpu backend (kernels store in the math dtype)")
     grad_x = h_save if into_h else empty_for_kernel((B, T, N), storage, h_save.device)
     recurrent = weight_rec is not None
-    # dL/dM = sum over (b, t) of dL/dx_t (x) a_{t-1} (DESIGN §5). CPU: over the forward's spikes only
-    # (cuda/cpu_sparse.cpp). GPU: one dense product with a_{t-1} for every step (a0 first; the
-    # kernel fills the rest).
-    sparse_weight_grad = recurrent and backend == "cpu"
-    prev_spikes = empty_for_kernel((B, T, N), storage, h_save.device) if recurrent and not sparse_weight_grad else None
-    if prev_spikes is not None and T > 0:
-        prev_spikes[:, 0] = a0
-    grad_rec = torch.zeros((B, N), dtype=acc, device=h_save.device) if recurrent else None
     # Partial sums of the parameter gradients: one slot per batch row (GPU) or per CPU thread.
     slots = torch.get_num_threads() if backend == "cpu" else B
     grad_params = torch.zeros((7, slots, N), dtype=acc, device=h_save.device) if need_params else None
     grad_v_trace, grad_w_trace = trace(grad_v), trace(grad_w) if adaptive else None
-
-    def plan_for(rows: slice, grad_params_part: Optional[Tensor]):  # the reverse scan of batch rows `rows`
-        def part(t: Optional[Tensor]) -> Optional[Tensor]:
-            return None if t is None else t[rows]
-        return launch.adaptive_backward_plan(h_save[rows], part(w_save if adaptive else None), part(gs),
-                                             part(grad_v_trace), part(grad_w_trace), part(grad_rec), params,
-                                             v0[rows], part(w0 if adaptive else None), grad_x[rows],
-                                             part(prev_spikes), carry_v[rows], part(carry_w if adaptive else None),
-                                             grad_params_part, o, adaptive)
-
-    parts = _recurrent_parts(B) if recurrent and backend == "cpu" else 1
-    if B * N > 0 and T > 0 and parts > 1:
-        grad_params = _run_recurrent_backward_in_parts(plan_for, parts, grad_x, grad_rec, weight_rec, need_params,
-                                                       acc)
-    elif B * N > 0 and T > 0:
-        _run_backward(plan_for(slice(None), grad_params), grad_x, grad_rec, weight_rec, backend, storage, acc)
+    w_part = w_save if adaptive else None
+    w0_part = w0 if adaptive else None
+    carry_w_part = carry_w if adaptive else None
+    if recurrent and backend == "cpu":
+        # One call: the reverse scan with its per-step product M^T c H_{t+1} and dL/dM over the
+        # spikes only (cuda/cpu_adaptive.cpp).
+        grad_weight_t = torch.empty((N, N), dtype=acc)
+        if B * N > 0 and T > 0:
+            spikes_acc = _storage(spikes, backend).to(acc).contiguous()
+            backends.cpu.run(launch.adaptive_recurrent_backward_plan(
+                h_save, w_part, gs, grad_v_trace, grad_w_trace, weight_rec.contiguous(), spikes_acc, a0.to(acc).contiguous(),
+                params, v0, w0_part, grad_x, carry_v, carry_w_part, grad_params, grad_weight_t, o, adaptive), acc)
+            grad_weight, grad_a0 = grad_weight_t.t().contiguous(), grad_x[:, 0].to(acc) @ weight_rec
+        else:
+            grad_weight, grad_a0 = torch.zeros_like(weight_rec), torch.zeros_like(a0)
+    else:
+        # Feed-forward: one launch. Recurrent on the GPU: one launch per step with the product in
+        # between, then dL/dM = sum over (b, t) of dL/dx_t (x) a_{t-1} (DESIGN §5) as one dense
+        # product with a_{t-1} for every step (a0 first; the kernel fills the rest).
+        prev_spikes = empty_for_kernel((B, T, N), storage, h_save.device) if recurrent else None
+        if prev_spikes is not None and T > 0:
+            prev_spikes[:, 0] = a0
+        grad_rec = torch.zeros((B, N), dtype=acc, device=h_save.device) if recurrent else None
+        if B * N > 0 and T > 0:
+            plan = launch.adaptive_backward_plan(h_save, w_part, gs, grad_v_trace, grad_w_trace, grad_rec, params, v0,
+                                                 w0_part, grad_x, prev_spikes, carry_v, carry_w_part, grad_params, o,
+                                                 adaptive)
+            _run_backward(plan, grad_x, grad_rec, weight_rec, backend, storage, acc)
+        if recurrent and T > 0:
+            gx, a_prev = grad_x.to(acc).reshape(B * T, N), prev_spikes.to(acc).reshape(B * T, N)
+            grad_weight = gx.t() @ a_prev                  # sum over (b, t) of dL/dx_t (x) a_{t-1}  (DESIGN §5)
+            grad_a0 = grad_x[:, 0].to(acc) @ weight_rec
+        elif recurrent:
+            grad_weight, grad_a0 = torch.zeros_like(weight_rec), torch.zeros_like(a0)
+        else:
+            grad_weight, grad_a0 = h_save.new_empty((0,)), h_save.new_empty((0,))
     out_dtype = given.dtype
     grad_p = grad_params.sum(1) if need_params else torch.zeros((7, N), dtype=acc, device=h_save.device)
-    if sparse_weight_grad and T > 0:
-        grad_weight = spike_weight_grad(grad_x, _storage(spikes, backend).to(storage).contiguous(), a0.to(acc))
-        grad_a0 = grad_x[:, 0].to(acc) @ weight_rec
-    elif recurrent and T > 0:
-        gx, a_prev = grad_x.to(acc).reshape(B * T, N), prev_spikes.to(acc).reshape(B * T, N)
-        grad_weight = gx.t() @ a_prev                  # sum over (b, t) of dL/dx_t (x) a_{t-1}  (DESIGN §5)
-        grad_a0 = grad_x[:, 0].to(acc) @ weight_rec
-    elif recurrent:
-        grad_weight, grad_a0 = torch.zeros_like(weight_rec), torch.zeros_like(a0)
-    else:
-        grad_weight, grad_a0 = h_save.new_empty((0,)), h_save.new_empty((0,))
     grad_x = h_save.new_empty((0,), dtype=out_dtype) if into_h else grad_x.to(out_dtype)
     return grad_x, grad_p, carry_v, carry_w, grad_weight, grad_a0
 
