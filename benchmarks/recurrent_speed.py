@@ -56,7 +56,6 @@ from typing import Callable, Optional
 import torch
 
 import exodus
-from exodus.functional.adaptive import spike_weight_grad
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lif_speed import (PeakMemory, SavedCounter, cpu_model, fmt, fmt_ms, load_average, median,  # noqa: E402
@@ -373,8 +372,8 @@ def measure_memory(impls: list[Impl], shape, slow: float, progress: Callable[[st
 
 def breakdown(shape, reps: int, spike_rate: float) -> dict:
     """Where exodus AdLIF's time goes: the same neuron without recurrence (the fused per-neuron scans,
-    one launch each), the dense (B, N) x (N, N) products of one sequence timed alone, dL/dM summed over
-    the spikes (as the op computes it), and what is left."""
+    one launch each), the dense (B, N) x (N, N) products of one sequence timed alone (torch BLAS), and
+    what is left."""
     B, T, N = shape
     x, grad = make_input(shape) * NORM_GAIN, upstream_gradient(shape)
     weight = recurrent_weight(N) * NORM_GAIN
@@ -393,9 +392,6 @@ def breakdown(shape, reps: int, spike_rate: float) -> dict:
         for t in range(T - 2, -1, -1):
             torch.mm(gx[:, t + 1], weight, out=out)
 
-    def grad_weight():  # dL/dM = sum over (b, t) of dL/dx_t (x) a_{t-1} over the spikes only, as the op
-        return spike_weight_grad(gx, spikes, prev)
-
     def training_step(layer):  # forward and backward of one layer, timed separately
         def run():
             layer.reset_states()
@@ -412,7 +408,7 @@ def breakdown(shape, reps: int, spike_rate: float) -> dict:
         recurrent.weight_rec.copy_(weight)
     steps = {"layer": training_step(recurrent),  # the recurrent layer again, in the same rounds as its parts
              "ff": training_step(exodus.AdLIF(**ADLIF, recurrent=False, shape=(N,), backend="cpu"))}
-    plain = {"mm_fwd": mm_forward, "mm_bwd": mm_backward, "dm": grad_weight}
+    plain = {"mm_fwd": mm_forward, "mm_bwd": mm_backward}
     samples: dict[str, list[float]] = {k: [] for k in ("fwd", "bwd", "ff_fwd", "ff_bwd", *plain)}
     for call in (*steps.values(), *plain.values()):  # warm-up
         call()
@@ -496,7 +492,7 @@ def print_breakdown(shape, b: dict, threads: int) -> None:
     B, T, N = shape
     gflop = 2 * B * N * N * T / 1e9  # one (B*T, N) x (N, N) product
     rest_f = b["fwd"] - b["ff_fwd"]
-    rest_b = b["bwd"] - b["ff_bwd"] - b["mm_bwd"] - b["dm"]
+    rest_b = b["bwd"] - b["ff_bwd"] - b["mm_bwd"]
     print(f"\nBreakdown of exodus AdLIF (cpu) at {shape_name(shape)} (ms, median; {threads} threads; the layer and "
           f"its parts timed\ninterleaved in the same rounds, after the main table; one dense (B*T,N)x(N,N) product = "
           f"{gflop:.1f} GFLOP):")
@@ -507,15 +503,13 @@ def print_breakdown(shape, b: dict, threads: int) -> None:
         ["", f"{T} x torch.mm (B,N)x(N,N) alone: what per-step dense products would cost", fmt_ms(b["mm_fwd"]),
          f"{gflop / b['mm_fwd']:.0f} GFLOP/s"],
         ["", "layer - scan without recurrence (the recurrent sum)", fmt_ms(rest_f), f"{rest_f / T * 1e6:.0f} us/step"],
-        ["backward", "layer (reverse-step kernel launched once per step, torch.mm in between, dL/dM)",
+        ["backward", "layer (one call: reverse step, per-step product c H_(t+1) M, dL/dM over the spikes)",
          fmt_ms(b["bwd"]), ""],
         ["", "same neuron without recurrence (fused reverse scan, one launch)", fmt_ms(b["ff_bwd"]), ""],
-        ["", f"{T - 1} x torch.mm (B,N)x(N,N) alone (the op's c H_(t+1) M)", fmt_ms(b["mm_bwd"]),
+        ["", f"{T - 1} x torch.mm (B,N)x(N,N) alone: the products as per-step BLAS calls", fmt_ms(b["mm_bwd"]),
          f"{gflop / b['mm_bwd']:.0f} GFLOP/s"],
-        ["", "dL/dM summed over the spikes alone, as the op computes it (dense: 1 product above)",
-         fmt_ms(b["dm"]), ""],
-        ["", "rest = layer - scan - mm - dL/dM (per-step launches, slicing, allocation)", fmt_ms(rest_b),
-         f"{rest_b / T * 1e6:.0f} us/step"],
+        ["", "layer - scan - BLAS products (negative: the driver's products beat BLAS; + dL/dM, barriers)",
+         fmt_ms(rest_b), f"{rest_b / T * 1e6:.0f} us/step"],
     ]
     width = max(len(r[1]) for r in rows)
     for r in rows:

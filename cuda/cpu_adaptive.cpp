@@ -5,7 +5,9 @@
 // per-neuron state in (B, N) buffers read at the start and written at the end, so a recurrent
 // layer calls them once per step with the recurrent term in `rec` / `grad_rec`.
 // Time-outer, neurons-inner over (batch, neuron-tile) work items as in cpu_drivers.cpp; the
-// options that decide the inner loop's work are template parameters.
+// options that decide the inner loop's work are template parameters. CPU only:
+// exodus_cpu_adaptive_recurrent_forward and exodus_cpu_adaptive_recurrent_backward run a whole
+// recurrent layer in one call (the GPU backward launches once per step with cuBLAS in between).
 //
 // Compiled by exodus/backends/cpu.py with -DEXODUS_SCALAR=<float|double>.
 #include "cpu_common.h"

@@ -13,9 +13,6 @@
 //                                   for the filter plus O(#points N_in) for the outer products
 //   exodus_cpu_sparse_weight_grad_u8  the same, with the input packed into bytes (saved spikes)
 //   exodus_cpu_sparse_pack_counts   s -> bytes when every value is a whole number in [0, 255]
-//   exodus_cpu_spike_weight_grad    dL/dM of a recurrent layer (DESIGN.md §5), sum over (b, t) of
-//                                   dL/dx_t (x) a_{t-1}, over the spikes only: O(#spikes N) instead
-//                                   of the dense O(B T N^2) product
 //
 // Compiled by exodus/backends/cpu.py with -DEXODUS_SCALAR=<float|double>.
 #include "cpu_common.h"
@@ -156,33 +153,4 @@ extern "C" void exodus_cpu_lif_sparse_active(
 #pragma omp parallel for schedule(static) num_threads(num_threads) if (num_threads > 1)
   for (index_t row = 0; row < rows; ++row)
     for (index_t n = 0; n < N; ++n) mask[row * N + n] = lif_active_point(c, h[row * N + n], theta[n], with_theta != 0) ? 1 : 0;
-}
-
-// grad_wt (P, N, N): per-thread partial sums (slot = OpenMP thread) of dL/dM^T, all P zeroed here and
-// summed (and transposed) by the caller: grad_wt[j, i] = sum over (b, t) of a_{t-1}[b, j] g_t[b, i],
-// with g = dL/dx (B, T, N), a_{t-1} = spikes[b, t-1] (B, T, N) and a_{-1} = a0 (B, N). Zero entries
-// of a are skipped: the spikes are sparse, a0 (any values) is one step.
-extern "C" void exodus_cpu_spike_weight_grad(
-    const scalar_t* g, const scalar_t* spikes, const acc_t* a0, acc_t* grad_wt, index_t B, index_t T, index_t N,
-    index_t partials, int num_threads) {
-  num_threads = exodus_cpu::partial_sum_threads(num_threads, partials, B * T * N);
-  std::fill(grad_wt, grad_wt + partials * N * N, acc_t(0));
-#pragma omp parallel num_threads(num_threads) if (num_threads > 1)
-  {
-    const index_t slot = exodus_cpu::partial_slot();
-    acc_t* gw = grad_wt + slot * N * N;
-#pragma omp for schedule(dynamic, 1)
-    for (index_t b = 0; b < B; ++b) {
-      for (index_t t = 0; t < T; ++t) {
-        const scalar_t* g_t = g + (b * T + t) * N;
-        for (index_t j = 0; j < N; ++j) {
-          const acc_t a = t == 0 ? a0[b * N + j] : static_cast<acc_t>(spikes[(b * T + t - 1) * N + j]);
-          if (a == acc_t(0)) continue;
-          acc_t* __restrict__ row = gw + j * N;
-#pragma omp simd
-          for (index_t i = 0; i < N; ++i) row[i] += a * static_cast<acc_t>(g_t[i]);
-        }
-      }
-    }
-  }
 }

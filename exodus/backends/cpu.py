@@ -42,8 +42,7 @@ _warned = False
 
 # Driver source of each kernel family (one shared library per source and dtype, built at first use).
 _SOURCES = {"exodus_adaptive_": "cpu_adaptive.cpp", "exodus_lif_sparse_": "cpu_sparse.cpp",
-            "exodus_sparse_": "cpu_sparse.cpp",
-            "exodus_spike_": "cpu_sparse.cpp", "exodus_lif_online_": "cpu_online.cpp"}
+            "exodus_sparse_": "cpu_sparse.cpp", "exodus_lif_online_": "cpu_online.cpp"}
 _DEFAULT_SOURCE = "cpu_drivers.cpp"
 
 

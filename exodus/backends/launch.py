@@ -223,16 +223,6 @@ def sparse_pack_counts_plan(s, out, packed) -> LaunchPlan:
     ])
 
 
-def spike_weight_grad_plan(grad_x, spikes, a0, grad_wt) -> LaunchPlan:
-    """exodus_spike_weight_grad (CPU driver only, cuda/cpu_sparse.cpp): grad_x, spikes (B, T, N),
-    a0 (B, N); grad_wt (P, N, N) per-thread partials of dL/dM^T."""
-    B, T, N = grad_x.shape
-    return LaunchPlan("exodus_spike_weight_grad", (1, 1, 1), (1, 1, 1), [
-        ("ptr", grad_x), ("ptr", spikes), ("ptr", a0), ("ptr", grad_wt),
-        ("i64", B), ("i64", T), ("i64", N), ("i64", grad_wt.shape[0]),
-    ])
-
-
 def lif_sparse_active_plan(h, theta, mask, o: LifOptions, with_theta: bool) -> LaunchPlan:
     """exodus_lif_sparse_active: mask (B, T, N) uint8 of the active points of h (B, T, N); with_theta:
     dL/dtheta is needed (then every spike is a point)."""

@@ -8,10 +8,12 @@ The ``torch.library`` custom ops ``exodus::adaptive_scan`` and ``exodus::adaptiv
 is one kernel launch over all steps. The recurrent forward is one launch too: the recurrent input
 M a_{t-1} is summed inside the kernel over the neurons that spiked (one GPU block per batch row, the
 spikes in shared memory; N <= 1024 on the GPU, else one launch per step with cuBLAS in between).
-The recurrent backward launches the reverse-step driver once per step, with the dense product
-c H_{t+1} M computed between the launches by torch (BLAS / cuBLAS). Saved for the backward: h and w, two elements per
-neuron-step (h only without adaptation), and for a recurrent layer the output spikes (held by the
-caller anyway): dL/dM sums over them, on the CPU over the spikes only (cuda/cpu_sparse.cpp).
+The recurrent backward on the CPU is one call as well (exodus_cpu_adaptive_recurrent_backward): each
+thread owns a range of neuron columns, keeps its columns of M packed in its cache and computes the dense
+product c H_{t+1} M of its columns at every step (one barrier per step), then dL/dM over the spikes
+only. On the GPU it launches the reverse-step driver once per step, with c H_{t+1} M computed by
+cuBLAS between the launches. Saved for the backward: h and w, two elements per neuron-step (h only
+without adaptation), and for a recurrent layer the output spikes (held by the caller anyway).
 
 Without adaptation (beta = gamma = zeta = eta = 0 given as numbers, no w0) w is never computed
 and the neuron is exodus.functional.lif's LIF, bit for bit: that is how recurrent LIF layers run.
@@ -124,15 +126,6 @@ def _run_backward(plan, grad_x: Tensor, grad_rec: Optional[Tensor], weight_rec: 
             following = grad_x[:, t + 1] if grad_x.dtype == acc else grad_x[:, t + 1].to(acc)
             torch.mm(following, weight_rec, out=grad_rec)
         run(t, t + 1)
-
-
-def spike_weight_grad(grad_x: Tensor, spikes: Tensor, a0: Tensor) -> Tensor:
-    """dL/dM (N, N) of a recurrent layer on the CPU: the sum over (b, t) of dL/dx_t (x) a_{t-1}
-    (DESIGN §5) over the nonzero a only. grad_x, spikes (B, T, N) contiguous float32/float64, a0 (B, N)."""
-    B, T, N = grad_x.shape
-    partials = grad_x.new_empty((max(1, torch.get_num_threads()), N, N))
-    backends.cpu.run(launch.spike_weight_grad_plan(grad_x, spikes, a0.contiguous(), partials), grad_x.dtype)
-    return partials.sum(0).t().contiguous()
 
 
 def _adaptive_scan_backward(grad_spikes: Optional[Tensor], grad_v: Optional[Tensor], grad_w: Optional[Tensor],
