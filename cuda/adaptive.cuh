@@ -50,6 +50,17 @@ EXODUS_HD acc_t adaptive_threshold(const AdaptiveParams& p, acc_t w_prev, bool a
   return adaptive ? p.theta + p.beta * w_prev : p.theta;
 }
 
+// w_t = rho w_{t-1} + zeta h_t + eta a_t: the forward's update of w.
+EXODUS_HD acc_t adaptive_w_update(const AdaptiveParams& p, acc_t w_prev, acc_t h, acc_t a) {
+  return p.rho * w_prev + p.zeta * h + p.eta * a;
+}
+
+// w_t from w_{t-1} and h_t alone (a_t recomputed from h_t and theta_t): the same operations as the
+// forward, so a backward that keeps only checkpoints of w rebuilds every w_t bit for bit.
+EXODUS_HD acc_t adaptive_w_from_h(const LifConfig& c, const AdaptiveParams& p, acc_t w_prev, acc_t h) {
+  return adaptive_w_update(p, w_prev, h, spike_count(h, adaptive_threshold(p, w_prev, true), c.max_spikes));
+}
+
 // One forward step. v, w hold v_{t-1}, w_{t-1} on entry and v_t, w_t on exit; returns h_t and
 // writes a_t to `spikes`.
 EXODUS_HD acc_t adaptive_forward_step(const LifConfig& c, bool adaptive, acc_t x, const AdaptiveParams& p,
@@ -59,7 +70,7 @@ EXODUS_HD acc_t adaptive_forward_step(const LifConfig& c, bool adaptive, acc_t x
   const acc_t h = p.alpha * v + input_current(drive, p.alpha, c.norm_input);
   spikes = spike_count(h, theta_t, c.max_spikes);
   v = bound_membrane(reset_membrane(h, theta_t, spikes, c.reset), c.has_vmin, c.v_min);
-  if (adaptive) w = p.rho * w + p.zeta * h + p.eta * spikes;
+  if (adaptive) w = adaptive_w_update(p, w, h, spikes);
   return h;
 }
 

@@ -62,7 +62,26 @@ void dispatch_backward(const LifConfig& c, bool adaptive, F&& f) {
   });
 }
 
+// The CPU forward keeps w only at checkpoints (the GPU kernels keep every w_t): before chunk c of
+// kWEvery steps, [cK, cK + K), the two values w_{cK-2} and w_{cK-1}, rows 2c and 2c + 1 of a
+// (B, w_checkpoint_rows(T), N) array (rows 0 and 1 stay unused: before chunk 0 the backward reads
+// w0). The backward rebuilds each chunk's w from them and the saved h (adaptive_w_from_h, the
+// forward's own operations): one saved element per neuron-step instead of two.
+constexpr index_t kWEvery = 32;
+
+index_t w_checkpoint_rows(index_t T) { return 2 * ((T + kWEvery - 1) / kWEvery); }
+
+// Row of w_t in the checkpoint array, or -1 if w_t is not kept.
+inline index_t w_checkpoint_row(index_t t, index_t rows) {
+  const index_t r = (t + 2) % kWEvery;
+  const index_t row = r == 0 ? 2 * ((t + 2) / kWEvery) : r == 1 ? 2 * ((t + 1) / kWEvery) + 1 : -1;
+  return row < rows ? row : -1;
+}
+
 }  // namespace
+
+// Rows of the CPU forward's w checkpoint array for T steps (exodus/backends/cpu.py sizes it).
+extern "C" index_t exodus_cpu_adaptive_w_checkpoint_rows(index_t T) { return w_checkpoint_rows(T); }
 
 extern "C" void exodus_cpu_adaptive_forward(
     const scalar_t* x, const acc_t* rec, const acc_t* params, acc_t* v_state, acc_t* w_state, scalar_t* spikes,
@@ -70,6 +89,7 @@ extern "C" void exodus_cpu_adaptive_forward(
     index_t t_begin, index_t t_end, int reset, int max_spikes, int has_vmin, acc_t v_min, int norm_input,
     int adaptive, int num_threads) {
   const LifConfig config = {reset, max_spikes, has_vmin, norm_input, v_min, 0, 0, acc_t(1), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
+  const index_t checkpoints = w_checkpoint_rows(T);
   dispatch_forward(config, adaptive != 0, [&](auto spec) {
     constexpr bool ADAPT = decltype(spec)::adaptive;
     for_each_tile(B, t_end - t_begin, N, num_threads, [&](index_t b, index_t n0, index_t len) {
@@ -95,7 +115,9 @@ extern "C" void exodus_cpu_adaptive_forward(
         if (v_out)
           for (index_t k = 0; k < len; ++k) v_out[row + k] = from_acc(v[k]);
         if (ADAPT) {
-          for (index_t k = 0; k < len; ++k) w_save[row + k] = w[k];
+          const index_t kept = w_checkpoint_row(t, checkpoints);
+          if (kept >= 0)
+            for (index_t k = 0; k < len; ++k) w_save[(b * checkpoints + kept) * N + n0 + k] = w[k];
           if (w_out)
             for (index_t k = 0; k < len; ++k) w_out[row + k] = from_acc(w[k]);
         }
@@ -123,7 +145,7 @@ struct ReverseScan {
   index_t T, N, partials;
 };
 
-// Scratch of one work item: v_{t-1}, w_{t-1}, w_{t-2}, carry_w without adaptation, a_t, zeros.
+// Scratch of one work item: v_{t-1}, two unused rows, carry_w without adaptation, a_t, zeros.
 // Only the last two rows keep their values between steps (both stay zero).
 constexpr int kReverseRows = 6;
 
@@ -137,18 +159,17 @@ acc_t* reverse_scratch(index_t len, scalar_t*& zeros) {
 
 // Step t of the reverse scan for batch row b, neurons [n0, n0 + len): the loop body of both
 // backward drivers. extra: dL/da_t's recurrent term M^T c H_{t+1} of these neurons (or zeros).
+// w_prev, w_prev2: w_{t-1} and w_{t-2} of these neurons (rebuild_w; zeros without adaptation).
 // Inlined into each driver's specialised loop, where the option fields of c are constants.
 template <bool ADAPT>
 __attribute__((always_inline)) inline void reverse_step_row(const LifConfig& c, const ReverseScan& s, index_t b, index_t t, index_t n0, index_t len,
-                      acc_t* const rows, const scalar_t* const zeros, const acc_t* const extra, index_t slot) {
+                      acc_t* const rows, const scalar_t* const zeros, const acc_t* const extra, index_t slot,
+                      const acc_t* const w_prev, const acc_t* const w_prev2) {
   const index_t T = s.T, N = s.N;
   const acc_t* const prm = s.params + n0;  // local pointers (not the struct's): the loops vectorise
   const acc_t* const h_save = s.h_save;
-  const acc_t* const w_save = s.w_save;
   const bool need_params = s.grad_params != nullptr;
   acc_t* const v_prev = rows;
-  acc_t* const w_prev = rows + len;
-  acc_t* const w_prev2 = rows + 2 * len;
   acc_t* const spikes_row = rows + 4 * len;
   const acc_t* const zeros_acc = rows + 5 * len;
   acc_t* g_row[NUM_ADAPTIVE_PARAMS];
@@ -156,21 +177,12 @@ __attribute__((always_inline)) inline void reverse_step_row(const LifConfig& c, 
     g_row[q] = need_params ? s.grad_params + (q * s.partials + slot) * N + n0 : nullptr;
   acc_t* const cv = s.carry_v + b * N + n0;
   acc_t* const cw = ADAPT ? s.carry_w + b * N + n0 : rows + 3 * len;
-  const acc_t* const w0_row = ADAPT ? s.w0 + b * N + n0 : zeros_acc;
   const index_t row = (b * T + t) * N + n0;
   const scalar_t* const gs = s.grad_spikes ? s.grad_spikes + row : zeros;
   const scalar_t* const gv = s.grad_v ? s.grad_v + row : zeros;
   const scalar_t* const gw = s.grad_w ? s.grad_w + row : zeros;
-  if (ADAPT) {
-    const acc_t* src = t > 0 ? w_save + row - N : w0_row;
-    for (index_t k = 0; k < len; ++k) w_prev[k] = src[k];
-  }
   if (need_params) {
     if (t > 0) {
-      if (ADAPT) {
-        const acc_t* src2 = t > 1 ? w_save + row - 2 * N : w0_row;
-        for (index_t k = 0; k < len; ++k) w_prev2[k] = src2[k];
-      }
       const acc_t* h_prev = h_save + row - N;
 #pragma omp simd
       for (index_t k = 0; k < len; ++k)
@@ -212,6 +224,27 @@ __attribute__((always_inline)) inline void reverse_step_row(const LifConfig& c, 
   if (s.prev_spikes && t + 1 < T)  // a_t is the spikes step t + 1's recurrent input saw
     for (index_t k = 0; k < len; ++k) s.prev_spikes[row + N + k] = from_acc(spikes_row[k]);
 }
+
+// Rebuilds w_{t0-2} .. w_{t1-2} of batch row b, neurons [n0, n0 + len), into rows 0 .. t1 - t0 of
+// w (len each) for the chunk [t0, t1) (t0 a multiple of kWEvery): from the checkpoints before the
+// chunk (w0 before chunk 0) and the saved h. Step t then reads w_{t-1}, w_{t-2} at rows t - t0 + 1,
+// t - t0.
+__attribute__((always_inline)) inline void rebuild_w(const LifConfig& c, const ReverseScan& s, index_t b, index_t t0,
+                                                      index_t t1, index_t n0, index_t len, acc_t* const w) {
+  const index_t N = s.N, checkpoints = w_checkpoint_rows(s.T);
+  const acc_t* const prm = s.params + n0;
+  const acc_t* const before2 = t0 == 0 ? s.w0 + b * N + n0 : s.w_save + (b * checkpoints + 2 * (t0 / kWEvery)) * N + n0;
+  const acc_t* const before1 = t0 == 0 ? before2 : before2 + N;
+  std::copy(before2, before2 + len, w);
+  std::copy(before1, before1 + len, w + len);
+  for (index_t t = t0; t + 1 < t1; ++t) {
+    const acc_t* const h_t = s.h_save + (b * s.T + t) * N + n0;
+    const acc_t* const prev = w + (t - t0 + 1) * len;
+    acc_t* const next = w + (t - t0 + 2) * len;
+#pragma omp simd
+    for (index_t k = 0; k < len; ++k) next[k] = adaptive_w_from_h(c, load_adaptive_params(prm, N, k), prev[k], h_t[k]);
+  }
+}
 }  // namespace
 
 extern "C" void exodus_cpu_adaptive_backward(
@@ -238,7 +271,16 @@ extern "C" void exodus_cpu_adaptive_backward(
       acc_t* const rows = reverse_scratch(len, zeros);
       const acc_t* extra = grad_rec ? grad_rec + b * N + n0 : rows + 5 * len;
       const index_t slot = partial_slot();
-      for (index_t t = t_end - 1; t >= t_begin; --t) reverse_step_row<ADAPT>(c, scan, b, t, n0, len, rows, zeros, extra, slot);
+      const acc_t* const zeros_acc = rows + 5 * len;
+      acc_t* const w = ADAPT ? scratch_rows<acc_t, 4>((kWEvery + 1) * len) : nullptr;
+      for (index_t t1 = t_end; t1 > t_begin;) {  // chunks of kWEvery steps, last first
+        const index_t t0 = (t1 - 1) / kWEvery * kWEvery, stop = std::max(t0, t_begin);
+        if (ADAPT) rebuild_w(c, scan, b, t0, t1, n0, len, w);
+        for (index_t t = t1 - 1; t >= stop; --t)
+          reverse_step_row<ADAPT>(c, scan, b, t, n0, len, rows, zeros, extra, slot,
+                                  ADAPT ? w + (t - t0 + 1) * len : zeros_acc, ADAPT ? w + (t - t0) * len : zeros_acc);
+        t1 = stop;
+      }
     });
   });
 }
@@ -347,14 +389,27 @@ extern "C" void exodus_cpu_adaptive_recurrent_backward(
       scalar_t* zeros;
       acc_t* const rows = reverse_scratch(std::max<index_t>(width, 1), zeros);
       if (grad_weight_t) std::fill(grad_weight_t + c0 * N, grad_weight_t + c1 * N, acc_t(0));
-      for (index_t t = T - 1; t >= 0; --t) {
-        if (width > 0) {
-          if (t + 1 < T) recurrent_term(grad_x + (t + 1) * N, T * N, B, N, panels.data(), num_panels, rec.data(), padded);
-          for (index_t b = 0; b < B; ++b)
-            reverse_step_row<ADAPT>(c, scan, b, t, c0, width, rows, zeros,
-                                    t + 1 < T ? rec.data() + b * padded : rows + 5 * width, slot);
-        }
+      const acc_t* const zeros_acc = rows + 5 * std::max<index_t>(width, 1);
+      const index_t chunk_rows = (kWEvery + 1) * width;  // rebuilt w of one batch row
+      std::vector<acc_t> w(ADAPT ? static_cast<size_t>(std::max<index_t>(B * chunk_rows, 1)) : 0);
+      for (index_t t1 = T; t1 > 0;) {  // chunks of kWEvery steps, last first
+        const index_t t0 = (t1 - 1) / kWEvery * kWEvery;
+        if (ADAPT && width > 0)
+          for (index_t b = 0; b < B; ++b) rebuild_w(c, scan, b, t0, t1, c0, width, w.data() + b * chunk_rows);
+        for (index_t t = t1 - 1; t >= t0; --t) {
+          if (width > 0) {
+            if (t + 1 < T) recurrent_term(grad_x + (t + 1) * N, T * N, B, N, panels.data(), num_panels, rec.data(), padded);
+            for (index_t b = 0; b < B; ++b) {
+              const acc_t* const wb = w.data() + b * chunk_rows;
+              reverse_step_row<ADAPT>(c, scan, b, t, c0, width, rows, zeros,
+                                      t + 1 < T ? rec.data() + b * padded : zeros_acc, slot,
+                                      ADAPT ? wb + (t - t0 + 1) * width : zeros_acc,
+                                      ADAPT ? wb + (t - t0) * width : zeros_acc);
+            }
+          }
 #pragma omp barrier
+        }
+        t1 = t0;
       }
       panels = std::vector<acc_t>();  // M's panels are not needed any more: dL/dM^T's columns get the cache
       // dL/dM[i, j] = sum over (b, t) of dL/dx_t[i] a_{t-1}[j], over the spikes (DESIGN §5): this
@@ -388,6 +443,7 @@ extern "C" void exodus_cpu_adaptive_recurrent_forward(
     int adaptive, int num_threads) {
   const LifConfig config = {reset, max_spikes, has_vmin, norm_input, v_min, 0, 0, acc_t(1), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
   if (num_threads < 1 || B * (t_end - t_begin) * N < kMinParallelWork) num_threads = 1;
+  const index_t checkpoints = w_checkpoint_rows(T);
   dispatch_forward(config, adaptive != 0, [&](auto spec) {
     constexpr bool ADAPT = decltype(spec)::adaptive;
 #pragma omp parallel for schedule(static) num_threads(num_threads) if (B > 1 && num_threads > 1)
@@ -424,7 +480,9 @@ extern "C" void exodus_cpu_adaptive_recurrent_forward(
         if (v_out)
           for (index_t k = 0; k < N; ++k) v_out[row + k] = from_acc(v[k]);
         if (ADAPT) {
-          for (index_t k = 0; k < N; ++k) w_save[row + k] = w[k];
+          const index_t kept = w_checkpoint_row(t, checkpoints);
+          if (kept >= 0)
+            for (index_t k = 0; k < N; ++k) w_save[(b * checkpoints + kept) * N + k] = w[k];
           if (w_out)
             for (index_t k = 0; k < N; ++k) w_out[row + k] = from_acc(w[k]);
         }

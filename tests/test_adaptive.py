@@ -258,6 +258,40 @@ def test_every_surrogate_recurrent_and_not(surrogate, recurrent):
     assert all(grads[name].abs().sum() > 0 for name in (*COUPLINGS, "tau_adapt")), "every coupling has gradient"
 
 
+@pytest.mark.parametrize("time", [31, 32, 33, 66, 97])
+@pytest.mark.parametrize("recurrent", [False, True], ids=["ff", "rec"])
+def test_cpu_w_rebuilt_across_checkpoint_chunks(time, recurrent):
+    """The CPU forward keeps w only every 32 steps and the backward rebuilds each chunk from the saved h:
+    lengths around and across chunk boundaries, every parameter trained, v_min, float64 against the
+    oracle; the rebuilt w drives the gradients of the couplings, so a wrong w_t shows up there."""
+    case = make_case(batch=3, time=time, features=(6,), seed=40 + time, recurrent=recurrent, v_min=-0.6)
+    expected, _ = compare(case, "cpu")
+    assert all(expected[3][name].abs().sum() > 0 for name in (*COUPLINGS, "tau_adapt"))
+
+
+@pytest.mark.parametrize("recurrent", [False, True], ids=["ff", "rec"])
+def test_cpu_saves_one_element_per_neuron_step(recurrent):
+    """What autograd keeps for the CPU backward of an adaptive layer: h (B, T, N) and the w checkpoints
+    (2 rows per 32 steps), plus the output spikes for a recurrent layer; not a full w trace."""
+    B, T, N = 2, 100, 8
+    case = make_case(batch=B, time=T, features=(N,), seed=5, recurrent=recurrent)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        spikes, _, _ = F.adaptive_lif(case.x, torch.exp(-1.0 / case.tau), case.threshold,
+                                      torch.exp(-1.0 / case.tau_adapt), *(case.couplings[n] for n in COUPLINGS),
+                                      case.v0, case.w0, weight_rec=case.weight_rec, a0=case.a0, backend="cpu")
+    big = sorted((t for t in saved if t.dim() == 3), key=lambda t: t.shape[1])
+    checkpoints = 2 * math.ceil(T / 32)
+    assert [tuple(t.shape) for t in big] == [(B, checkpoints, N)] + [(B, T, N)] * (2 if recurrent else 1)
+    if recurrent:
+        assert any(t is spikes or t.data_ptr() == spikes.data_ptr() for t in big)
+
+
 def test_wide_recurrent_float32_multi_spike():
     """A wider recurrent float32 layer (N = 64), multi-spike counts and a non-binary a0 (both weight the
     recurrent sum): spikes equal the oracle's, v and w to rounding; CPU and GPU kernel bit for bit."""

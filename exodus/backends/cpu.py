@@ -96,6 +96,13 @@ def _function(plan: LaunchPlan, acc: torch.dtype):
     return getattr(_load(acc, _source_of(plan.kernel)), plan.kernel.replace("exodus_", "exodus_cpu_", 1))
 
 
+def adaptive_w_checkpoint_rows(T: int) -> int:
+    """Rows of the w checkpoints the CPU adaptive forward saves for T steps (cuda/cpu_adaptive.cpp)."""
+    function = _load(torch.float64, "cpu_adaptive.cpp").exodus_cpu_adaptive_w_checkpoint_rows
+    function.restype, function.argtypes = ctypes.c_longlong, [ctypes.c_longlong]
+    return int(function(T))
+
+
 def run(plan: LaunchPlan, acc: torch.dtype) -> None:
     """Run a launch plan's kernel through its CPU driver (`exodus_cpu_*`)."""
     _function(plan, acc)(*ctypes_args(plan.args, acc), ctypes.c_int(torch.get_num_threads()))

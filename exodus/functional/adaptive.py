@@ -12,8 +12,9 @@ The recurrent backward on the CPU is one call as well (exodus_cpu_adaptive_recur
 thread owns a range of neuron columns, keeps its columns of M packed in its cache and computes the dense
 product c H_{t+1} M of its columns at every step (one barrier per step), then dL/dM over the spikes
 only. On the GPU it launches the reverse-step driver once per step, with c H_{t+1} M computed by
-cuBLAS between the launches. Saved for the backward: h and w, two elements per neuron-step (h only
-without adaptation), and for a recurrent layer the output spikes (held by the caller anyway).
+cuBLAS between the launches. Saved for the backward: h, and w — every w_t on the GPU (two elements per
+neuron-step), on the CPU two rows every 32 steps from which the backward rebuilds the rest (one element
+per neuron-step and 1/16) — and for a recurrent layer the output spikes (held by the caller anyway).
 
 Without adaptation (beta = gamma = zeta = eta = 0 given as numbers, no w0) w is never computed
 and the neuron is exodus.functional.lif's LIF, bit for bit: that is how recurrent LIF layers run.
@@ -86,7 +87,7 @@ def adaptive_scan(x: Tensor, params: Tensor, v0: Tensor, w0: Tensor, weight_rec:
     v_out = empty_for_kernel(xs.shape, xs.dtype, xs.device) if state_trace else None
     w_out = empty_for_kernel(xs.shape, xs.dtype, xs.device) if state_trace and adaptive else None
     h_save = empty_for_kernel(xs.shape, acc, x.device)
-    w_save = empty_for_kernel(xs.shape, acc, x.device) if adaptive else None
+    w_save = empty_for_kernel(_w_saved_shape(xs.shape, backend), acc, x.device) if adaptive else None
     if B * N > 0 and T > 0:
         if weight_rec is not None and _fused_recurrent(backend, N):
             plan = launch.adaptive_recurrent_forward_plan(xs, weight_rec.t().contiguous(), a0.clone(), params, v_state,
@@ -103,6 +104,13 @@ def adaptive_scan(x: Tensor, params: Tensor, v0: Tensor, w0: Tensor, weight_rec:
             w_save if adaptive else h_save.new_empty((0,)))
 
 
+def _w_saved_shape(shape, backend: str) -> tuple[int, int, int]:
+    """What the forward saves of w: every w_t on the GPU, checkpoints every few steps on the CPU (the
+    backward rebuilds the rest from h, cuda/cpu_adaptive.cpp)."""
+    B, T, N = shape
+    return (B, backends.cpu.adaptive_w_checkpoint_rows(T), N) if backend == "cpu" else (B, T, N)
+
+
 @adaptive_scan.register_fake
 def _(x, params, v0, w0, weight_rec, a0, reset, max_spikes, has_vmin, v_min, norm_input, state_trace, adaptive,
       *options):
@@ -110,7 +118,7 @@ def _(x, params, v0, w0, weight_rec, a0, reset, max_spikes, has_vmin, v_min, nor
     B, _, N = x.shape
     v = torch.empty_like(x) if state_trace else x.new_empty((B, N))
     w = (torch.empty_like(x) if state_trace else x.new_empty((B, N))) if adaptive else x.new_empty((0,))
-    w_save = x.new_empty(x.shape, dtype=acc) if adaptive else x.new_empty((0,), dtype=acc)
+    w_save = x.new_empty(_w_saved_shape(x.shape, options[-1]), dtype=acc) if adaptive else x.new_empty((0,), dtype=acc)
     return torch.empty_like(x), v, w, x.new_empty(x.shape, dtype=acc), w_save
 
 
