@@ -64,14 +64,13 @@ void dispatch_backward(const LifConfig& c, bool adaptive, F&& f) {
 
 // The CPU forward keeps w only at checkpoints (the GPU kernels keep every w_t): before chunk c of
 // kWEvery steps, [cK, cK + K), the two values w_{cK-2} and w_{cK-1}, rows 2c and 2c + 1 of a
-// (B, w_checkpoint_rows(T), N) array (rows 0 and 1 stay unused: before chunk 0 the backward reads
-// w0). The backward rebuilds each chunk's w from them and the saved h (adaptive_w_from_h, the
+// (B, w_checkpoint_rows(T), N) array (rows 0 and 1: w0, both). The backward rebuilds each chunk's w from them and the saved h (adaptive_w_from_h, the
 // forward's own operations): one saved element per neuron-step instead of two.
 constexpr index_t kWEvery = 32;
 
 index_t w_checkpoint_rows(index_t T) { return 2 * ((T + kWEvery - 1) / kWEvery); }
 
-// Row of w_t in the checkpoint array, or -1 if w_t is not kept.
+// Row of w_t in the checkpoint array, or -1 if w_t is not kept (w_{-1} = w0 goes to rows 0 and 1).
 inline index_t w_checkpoint_row(index_t t, index_t rows) {
   const index_t r = (t + 2) % kWEvery;
   const index_t row = r == 0 ? 2 * ((t + 2) / kWEvery) : r == 1 ? 2 * ((t + 1) / kWEvery) + 1 : -1;
@@ -99,6 +98,9 @@ extern "C" void exodus_cpu_adaptive_forward(
       acc_t* const rows = scratch_rows<acc_t, 0>(2 * len);  // w without adaptation; zero recurrent input
       std::fill(rows, rows + 2 * len, acc_t(0));
       acc_t* w = ADAPT ? w_state + b * N + n0 : rows;
+      if (ADAPT && t_begin == 0)  // w_{-1} = w0: rows 0 and 1 of the checkpoints
+        for (index_t k = 0; k < len; ++k)
+          w_save[b * checkpoints * N + n0 + k] = w_save[(b * checkpoints + 1) * N + n0 + k] = w[k];
       const acc_t* extra = rec ? rec + b * N + n0 : rows + len;
       for (index_t t = t_begin; t < t_end; ++t) {
         const index_t row = (b * T + t) * N + n0;
@@ -171,7 +173,6 @@ __attribute__((always_inline)) inline void reverse_step_row(const LifConfig& c, 
   const bool need_params = s.grad_params != nullptr;
   acc_t* const v_prev = rows;
   acc_t* const spikes_row = rows + 4 * len;
-  const acc_t* const zeros_acc = rows + 5 * len;
   acc_t* g_row[NUM_ADAPTIVE_PARAMS];
   for (int q = 0; q < NUM_ADAPTIVE_PARAMS; ++q)
     g_row[q] = need_params ? s.grad_params + (q * s.partials + slot) * N + n0 : nullptr;
@@ -227,16 +228,15 @@ __attribute__((always_inline)) inline void reverse_step_row(const LifConfig& c, 
 
 // Rebuilds w_{t0-2} .. w_{t1-2} of batch row b, neurons [n0, n0 + len), into rows 0 .. t1 - t0 of
 // w (len each) for the chunk [t0, t1) (t0 a multiple of kWEvery): from the checkpoints before the
-// chunk (w0 before chunk 0) and the saved h. Step t then reads w_{t-1}, w_{t-2} at rows t - t0 + 1,
+// chunk and the saved h. Step t then reads w_{t-1}, w_{t-2} at rows t - t0 + 1,
 // t - t0.
 __attribute__((always_inline)) inline void rebuild_w(const LifConfig& c, const ReverseScan& s, index_t b, index_t t0,
                                                       index_t t1, index_t n0, index_t len, acc_t* const w) {
   const index_t N = s.N, checkpoints = w_checkpoint_rows(s.T);
   const acc_t* const prm = s.params + n0;
-  const acc_t* const before2 = t0 == 0 ? s.w0 + b * N + n0 : s.w_save + (b * checkpoints + 2 * (t0 / kWEvery)) * N + n0;
-  const acc_t* const before1 = t0 == 0 ? before2 : before2 + N;
-  std::copy(before2, before2 + len, w);
-  std::copy(before1, before1 + len, w + len);
+  const acc_t* const before = s.w_save + (b * checkpoints + 2 * (t0 / kWEvery)) * N + n0;  // w_{t0-2}, w_{t0-1}
+  std::copy(before, before + len, w);
+  std::copy(before + N, before + N + len, w + len);
   for (index_t t = t0; t + 1 < t1; ++t) {
     const acc_t* const h_t = s.h_save + (b * s.T + t) * N + n0;
     const acc_t* const prev = w + (t - t0 + 1) * len;
@@ -453,6 +453,8 @@ extern "C" void exodus_cpu_adaptive_recurrent_forward(
       acc_t* const rows = scratch_rows<acc_t, 3>(2 * N);  // recurrent input; w without adaptation
       acc_t* const rec = rows;
       acc_t* const w = ADAPT ? w_state + b * N : rows + N;
+      if (ADAPT && t_begin == 0)  // w_{-1} = w0: rows 0 and 1 of the checkpoints
+        for (index_t k = 0; k < N; ++k) w_save[b * checkpoints * N + k] = w_save[(b * checkpoints + 1) * N + k] = w[k];
       if (!ADAPT) std::fill(w, w + N, acc_t(0));
       acc_t* const v = v_state + b * N;
       acc_t* const previous = a_state + b * N;

@@ -125,7 +125,8 @@ def test_native_simulation_property(n_cells, k, L, refractory, seed, dtype):
 def random_rls_problem(n_cells, n, n_pre, dtype, seed):
     g = torch.Generator().manual_seed(seed)
     A = torch.randn(n_cells, n, n, generator=g, dtype=F64)
-    P = (A @ A.transpose(1, 2) / n + 0.5 * torch.eye(n, dtype=F64)).to(dtype)
+    P = A @ A.transpose(1, 2) / n + 0.5 * torch.eye(n, dtype=F64)
+    P = ((P + P.transpose(1, 2)) / 2).to(dtype)  # exactly symmetric (a BLAS product need not be, bit for bit)
     w = torch.randn(n_cells, n, generator=g, dtype=F64).to(dtype)
     inputs = torch.randint(0, n_pre, (n_cells, n), generator=g)
     r = (torch.rand(n_pre, generator=g, dtype=F64) * 0.3).to(dtype)
