@@ -351,7 +351,10 @@ void recurrent_term(const scalar_t* next, index_t row_stride, index_t B, index_t
 }
 }  // namespace
 
-extern "C" void exodus_cpu_adaptive_recurrent_backward(
+// Returns 0, or 1 if a thread's scratch (its panels of M, the recurrent term and the rebuilt w, all
+// O(N^2 / threads + B K N / threads)) could not be allocated: then no thread runs the scan (the caller
+// raises MemoryError; an exception must not leave the parallel region).
+extern "C" int exodus_cpu_adaptive_recurrent_backward(
     const acc_t* h_save, const acc_t* w_save, const scalar_t* grad_spikes, const scalar_t* grad_v,
     const scalar_t* grad_w, const acc_t* weight, const scalar_t* spikes, const acc_t* a0, const acc_t* params,
     const acc_t* v0, const acc_t* w0, scalar_t* grad_x, acc_t* carry_v, acc_t* carry_w, acc_t* grad_params,
@@ -365,6 +368,7 @@ extern "C" void exodus_cpu_adaptive_recurrent_backward(
   const index_t total_panels = (N + kPanel - 1) / kPanel;
   num_threads = partial_sum_threads(num_threads, grad_params ? partials : num_threads, B * T * N);
   num_threads = static_cast<int>(std::max<index_t>(1, std::min<index_t>(num_threads, total_panels)));
+  int failed = 0;
   dispatch_backward(config, adaptive != 0, [&](auto spec) {
     constexpr bool ADAPT = decltype(spec)::adaptive;
 #pragma omp parallel num_threads(num_threads) if (num_threads > 1)
@@ -379,19 +383,31 @@ extern "C" void exodus_cpu_adaptive_recurrent_backward(
       const index_t p_begin = total_panels * slot / threads, p_end = total_panels * (slot + 1) / threads;
       const index_t c0 = p_begin * kPanel, c1 = std::min(N, p_end * kPanel), width = c1 - c0;
       const index_t num_panels = p_end - p_begin, padded = num_panels * kPanel;
+      const index_t chunk_rows = (kWEvery + 1) * width;  // rebuilt w of one batch row
       // This thread's columns of M in panels: panels[p][k][q] = M[k, c0 + p kPanel + q] (zero past N).
-      std::vector<acc_t> panels(static_cast<size_t>(num_panels * N * kPanel), acc_t(0));
+      std::vector<acc_t> panels, rec, w;
+      acc_t* rows = nullptr;
+      scalar_t* zeros = nullptr;
+      try {
+        panels.assign(static_cast<size_t>(num_panels * N * kPanel), acc_t(0));
+        rec.assign(static_cast<size_t>(std::max<index_t>(B * padded, 1)), acc_t(0));
+        w.assign(ADAPT ? static_cast<size_t>(std::max<index_t>(B * chunk_rows, 1)) : 0, acc_t(0));
+        rows = reverse_scratch(std::max<index_t>(width, 1), zeros);
+      } catch (...) {
+#pragma omp atomic write
+        failed = 1;
+      }
+#pragma omp barrier
+      int give_up;
+#pragma omp atomic read
+      give_up = failed;
+      if (!give_up) {
       for (index_t p = 0; p < num_panels; ++p)
         for (index_t k = 0; k < N; ++k)
           for (index_t q = 0; q < kPanel && c0 + p * kPanel + q < c1; ++q)
             panels[(p * N + k) * kPanel + q] = weight[k * N + c0 + p * kPanel + q];
-      std::vector<acc_t> rec(static_cast<size_t>(std::max<index_t>(B * padded, 1)), acc_t(0));
-      scalar_t* zeros;
-      acc_t* const rows = reverse_scratch(std::max<index_t>(width, 1), zeros);
       if (grad_weight_t) std::fill(grad_weight_t + c0 * N, grad_weight_t + c1 * N, acc_t(0));
       const acc_t* const zeros_acc = rows + 5 * std::max<index_t>(width, 1);
-      const index_t chunk_rows = (kWEvery + 1) * width;  // rebuilt w of one batch row
-      std::vector<acc_t> w(ADAPT ? static_cast<size_t>(std::max<index_t>(B * chunk_rows, 1)) : 0);
       for (index_t t1 = T; t1 > 0;) {  // chunks of kWEvery steps, last first
         const index_t t0 = (t1 - 1) / kWEvery * kWEvery;
         if (ADAPT && width > 0)
@@ -428,8 +444,10 @@ extern "C" void exodus_cpu_adaptive_recurrent_backward(
             }
           }
       }
+      }  // !give_up
     }
   });
+  return failed;
 }
 
 // Recurrent forward in one call (same contract as exodus_adaptive_recurrent_forward in kernels.cu):

@@ -103,9 +103,10 @@ def adaptive_w_checkpoint_rows(T: int) -> int:
     return int(function(T))
 
 
-def run(plan: LaunchPlan, acc: torch.dtype) -> None:
-    """Run a launch plan's kernel through its CPU driver (`exodus_cpu_*`)."""
-    _function(plan, acc)(*ctypes_args(plan.args, acc), ctypes.c_int(torch.get_num_threads()))
+def run(plan: LaunchPlan, acc: torch.dtype) -> int:
+    """Run a launch plan's kernel through its CPU driver (`exodus_cpu_*`). Returns what the driver
+    returns (only drivers declared ``int`` return something meaningful: a status)."""
+    return _function(plan, acc)(*ctypes_args(plan.args, acc), ctypes.c_int(torch.get_num_threads()))
 
 
 def bind(plan: LaunchPlan, acc: torch.dtype):
