@@ -653,8 +653,9 @@ def test_grad_x_written_over_saved_h(recurrent):
 @pytest.mark.parametrize("kind", ["float64-all-trained", "float32-multi-spike"])
 def test_recurrent_backward_over_neuron_columns(threads, kind):
     """The one-call recurrent CPU backward splits the neurons into column ranges, one per thread
-    (uneven ranges, a partial last panel of M, a barrier per step): the oracle's gradients, and
-    the single-thread run's to rounding. B T N is above the drivers' parallel-work threshold."""
+    (uneven ranges, a partial last panel of M, a barrier per step): the oracle's gradients, and the
+    single-thread run's to rounding (its forward, parallel over batch rows, bit for bit). B T N is
+    above the drivers' parallel-work threshold."""
     if kind == "float64-all-trained":
         case = make_case(batch=9, time=64, features=(70,), seed=31, recurrent=True, v_min=-0.5, v0_kind="broadcast")
     else:
@@ -670,6 +671,7 @@ def test_recurrent_backward_over_neuron_columns(threads, kind):
         whole = case.run(F.adaptive_lif, backend="cpu")
     finally:
         torch.set_num_threads(previous)
+    assert_same_forward(split, whole, "forward over threads vs one thread")  # same summation order
     rtol = 1e-12 if case.x.dtype == F64 else 1e-5
     for name, g in whole[3].items():
         torch.testing.assert_close(split[3][name], g, rtol=rtol, atol=rtol * float(g.abs().max()), msg=name)
