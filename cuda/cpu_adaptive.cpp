@@ -137,8 +137,7 @@ struct ReverseScan {
   const scalar_t* grad_v;
   const scalar_t* grad_w;
   const acc_t* params;
-  const acc_t* v0;
-  const acc_t* w0;
+  const acc_t* v0;  // (w0 reaches the scan through rows 0 and 1 of the w checkpoints)
   scalar_t* grad_x;
   scalar_t* prev_spikes;
   acc_t* carry_v;
@@ -147,9 +146,9 @@ struct ReverseScan {
   index_t T, N, partials;
 };
 
-// Scratch of one work item: v_{t-1}, two unused rows, carry_w without adaptation, a_t, zeros.
-// Only the last two rows keep their values between steps (both stay zero).
-constexpr int kReverseRows = 6;
+// Scratch rows (len each) of one work item: v_{t-1}, carry_w without adaptation, a_t, zeros (math
+// dtype). Only the carry_w row and the zeros keep their values between steps (both stay zero).
+enum ReverseRow { R_V_PREV = 0, R_CARRY_W, R_SPIKES, R_ZEROS, kReverseRows };
 
 acc_t* reverse_scratch(index_t len, scalar_t*& zeros) {
   acc_t* const rows = scratch_rows<acc_t, 1>(kReverseRows * len);
@@ -171,13 +170,13 @@ __attribute__((always_inline)) inline void reverse_step_row(const LifConfig& c, 
   const acc_t* const prm = s.params + n0;  // local pointers (not the struct's): the loops vectorise
   const acc_t* const h_save = s.h_save;
   const bool need_params = s.grad_params != nullptr;
-  acc_t* const v_prev = rows;
-  acc_t* const spikes_row = rows + 4 * len;
+  acc_t* const v_prev = rows + R_V_PREV * len;
+  acc_t* const spikes_row = rows + R_SPIKES * len;
   acc_t* g_row[NUM_ADAPTIVE_PARAMS];
   for (int q = 0; q < NUM_ADAPTIVE_PARAMS; ++q)
     g_row[q] = need_params ? s.grad_params + (q * s.partials + slot) * N + n0 : nullptr;
   acc_t* const cv = s.carry_v + b * N + n0;
-  acc_t* const cw = ADAPT ? s.carry_w + b * N + n0 : rows + 3 * len;
+  acc_t* const cw = ADAPT ? s.carry_w + b * N + n0 : rows + R_CARRY_W * len;
   const index_t row = (b * T + t) * N + n0;
   const scalar_t* const gs = s.grad_spikes ? s.grad_spikes + row : zeros;
   const scalar_t* const gv = s.grad_v ? s.grad_v + row : zeros;
@@ -255,23 +254,21 @@ extern "C" void exodus_cpu_adaptive_backward(
     int has_vmin, acc_t v_min, int norm_input, int adaptive, int gradient, int surrogate, acc_t grad_scale, acc_t p0, acc_t p1, acc_t p2, acc_t band,
     int num_threads) {
   const LifConfig config = {reset, max_spikes, has_vmin, norm_input, v_min, gradient, surrogate, grad_scale, p0, p1, p2, band};
-  const ReverseScan scan = {h_save, w_save, grad_spikes, grad_v, grad_w, params, v0, w0, grad_x, prev_spikes,
+  (void)w0;  // the GPU kernel's argument: here w0 is rows 0 and 1 of the w checkpoints
+  const ReverseScan scan = {h_save, w_save, grad_spikes, grad_v, grad_w, params, v0, grad_x, prev_spikes,
                             carry_v, carry_w, grad_params, T, N, partials};
   // Parameter-gradient partials: slot = OpenMP thread (the batch sum happens in a small (7, P, N)
   // array that stays in cache when the driver is called once per step).
   num_threads = partial_sum_threads(num_threads, partials, B * (t_end - t_begin) * N);
-  // Single-step launches (the GPU-style per-step recurrent backward) run on one thread: a parallel
-  // region per step with parameter gradients was 30x slower on a 2-core Xeon (docs/benchmarks.md).
-  if (t_end - t_begin < 4) num_threads = 1;
   dispatch_backward(config, adaptive != 0, [&](auto spec) {
     constexpr bool ADAPT = decltype(spec)::adaptive;
     for_each_tile(B, t_end - t_begin, N, num_threads, [&](index_t b, index_t n0, index_t len) {
       const LifConfig c = decltype(spec)::apply(config);
       scalar_t* zeros;
       acc_t* const rows = reverse_scratch(len, zeros);
-      const acc_t* extra = grad_rec ? grad_rec + b * N + n0 : rows + 5 * len;
+      const acc_t* extra = grad_rec ? grad_rec + b * N + n0 : rows + R_ZEROS * len;
       const index_t slot = partial_slot();
-      const acc_t* const zeros_acc = rows + 5 * len;
+      const acc_t* const zeros_acc = rows + R_ZEROS * len;
       acc_t* const w = ADAPT ? scratch_rows<acc_t, 4>((kWEvery + 1) * len) : nullptr;
       for (index_t t1 = t_end; t1 > t_begin;) {  // chunks of kWEvery steps, last first
         const index_t t0 = (t1 - 1) / kWEvery * kWEvery, stop = std::max(t0, t_begin);
@@ -357,13 +354,13 @@ void recurrent_term(const scalar_t* next, index_t row_stride, index_t B, index_t
 extern "C" int exodus_cpu_adaptive_recurrent_backward(
     const acc_t* h_save, const acc_t* w_save, const scalar_t* grad_spikes, const scalar_t* grad_v,
     const scalar_t* grad_w, const acc_t* weight, const scalar_t* spikes, const acc_t* a0, const acc_t* params,
-    const acc_t* v0, const acc_t* w0, scalar_t* grad_x, acc_t* carry_v, acc_t* carry_w, acc_t* grad_params,
+    const acc_t* v0, scalar_t* grad_x, acc_t* carry_v, acc_t* carry_w, acc_t* grad_params,
     acc_t* grad_weight_t, index_t B, index_t T, index_t N, index_t partials, int reset, int max_spikes,
     int has_vmin, acc_t v_min, int norm_input, int adaptive, int gradient, int surrogate, acc_t grad_scale, acc_t p0,
     acc_t p1, acc_t p2, acc_t band, int num_threads) {
   static_assert(std::is_same<scalar_t, acc_t>::value, "the CPU kernels store in the math dtype");
   const LifConfig config = {reset, max_spikes, has_vmin, norm_input, v_min, gradient, surrogate, grad_scale, p0, p1, p2, band};
-  const ReverseScan scan = {h_save, w_save, grad_spikes, grad_v, grad_w, params, v0, w0, grad_x, nullptr,
+  const ReverseScan scan = {h_save, w_save, grad_spikes, grad_v, grad_w, params, v0, grad_x, nullptr,
                             carry_v, carry_w, grad_params, T, N, partials};
   const index_t total_panels = (N + kPanel - 1) / kPanel;
   num_threads = partial_sum_threads(num_threads, grad_params ? partials : num_threads, B * T * N);
@@ -407,7 +404,7 @@ extern "C" int exodus_cpu_adaptive_recurrent_backward(
           for (index_t q = 0; q < kPanel && c0 + p * kPanel + q < c1; ++q)
             panels[(p * N + k) * kPanel + q] = weight[k * N + c0 + p * kPanel + q];
       if (grad_weight_t) std::fill(grad_weight_t + c0 * N, grad_weight_t + c1 * N, acc_t(0));
-      const acc_t* const zeros_acc = rows + 5 * std::max<index_t>(width, 1);
+      const acc_t* const zeros_acc = rows + R_ZEROS * std::max<index_t>(width, 1);
       for (index_t t1 = T; t1 > 0;) {  // chunks of kWEvery steps, last first
         const index_t t0 = (t1 - 1) / kWEvery * kWEvery;
         if (ADAPT && width > 0)

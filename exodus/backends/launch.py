@@ -134,18 +134,18 @@ def adaptive_backward_plan(h_save, w_save, grad_spikes, grad_v, grad_w, grad_rec
     ])
 
 
-def adaptive_recurrent_backward_plan(h_save, w_save, grad_spikes, grad_v, grad_w, weight, spikes, a0, params, v0, w0,
+def adaptive_recurrent_backward_plan(h_save, w_save, grad_spikes, grad_v, grad_w, weight, spikes, a0, params, v0,
                                      grad_x, carry_v, carry_w, grad_params, grad_weight_t, o: LifOptions,
                                      adaptive: bool) -> LaunchPlan:
     """exodus_adaptive_recurrent_backward (CPU driver only, cuda/cpu_adaptive.cpp): the whole recurrent
     reverse scan with its per-step product in one call. weight (N, N) = M; spikes (B, T, N) the forward's
-    output, a0 (B, N); grad_params (7, P, N) per-thread partials or None; grad_weight_t (N, N) receives
-    dL/dM^T (or None)."""
+    output, a0 (B, N); w_save the CPU forward's w checkpoints (they hold w0); grad_params (7, P, N)
+    per-thread partials or None; grad_weight_t (N, N) receives dL/dM^T (or None)."""
     B, T, N = h_save.shape
     p0, p1, p2, band = o.surrogate_params
     return LaunchPlan("exodus_adaptive_recurrent_backward", (1, 1, 1), (1, 1, 1), [
         ("ptr", h_save), ("ptr", w_save), ("ptr", grad_spikes), ("ptr", grad_v), ("ptr", grad_w), ("ptr", weight),
-        ("ptr", spikes), ("ptr", a0), ("ptr", params), ("ptr", v0), ("ptr", w0), ("ptr", grad_x), ("ptr", carry_v),
+        ("ptr", spikes), ("ptr", a0), ("ptr", params), ("ptr", v0), ("ptr", grad_x), ("ptr", carry_v),
         ("ptr", carry_w), ("ptr", grad_params), ("ptr", grad_weight_t), *_dims(h_save),
         ("i64", 0 if grad_params is None else grad_params.shape[1]), ("i32", o.reset), ("i32", o.max_spikes),
         ("i32", int(o.has_vmin)), ("acc", o.v_min), ("i32", int(o.norm_input)), ("i32", int(adaptive)),

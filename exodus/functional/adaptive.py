@@ -187,7 +187,7 @@ def _adaptive_scan_backward(grad_spikes: Optional[Tensor], grad_v: Optional[Tens
             spikes_acc = _storage(spikes, backend).to(acc).contiguous()
             failed = backends.cpu.run(launch.adaptive_recurrent_backward_plan(
                 h_save, w_part, gs, grad_v_trace, grad_w_trace, weight_rec.contiguous(), spikes_acc, a0.to(acc).contiguous(),
-                params, v0, w0_part, grad_x, carry_v, carry_w_part, grad_params, grad_weight_t, o, adaptive), acc)
+                params, v0, grad_x, carry_v, carry_w_part, grad_params, grad_weight_t, o, adaptive), acc)
             if failed:
                 raise MemoryError(f"the recurrent CPU backward could not allocate its scratch ({N} neurons: the "
                                   f"recurrent weight's panels, {B} x {N} recurrent terms and rebuilt w)")
