@@ -88,6 +88,19 @@ struct RowSink {
   }
 };
 
+// Reverse-time scans read row t-1 of each (B, T, N) stream after row t: one page lower per step
+// for N = 1024 floats, a pattern the hardware stream prefetchers re-learn at every page, so the
+// first lines of each row missed (measured: the reverse LIF backward loop ran 0.79x slower than
+// the same loop over ascending rows). Prefetching the first kRowStartLines lines of the next row
+// lets the prefetchers take over from there (0.83x the loop's time; whole rows, or two rows ahead,
+// were no better).
+constexpr index_t kRowStartLines = 8;
+template <typename T>
+inline void prefetch_row_start(const T* row, index_t len) {
+  const index_t lines = std::min<index_t>(kRowStartLines, (len * index_t(sizeof(T)) + 63) / 64);
+  for (index_t l = 0; l < lines; ++l) __builtin_prefetch(reinterpret_cast<const char*>(row) + 64 * l);
+}
+
 template <typename F>
 void with_bool(bool value, F&& f) {
   if (value) f(std::true_type{}); else f(std::false_type{});

@@ -49,6 +49,7 @@ extern "C" __global__ void exodus_lif_backward(
   const index_t b = tid / N, n = tid - b * N;
   LifConfig c = {reset, max_spikes, has_vmin, norm_input, v_min, gradient, surrogate, grad_scale, p0, p1, p2, band};
   const acc_t a_n = alpha[n], th_n = theta[n];
+  const SurrogateNeuron s_n = surrogate_neuron(c.surrogate, th_n, p0, p1, band);
   acc_t lambda = acc_t(0), g_alpha = acc_t(0), g_theta = acc_t(0);
   if (T > 0) {
     index_t i = b * T * N + (T - 1) * N + n;
@@ -58,7 +59,7 @@ extern "C" __global__ void exodus_lif_backward(
       const acc_t v_prev = !grad_alpha ? acc_t(0) : t > 0 ? membrane_from_h(c, h_prev, th_n) : v0[tid];
       const acc_t ga = grad_spikes ? to_acc(grad_spikes[i]) : acc_t(0);
       const acc_t gv = !grad_v ? acc_t(0) : v_trace ? to_acc(grad_v[i]) : t == T - 1 ? to_acc(grad_v[tid]) : acc_t(0);
-      lambda = lif_backward_step(c, h_t, v_prev, ga, gv, lambda, a_n, th_n, g_alpha, g_theta);
+      lambda = lif_backward_step_at(c, s_n, h_t, v_prev, ga, gv, lambda, a_n, g_alpha, g_theta);
       grad_x[i] = from_acc(c.norm_input ? (acc_t(1) - a_n) * lambda : lambda);
       h_t = h_prev;
     }

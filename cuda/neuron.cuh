@@ -94,11 +94,13 @@ EXODUS_HD void reset_derivatives(const LifConfig& c, acc_t h, acc_t theta, acc_t
 }
 
 // One step of the reverse scan. Returns lambda_t = dL/dh_t given lambda_{t+1};
-// accumulates dL/dalpha and dL/dtheta for this neuron.
-EXODUS_HD acc_t lif_backward_step(const LifConfig& c, acc_t h, acc_t v_prev, acc_t grad_spikes,
-                                  acc_t grad_v, acc_t lambda_next, acc_t alpha, acc_t theta,
-                                  acc_t& grad_alpha, acc_t& grad_theta) {
-  acc_t sigma = banded_sigma(c.surrogate, h, theta, c.p0, c.p1, c.p2, c.band);
+// accumulates dL/dalpha and dL/dtheta for this neuron. `s`: the neuron's surrogate constants
+// (surrogate_neuron of its theta), computed once per scan by the drivers.
+EXODUS_HD acc_t lif_backward_step_at(const LifConfig& c, const SurrogateNeuron& s, acc_t h, acc_t v_prev,
+                                     acc_t grad_spikes, acc_t grad_v, acc_t lambda_next, acc_t alpha,
+                                     acc_t& grad_alpha, acc_t& grad_theta) {
+  const acc_t theta = s.theta;
+  acc_t sigma = neuron_banded_sigma(c.surrogate, s, h, c.p0, c.p1, c.p2, c.band);
   if (c.gradient == GRADIENT_SLAYER) sigma *= c.grad_scale;
   const acc_t a = spike_count(h, theta, c.max_spikes);
   const acc_t r = reset_membrane(h, theta, a, c.reset);
@@ -112,6 +114,13 @@ EXODUS_HD acc_t lif_backward_step(const LifConfig& c, acc_t h, acc_t v_prev, acc
   grad_alpha += lambda * v_prev;
   grad_alpha -= c.norm_input ? lambda * input_from_membranes(h, v_prev, alpha) : acc_t(0);
   return lambda;
+}
+
+EXODUS_HD acc_t lif_backward_step(const LifConfig& c, acc_t h, acc_t v_prev, acc_t grad_spikes,
+                                  acc_t grad_v, acc_t lambda_next, acc_t alpha, acc_t theta,
+                                  acc_t& grad_alpha, acc_t& grad_theta) {
+  return lif_backward_step_at(c, surrogate_neuron(c.surrogate, theta, c.p0, c.p1, c.band), h, v_prev, grad_spikes,
+                              grad_v, lambda_next, alpha, grad_alpha, grad_theta);
 }
 
 // ExpLeak / synaptic current: v_t = alpha v_{t-1} + u_t (no spike, no reset).

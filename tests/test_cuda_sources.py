@@ -209,7 +209,7 @@ def test_drivers_only_loop_over_the_step_functions():
         text = (cuda_dir() / name).read_text()
         assert not math_calls.search(text), f"{name} contains math library calls; use the neuron.cuh step functions"
         assert not re.search(r"\bsurrogate_sigma\s*\(", text), f"{name} calls a surrogate directly"
-    lif_steps = ("lif_forward_step", "lif_backward_step", "leaky_forward_step", "leaky_backward_step",
+    lif_steps = ("lif_forward_step", "lif_backward_step_at", "leaky_forward_step", "leaky_backward_step",
                  "membrane_from_h")
     adaptive_steps = ("adaptive_forward_step", "adaptive_backward_step", "membrane_from_h")  # adaptive.cuh
     sparse_steps = ("lif_sparse_point_step", "lif_active_point", "decay_over")  # neuron.cuh, DESIGN.md §6
