@@ -24,19 +24,19 @@
 #define EXODUS_MATH(f) std::f
 #endif
 
-// exp for the surrogates. CPU float builds: an inlined exp, so that the vectorised backward loop
-// makes no call (a libmvec call clobbers every vector register: the loop spilled its live values
-// around it). At most 1 ulp from the correctly rounded exp over the normal range, gradual underflow
-// below, NaN / +-inf kept (tests/test_emulation.py: test_cpu_surrogates_match_reference). Double
-// builds and the GPU use the math library's exp.
+// exp of the surrogates' arguments, which are never positive (-|h - theta| / (theta w), -z^2 / (2 s^2))
+// or NaN. CPU float builds: an inlined exp, so that the vectorised backward loop makes no call (a
+// libmvec call clobbers every vector register: the loop spilled its live values around it). At most
+// 1 ulp from the correctly rounded exp over the normal range, gradual underflow below, 0 below -104,
+// NaN kept (tests/test_surrogates.py). Double builds and the GPU use the math library's exp.
 #if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
 #include <cstdint>
 #include <cstring>
-EXODUS_HD float exodus_expf_inline(float x) {
+EXODUS_HD float exodus_expf_nonpositive(float x) {
   // exp(x) = 2^k exp(r), k = round(x / ln 2), r = x - k ln 2 (Cody-Waite, two parts), |r| <= ln2/2;
-  // exp(r) by Cephes' degree-6 polynomial (<= 1 ulp). 2^k in two factors so that k down to -252 stays
-  // normal until the last product (gradual underflow); x beyond [-104, 89] saturates to 0 / inf.
-  const float xc = x < -104.0f ? -104.0f : (x > 89.0f ? 89.0f : x);
+  // exp(r) by Cephes' degree-6 polynomial. 2^k in two factors so that k down to -150 stays normal
+  // until the last product (one rounding into the subnormals). A NaN x stays NaN through r.
+  const float xc = x < -104.0f ? -104.0f : x;
   const float shifter = 12582912.0f;  // 1.5 2^23: adding it rounds to an integer
   const float kf = (xc * 1.44269504088896341f + shifter) - shifter;
   float r = xc - kf * 0.693359375f;
@@ -49,16 +49,16 @@ EXODUS_HD float exodus_expf_inline(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float e = (p * r2 + r) + 1.0f;
-  const int32_t k = static_cast<int32_t>(kf);
+  const int32_t k = static_cast<int32_t>(kf);  // NaN: any k (e is NaN)
   const int32_t k1 = k / 2, k2 = k - k1;
   const int32_t b1 = (k1 + 127) << 23, b2 = (k2 + 127) << 23;
   float s1, s2;
   std::memcpy(&s1, &b1, 4);
   std::memcpy(&s2, &b2, 4);
   const float result = (e * s1) * s2;
-  return x != x ? x : (x < -104.0f ? 0.0f : (x > 89.0f ? __builtin_inff() : result));
+  return x < -104.0f ? 0.0f : result;
 }
-EXODUS_HD float exodus_exp(float x) { return exodus_expf_inline(x); }
+EXODUS_HD float exodus_exp(float x) { return exodus_expf_nonpositive(x); }
 EXODUS_HD double exodus_exp(double x) { return std::exp(x); }
 #define EXODUS_EXP(x) exodus_exp(x)
 #else
