@@ -93,19 +93,21 @@ extern "C" void exodus_cpu_lif_forward(const scalar_t* x, const acc_t* alpha, co
 // The backward specialises on what decides its control flow and cost: surrogate kind,
 // gradient mode, reset and single-spike mode (48 variants; multi-spike bins need a division
 // per step); v_min and norm_input stay runtime values that the compiler turns into selects.
-// PLAIN (12 more variants, exodus gradient and single spikes only): the common training case of
-// no v_min, no norm_input, no truncation band, no dL/dv, no dL/dalpha and dL/dtheta. Those
-// terms are then compile-time zeros and the loop loses their selects, loads and the masked
-// division of norm_input's dL/dalpha term (measured 0.73x the general loop's time).
-template <int KIND, bool SLAYER, bool SUBTRACT, bool SINGLE, bool PLAIN>
+// LEAN (24 more variants, exodus gradient and single spikes only): the common training case of
+// no v_min, no norm_input, no truncation band and no dL/dv, with (PARAMS) or without the
+// dL/dalpha, dL/dtheta sums. Those terms are then compile-time zeros: the loop loses their
+// selects, the zero-row loads, the masked division of norm_input's dL/dalpha term and, without
+// PARAMS, the dead sums (measured: 0.68-0.73x the general loop's time without PARAMS).
+template <int KIND, bool SLAYER, bool SUBTRACT, bool SINGLE, bool LEAN, bool PARAMS>
 struct BackwardSpecialised {
-  static constexpr bool plain = PLAIN;
+  static constexpr bool lean = LEAN;
+  static constexpr bool params = PARAMS;
   static LifConfig apply(LifConfig c) {
     c.surrogate = KIND;
     c.gradient = SLAYER ? GRADIENT_SLAYER : GRADIENT_EXODUS;
     c.reset = SUBTRACT ? RESET_SUBTRACT : RESET_ZERO;
     if (SINGLE) c.max_spikes = 1;
-    if (PLAIN) {
+    if (LEAN) {
       c.has_vmin = 0;
       c.norm_input = 0;
       c.band = acc_t(0);
@@ -115,16 +117,19 @@ struct BackwardSpecialised {
 };
 
 
-// plain: the caller checked the PLAIN conditions that are not in LifConfig (no dL/dv, dL/dalpha,
-// dL/dtheta).
+// lean: the caller checked the LEAN condition that is not in LifConfig (no dL/dv); params: dL/dalpha
+// or dL/dtheta is wanted.
 template <typename F>
-void dispatch_backward(const LifConfig& c, bool plain, F&& f) {
-  plain = plain && !c.has_vmin && !c.norm_input && c.band == acc_t(0) && c.gradient == GRADIENT_EXODUS &&
-          c.max_spikes == 1;
+void dispatch_backward(const LifConfig& c, bool lean, bool params, F&& f) {
+  lean = lean && !c.has_vmin && !c.norm_input && c.band == acc_t(0) && c.gradient == GRADIENT_EXODUS &&
+         c.max_spikes == 1;
   with_kind_from<0>(c.surrogate, [&](auto kind) {
-    if (plain) {
+    if (lean) {
       with_bool(c.reset == RESET_SUBTRACT, [&](auto subtract) {
-        f(BackwardSpecialised<decltype(kind)::value, false, decltype(subtract)::value, true, true>{});
+        with_bool(params, [&](auto with_params) {
+          f(BackwardSpecialised<decltype(kind)::value, false, decltype(subtract)::value, true, true,
+                                decltype(with_params)::value>{});
+        });
       });
       return;
     }
@@ -132,7 +137,7 @@ void dispatch_backward(const LifConfig& c, bool plain, F&& f) {
       with_bool(c.reset == RESET_SUBTRACT, [&](auto subtract) {
         with_bool(c.max_spikes == 1, [&](auto single) {
           f(BackwardSpecialised<decltype(kind)::value, decltype(slayer)::value, decltype(subtract)::value,
-                                decltype(single)::value, false>{});
+                                decltype(single)::value, false, true>{});
         });
       });
     });
@@ -146,8 +151,8 @@ extern "C" void exodus_cpu_lif_backward(
     acc_t v_min, int norm_input, int v_trace, int gradient, int surrogate, acc_t grad_scale, acc_t p0,
     acc_t p1, acc_t p2, acc_t band, int num_threads) {
   const LifConfig config = {reset, max_spikes, has_vmin, norm_input, v_min, gradient, surrogate, grad_scale, p0, p1, p2, band};
-  dispatch_backward(config, !grad_v && !grad_alpha && !grad_theta, [&](auto spec) {
-    constexpr bool plain = decltype(spec)::plain;
+  dispatch_backward(config, !grad_v, grad_alpha || grad_theta, [&](auto spec) {
+    constexpr bool lean = decltype(spec)::lean, params = decltype(spec)::params;
     const bool streaming = use_streaming(B * T * N, sizeof(scalar_t));
     for_each_tile(B, T, N, num_threads, [&](index_t b, index_t n0, index_t len) {
       const LifConfig c = decltype(spec)::apply(config);  // local: its constant fields fold away
@@ -190,10 +195,13 @@ extern "C" void exodus_cpu_lif_backward(
 #pragma omp simd
         for (index_t k = 0; k < len; ++k) {
           const SurrogateNeuron s = {th[k], inv_width[k], scale[k], band_theta[k]};
-          if constexpr (plain) {  // dL/dv = 0; the parameter sums are dead
+          if constexpr (lean && !params) {  // dL/dv = 0; the parameter sums are dead
             acc_t unused_alpha = acc_t(0), unused_theta = acc_t(0);
             lambda[k] = lif_backward_step_at(c, s, h_t[k], acc_t(0), to_acc(gs[k]), acc_t(0), lambda[k], a[k],
                                              unused_alpha, unused_theta);
+          } else if constexpr (lean) {  // dL/dv = 0
+            lambda[k] = lif_backward_step_at(c, s, h_t[k], v_prev[k], to_acc(gs[k]), acc_t(0), lambda[k], a[k],
+                                             g_alpha[k], g_theta[k]);
           } else {
             lambda[k] = lif_backward_step_at(c, s, h_t[k], v_prev[k], to_acc(gs[k]), to_acc(gv[k]), lambda[k], a[k],
                                              g_alpha[k], g_theta[k]);

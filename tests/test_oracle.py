@@ -127,6 +127,27 @@ def test_only_spikes_or_only_v_in_loss():
             assert_grad_close(got, exp, 1e-10, f"d/d{name} (output {pick})")
 
 
+@settings(max_examples=40, deadline=None)
+@given(kwargs=lif_case_kwargs(), trained=st.sampled_from([(), ("tau",), ("threshold",), ("tau", "threshold")]),
+       surrogate=st.sampled_from(SURROGATES))
+def test_spike_loss_paths_match_reference(kwargs, trained, surrogate):
+    """Loss on the spikes only (no dL/dv), frozen or trained tau / threshold, single spikes, no v_min,
+    no norm_input: the CPU backward's LEAN variants (with and without the parameter sums), which the
+    v-in-the-loss tests never reach."""
+    kwargs.update(v_min=None, norm_input=False, max_spikes=1, surrogate=surrogate)
+    case = make_lif_case(**kwargs)
+    tau = case.tau if "tau" in trained else case.tau.detach()
+    theta = case.threshold if "threshold" in trained else case.threshold.detach()
+    leaves = [case.x, *([tau] if "tau" in trained else []), *([theta] if "threshold" in trained else []),
+              *([case.v0] if case.v0 is not None else [])]
+    grads = []
+    for fn, kw in ((F.lif, dict(backend="cpu")), (lif_ref, {})):
+        spikes, _ = fn(case.x, torch.exp(-1.0 / tau), theta, case.v0, **case.options, **kw)
+        grads.append(torch.autograd.grad((spikes * case.w_spikes).sum(), leaves))
+    for i, (got, exp) in enumerate(zip(*grads)):
+        assert_grad_close(got, exp, grad_rtol(case.x.dtype), f"leaf {i} (trained {trained})")
+
+
 @pytest.mark.parametrize("trained", [(), ("tau",), ("threshold",), ("tau", "threshold")],
                          ids=["none", "tau", "threshold", "both"])
 @pytest.mark.parametrize("norm_input", [False, True])
