@@ -4,8 +4,9 @@
 #pragma once
 #include <cmath>
 #if defined(EXODUS_LIBMVEC)
-// Let the vectoriser call glibc's vector math (libmvec) for the surrogates' exp; results
-// differ from scalar exp by at most a few ulp (backward pass only, see docs/math.md).
+// Let the vectoriser call glibc's vector math (libmvec) for the double builds' exp (the float
+// builds inline the surrogates' exp, surrogates.cuh); results differ from scalar exp by at most a
+// few ulp (backward pass only, see docs/math.md).
 extern "C" {
 __attribute__((simd("notinbranch"))) float expf(float) noexcept;
 __attribute__((simd("notinbranch"))) double exp(double) noexcept;

@@ -20,7 +20,8 @@ from .sources import BuildError, build_shared_library
 
 # Tried in order until one builds and loads. -ffp-contract=off keeps a*b + c rounded twice, as
 # in the reference; -fno-trapping-math / -fno-math-errno only let the compiler vectorise
-# branches and math calls (results unchanged). libmvec gives vectorised exp (x86-64 glibc).
+# branches and math calls (results unchanged). libmvec gives vectorised exp (x86-64 glibc) to the
+# double builds; float builds inline the surrogates' exp (cuda/surrogates.cuh).
 _BASE_FLAGS = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno"]
 # On x86-64, full AVX-512 vectors where the CPU has them (gcc prefers 256-bit ones by default;
 # measured: forward kernel 10-35% faster on an AVX-512 Xeon; a no-op without AVX-512).
