@@ -41,22 +41,38 @@ void dispatch_forward(const LifConfig& c, bool adaptive, F&& f) {
 
 // The backward specialises on surrogate kind, reset and adaptation (24 variants); gradient
 // mode, spike mode, v_min and norm_input stay runtime values (selects in the vectorised loop).
-template <int KIND, bool SUBTRACT, bool ADAPT>
+// LEAN (24 more): exodus gradient, single spikes, no v_min, no norm_input, no truncation band and
+// no dL/dv, dL/dw: those terms become compile-time zeros (as the LIF backward's LEAN variants).
+template <int KIND, bool SUBTRACT, bool ADAPT, bool LEAN>
 struct BackwardSpecialised {
   static constexpr bool adaptive = ADAPT;
+  static constexpr bool lean = LEAN;
   static LifConfig apply(LifConfig c) {
     c.surrogate = KIND;
     c.reset = SUBTRACT ? RESET_SUBTRACT : RESET_ZERO;
+    if (LEAN) {
+      c.gradient = GRADIENT_EXODUS;
+      c.max_spikes = 1;
+      c.has_vmin = 0;
+      c.norm_input = 0;
+      c.band = acc_t(0);
+    }
     return c;
   }
 };
 
+// lean: the caller checked the LEAN condition that is not in LifConfig (no dL/dv, dL/dw).
 template <typename F>
-void dispatch_backward(const LifConfig& c, bool adaptive, F&& f) {
+void dispatch_backward(const LifConfig& c, bool adaptive, bool lean, F&& f) {
+  lean = lean && c.gradient == GRADIENT_EXODUS && c.max_spikes == 1 && !c.has_vmin && !c.norm_input &&
+         c.band == acc_t(0);
   with_kind_from<0>(c.surrogate, [&](auto kind) {
     with_bool(c.reset == RESET_SUBTRACT, [&](auto subtract) {
       with_bool(adaptive, [&](auto adapt) {
-        f(BackwardSpecialised<decltype(kind)::value, decltype(subtract)::value, decltype(adapt)::value>{});
+        with_bool(lean, [&](auto is_lean) {
+          f(BackwardSpecialised<decltype(kind)::value, decltype(subtract)::value, decltype(adapt)::value,
+                                decltype(is_lean)::value>{});
+        });
       });
     });
   });
@@ -162,7 +178,7 @@ acc_t* reverse_scratch(index_t len, scalar_t*& zeros) {
 // backward drivers. extra: dL/da_t's recurrent term M^T c H_{t+1} of these neurons (or zeros).
 // w_prev, w_prev2: w_{t-1} and w_{t-2} of these neurons (rebuild_w; zeros without adaptation).
 // Inlined into each driver's specialised loop, where the option fields of c are constants.
-template <bool ADAPT>
+template <bool ADAPT, bool LEAN>
 __attribute__((always_inline)) inline void reverse_step_row(const LifConfig& c, const ReverseScan& s, index_t b, index_t t, index_t n0, index_t len,
                       acc_t* const rows, const scalar_t* const zeros, const acc_t* const extra, index_t slot,
                       const acc_t* const w_prev, const acc_t* const w_prev2) {
@@ -181,6 +197,10 @@ __attribute__((always_inline)) inline void reverse_step_row(const LifConfig& c, 
   const scalar_t* const gs = s.grad_spikes ? s.grad_spikes + row : zeros;
   const scalar_t* const gv = s.grad_v ? s.grad_v + row : zeros;
   const scalar_t* const gw = s.grad_w ? s.grad_w + row : zeros;
+  if (t > 0) {  // the next step's rows (see prefetch_row_start)
+    prefetch_row_start(h_save + row - N, len);
+    if (s.grad_spikes) prefetch_row_start(gs - N, len);
+  }
   if (need_params) {
     if (t > 0) {
       const acc_t* h_prev = h_save + row - N;
@@ -203,8 +223,9 @@ __attribute__((always_inline)) inline void reverse_step_row(const LifConfig& c, 
       gk.beta = g_row[P_BETA][k]; gk.gamma = g_row[P_GAMMA][k]; gk.zeta = g_row[P_ZETA][k];
       gk.eta = g_row[P_ETA][k];
       const acc_t H = adaptive_backward_step(c, ADAPT, h_t[k], v_prev[k], w_prev[k],
-                                             to_acc(gs[k]) + extra[k], to_acc(gv[k]), to_acc(gw[k]),
-                                             pk, cv[k], cw[k], spikes_row[k], true, gk);
+                                             to_acc(gs[k]) + extra[k], LEAN ? acc_t(0) : to_acc(gv[k]),
+                                             LEAN ? acc_t(0) : to_acc(gw[k]), pk, cv[k], cw[k], spikes_row[k],
+                                             true, gk);
       g_row[P_ALPHA][k] = gk.alpha; g_row[P_THETA][k] = gk.theta; g_row[P_RHO][k] = gk.rho;
       g_row[P_BETA][k] = gk.beta; g_row[P_GAMMA][k] = gk.gamma; g_row[P_ZETA][k] = gk.zeta;
       g_row[P_ETA][k] = gk.eta;
@@ -216,8 +237,9 @@ __attribute__((always_inline)) inline void reverse_step_row(const LifConfig& c, 
       AdaptiveGrads unused;
       const AdaptiveParams pk = load_adaptive_params(prm, N, k);
       const acc_t H = adaptive_backward_step(c, ADAPT, h_t[k], v_prev[k], w_prev[k],
-                                             to_acc(gs[k]) + extra[k], to_acc(gv[k]), to_acc(gw[k]),
-                                             pk, cv[k], cw[k], spikes_row[k], false, unused);
+                                             to_acc(gs[k]) + extra[k], LEAN ? acc_t(0) : to_acc(gv[k]),
+                                             LEAN ? acc_t(0) : to_acc(gw[k]), pk, cv[k], cw[k], spikes_row[k],
+                                             false, unused);
       gx[k] = from_acc(c.norm_input ? (acc_t(1) - pk.alpha) * H : H);
     }
   }
@@ -260,7 +282,7 @@ extern "C" void exodus_cpu_adaptive_backward(
   // Parameter-gradient partials: slot = OpenMP thread (the batch sum happens in a small (7, P, N)
   // array that stays in cache when the driver is called once per step).
   num_threads = partial_sum_threads(num_threads, partials, B * (t_end - t_begin) * N);
-  dispatch_backward(config, adaptive != 0, [&](auto spec) {
+  dispatch_backward(config, adaptive != 0, !grad_v && !grad_w, [&](auto spec) {
     constexpr bool ADAPT = decltype(spec)::adaptive;
     for_each_tile(B, t_end - t_begin, N, num_threads, [&](index_t b, index_t n0, index_t len) {
       const LifConfig c = decltype(spec)::apply(config);
@@ -274,7 +296,7 @@ extern "C" void exodus_cpu_adaptive_backward(
         const index_t t0 = (t1 - 1) / kWEvery * kWEvery, stop = std::max(t0, t_begin);
         if (ADAPT) rebuild_w(c, scan, b, t0, t1, n0, len, w);
         for (index_t t = t1 - 1; t >= stop; --t)
-          reverse_step_row<ADAPT>(c, scan, b, t, n0, len, rows, zeros, extra, slot,
+          reverse_step_row<ADAPT, decltype(spec)::lean>(c, scan, b, t, n0, len, rows, zeros, extra, slot,
                                   ADAPT ? w + (t - t0 + 1) * len : zeros_acc, ADAPT ? w + (t - t0) * len : zeros_acc);
         t1 = stop;
       }
@@ -366,7 +388,7 @@ extern "C" int exodus_cpu_adaptive_recurrent_backward(
   num_threads = partial_sum_threads(num_threads, grad_params ? partials : num_threads, B * T * N);
   num_threads = static_cast<int>(std::max<index_t>(1, std::min<index_t>(num_threads, total_panels)));
   int failed = 0;
-  dispatch_backward(config, adaptive != 0, [&](auto spec) {
+  dispatch_backward(config, adaptive != 0, !grad_v && !grad_w, [&](auto spec) {
     constexpr bool ADAPT = decltype(spec)::adaptive;
 #pragma omp parallel num_threads(num_threads) if (num_threads > 1)
     {
@@ -414,7 +436,7 @@ extern "C" int exodus_cpu_adaptive_recurrent_backward(
             if (t + 1 < T) recurrent_term(grad_x + (t + 1) * N, T * N, B, N, panels.data(), num_panels, rec.data(), padded);
             for (index_t b = 0; b < B; ++b) {
               const acc_t* const wb = w.data() + b * chunk_rows;
-              reverse_step_row<ADAPT>(c, scan, b, t, c0, width, rows, zeros,
+              reverse_step_row<ADAPT, decltype(spec)::lean>(c, scan, b, t, c0, width, rows, zeros,
                                       t + 1 < T ? rec.data() + b * padded : zeros_acc, slot,
                                       ADAPT ? wb + (t - t0 + 1) * width : zeros_acc,
                                       ADAPT ? wb + (t - t0) * width : zeros_acc);

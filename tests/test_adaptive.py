@@ -15,6 +15,7 @@ couplings beta, gamma, zeta, eta), v0, w0, weight_rec and a0 within GRAD_RTOL of
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
 import math
 from dataclasses import dataclass, field
@@ -88,16 +89,18 @@ class AdaptiveCase:
         return [(name, values[name]) for name in NAMES
                 if isinstance(values[name], torch.Tensor) and values[name].requires_grad]
 
-    def run(self, fn: Callable, state_trace: bool = True, **extra):
+    def run(self, fn: Callable, state_trace: bool = True, spikes_only: bool = False, **extra):
         """fn(x, alpha, threshold, rho, beta, gamma, zeta, eta, v0, w0, weight_rec=, a0=, state_trace=, ...)
-        -> (spikes, v, w, {leaf name: gradient})."""
+        -> (spikes, v, w, {leaf name: gradient}). The loss weighs spikes, v and w (spikes_only: spikes)."""
         alpha, rho = torch.exp(-1.0 / self.tau), torch.exp(-1.0 / self.tau_adapt)
         spikes, v, w = fn(self.x, alpha, self.threshold, rho, *(self.couplings[n] for n in COUPLINGS), self.v0,
                           self.w0, weight_rec=self.weight_rec, a0=self.a0, state_trace=state_trace,
                           **{**self.options, **extra})
         acc = self.w_v.dtype
         w_v, w_w = (self.w_v, self.w_w) if state_trace else (self.w_v[:, -1], self.w_w[:, -1])
-        loss = (spikes.to(acc) * self.w_spikes).sum() + (v.to(acc) * w_v).sum() + (w.to(acc) * w_w).sum()
+        loss = (spikes.to(acc) * self.w_spikes).sum()
+        if not spikes_only:
+            loss = loss + (v.to(acc) * w_v).sum() + (w.to(acc) * w_w).sum()
         names, leaves = zip(*self.named_leaves())
         grads = torch.autograd.grad(loss, leaves, allow_unused=True)
         return spikes.detach(), v.detach(), w.detach(), dict(zip(names, grads))
@@ -239,6 +242,27 @@ def test_adaptive_matches_reference_property():
     assert sum(s for s, _, _ in stats) >= 0.8 * len(stats), stats
     assert sum(a for _, a, _ in stats) >= 0.5 * len(stats), stats
     assert 0.3 * len(stats) <= sum(r for _, _, r in stats) <= 0.7 * len(stats), stats
+
+
+@settings(max_examples=40, deadline=None)
+@given(kwargs=adaptive_case_kwargs(), state_trace=st.booleans(), frozen=st.booleans())
+def test_spike_loss_paths_match_reference(kwargs, state_trace, frozen):
+    """Loss on the spikes only, exodus gradient, single spikes, no v_min, no norm_input: the CPU
+    backward's LEAN variants (dL/dv = dL/dw = 0 at compile time), which the test above never reaches
+    (its loss weighs v and w too). Feed-forward and recurrent; neuron parameters trained, or frozen
+    (the variant without the parameter sums)."""
+    kwargs.update(v_min=None, norm_input=False, max_spikes=1, amplitude="moderate")
+    case = make_case(**kwargs)
+    if frozen:
+        detach = lambda t: t.detach() if isinstance(t, torch.Tensor) else t  # noqa: E731
+        case = dataclasses.replace(case, tau=case.tau.detach(), threshold=case.threshold.detach(),
+                                   tau_adapt=case.tau_adapt.detach(),
+                                   couplings={n: detach(c) for n, c in case.couplings.items()})
+    expected = case.run(reference, state_trace, spikes_only=True)
+    got = case.run(F.adaptive_lif, state_trace, spikes_only=True, backend="cpu")
+    assert_equal(got[0], expected[0], "spikes")
+    for name, e in expected[3].items():
+        assert_grad_close(got[3][name], e, grad_rtol(case.x.dtype), f"d/d{name}")
 
 
 # ----------------------------------------------------------------------------- fixed cases
