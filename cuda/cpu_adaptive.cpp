@@ -41,8 +41,9 @@ void dispatch_forward(const LifConfig& c, bool adaptive, F&& f) {
 
 // The backward specialises on surrogate kind, reset and adaptation (24 variants); gradient
 // mode, spike mode, v_min and norm_input stay runtime values (selects in the vectorised loop).
-// LEAN (24 more): exodus gradient, single spikes, no v_min, no norm_input, no truncation band and
-// no dL/dv, dL/dw: those terms become compile-time zeros (as the LIF backward's LEAN variants).
+// LEAN (24 more): exodus gradient, single spikes, no v_min, no truncation band and no dL/dv,
+// dL/dw: those terms become compile-time zeros (as the LIF backward's LEAN variants). norm_input
+// stays a runtime value here (adLIF uses it; its only costly term, a division, feeds dL/dalpha).
 template <int KIND, bool SUBTRACT, bool ADAPT, bool LEAN>
 struct BackwardSpecialised {
   static constexpr bool adaptive = ADAPT;
@@ -54,7 +55,6 @@ struct BackwardSpecialised {
       c.gradient = GRADIENT_EXODUS;
       c.max_spikes = 1;
       c.has_vmin = 0;
-      c.norm_input = 0;
       c.band = acc_t(0);
     }
     return c;
@@ -64,8 +64,7 @@ struct BackwardSpecialised {
 // lean: the caller checked the LEAN condition that is not in LifConfig (no dL/dv, dL/dw).
 template <typename F>
 void dispatch_backward(const LifConfig& c, bool adaptive, bool lean, F&& f) {
-  lean = lean && c.gradient == GRADIENT_EXODUS && c.max_spikes == 1 && !c.has_vmin && !c.norm_input &&
-         c.band == acc_t(0);
+  lean = lean && c.gradient == GRADIENT_EXODUS && c.max_spikes == 1 && !c.has_vmin && c.band == acc_t(0);
   with_kind_from<0>(c.surrogate, [&](auto kind) {
     with_bool(c.reset == RESET_SUBTRACT, [&](auto subtract) {
       with_bool(adaptive, [&](auto adapt) {

@@ -247,11 +247,11 @@ def test_adaptive_matches_reference_property():
 @settings(max_examples=40, deadline=None)
 @given(kwargs=adaptive_case_kwargs(), state_trace=st.booleans(), frozen=st.booleans())
 def test_spike_loss_paths_match_reference(kwargs, state_trace, frozen):
-    """Loss on the spikes only, exodus gradient, single spikes, no v_min, no norm_input: the CPU
-    backward's LEAN variants (dL/dv = dL/dw = 0 at compile time), which the test above never reaches
-    (its loss weighs v and w too). Feed-forward and recurrent; neuron parameters trained, or frozen
-    (the variant without the parameter sums)."""
-    kwargs.update(v_min=None, norm_input=False, max_spikes=1, amplitude="moderate")
+    """Loss on the spikes only, exodus gradient, single spikes, no v_min: the CPU backward's LEAN
+    variants (dL/dv = dL/dw = 0 at compile time), which the test above never reaches (its loss weighs
+    v and w too). Feed-forward and recurrent, with and without norm_input; neuron parameters trained,
+    or frozen (the variant without the parameter sums)."""
+    kwargs.update(v_min=None, max_spikes=1, amplitude="moderate")
     case = make_case(**kwargs)
     if frozen:
         detach = lambda t: t.detach() if isinstance(t, torch.Tensor) else t  # noqa: E731
