@@ -199,12 +199,9 @@ extern "C" void exodus_cpu_lif_backward(
             acc_t unused_alpha = acc_t(0), unused_theta = acc_t(0);
             lambda[k] = lif_backward_step_at(c, s, h_t[k], acc_t(0), to_acc(gs[k]), acc_t(0), lambda[k], a[k],
                                              unused_alpha, unused_theta);
-          } else if constexpr (lean) {  // dL/dv = 0
-            lambda[k] = lif_backward_step_at(c, s, h_t[k], v_prev[k], to_acc(gs[k]), acc_t(0), lambda[k], a[k],
-                                             g_alpha[k], g_theta[k]);
           } else {
-            lambda[k] = lif_backward_step_at(c, s, h_t[k], v_prev[k], to_acc(gs[k]), to_acc(gv[k]), lambda[k], a[k],
-                                             g_alpha[k], g_theta[k]);
+            lambda[k] = lif_backward_step_at(c, s, h_t[k], v_prev[k], to_acc(gs[k]), lean ? acc_t(0) : to_acc(gv[k]),
+                                             lambda[k], a[k], g_alpha[k], g_theta[k]);
           }
           gx[k] = from_acc(c.norm_input ? (acc_t(1) - a[k]) * lambda[k] : lambda[k]);
         }
