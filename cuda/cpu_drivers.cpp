@@ -153,7 +153,9 @@ extern "C" void exodus_cpu_lif_backward(
   const LifConfig config = {reset, max_spikes, has_vmin, norm_input, v_min, gradient, surrogate, grad_scale, p0, p1, p2, band};
   dispatch_backward(config, !grad_v, grad_alpha || grad_theta, [&](auto spec) {
     constexpr bool lean = decltype(spec)::lean, params = decltype(spec)::params;
-    const bool streaming = use_streaming(B * T * N, sizeof(scalar_t));
+    // dL/dx written over the saved h: its rows were just read (cached), plain stores are cheaper there.
+    const bool in_place = static_cast<const void*>(grad_x) == static_cast<const void*>(h);
+    const bool streaming = !in_place && use_streaming(B * T * N, sizeof(scalar_t));
     for_each_tile(B, T, N, num_threads, [&](index_t b, index_t n0, index_t len) {
       const LifConfig c = decltype(spec)::apply(config);  // local: its constant fields fold away
       RowSink<scalar_t> gx_sink(streaming, len);
