@@ -251,6 +251,10 @@ extern "C" void exodus_cpu_leaky_backward(const scalar_t* v_out, const scalar_t*
     for (index_t t = T - 1; t >= 0; --t) {
       const index_t row = (b * T + t) * N + n0;
       scalar_t* gx = gx_sink.row(grad_x + row);
+      if (t > 0) {  // the next step's rows
+        prefetch_row_start(v_out + row - N, len);
+        prefetch_row_start(grad_v + row - N, len);
+      }
 #pragma omp simd
       for (index_t k = 0; k < len; ++k) {
         const acc_t v_prev = !grad_alpha ? acc_t(0) : t > 0 ? to_acc(v_out[row - N + k]) : v0[b * N + n0 + k];
