@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import SURROGATES as BASE_SURROGATES
 from exodus import surrogate as S
 from exodus.backends import cpu
 
-SURROGATES = [S.SingleExponential(0.5, 1.3), S.PeriodicExponential(0.3, 0.8), S.Heaviside(0.4),
-              S.Gaussian(0.1, 0.3, 1.2), S.FastSigmoid(7.0, 0.9), S.ATan(2.5),
-              S.Truncated(S.SingleExponential(0.5, 1.0), 0.3), S.Truncated(S.FastSigmoid(100.0), 0.05)]
+# Every kind (the suite's shared list) and two truncated ones (the band test of neuron_banded_sigma).
+SURROGATES = [*BASE_SURROGATES, S.Truncated(S.SingleExponential(0.5, 1.0), 0.3), S.Truncated(S.FastSigmoid(100.0), 0.05)]
 
 
 def kernel_sigma(surrogate: S.Surrogate, h: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -41,8 +41,11 @@ def test_cpu_surrogates_match_reference(surrogate, dtype):
     assert (want != 0).sum() > 100 and (want == 0).sum() < n  # the cases are not trivial
     if dtype == torch.float64:
         torch.testing.assert_close(got, want, rtol=1e-14, atol=0.0)
-    else:  # the same float32 operations; exp (inlined on the CPU) within 1 ulp of torch's: a few ulp
-        torch.testing.assert_close(got, want, rtol=4 * 2.0 ** -23, atol=2.0 ** -140)
+    else:
+        # The twin rounds its Python-float constants (2 s^2, k / (sqrt(2 pi) s)) in double, the kernel in
+        # float32 from float32 parameters: an argument of exp that differs by ~1 ulp moves exp by
+        # |argument| ulp (up to ~30 here). The exp itself is checked to 1 ulp below, on exact arguments.
+        torch.testing.assert_close(got, want, rtol=2e-5, atol=2.0 ** -140)
     assert torch.equal(got == 0, want == 0)  # truncation and Heaviside give exact zeros alike
 
 
