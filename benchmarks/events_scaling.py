@@ -1,4 +1,4 @@
-"""Cost per network spike of exodus.events (compiled SparseProp heap, O(K log N) per spike)
+"""Cost per network spike of exodus.events (compiled SparseProp simulator, O(K log N) per spike)
 against an O(N) vectorised numpy event simulator and a time-stepped torch simulation of the same
 network (balanced inhibitory LIF, K = 100, DESIGN.md §8), all measured in one run.
 
@@ -18,11 +18,12 @@ import numpy as np
 import torch
 
 import exodus.events as ev
+from exodus.events import _native
 from exodus.events.timestepped import simulate_timestepped
 
 
-def heap_run(net: ev.Network, n_spikes: int) -> tuple[float, float, float]:
-    """(wall us per spike, CPU us per spike, mean rate Hz) of the compiled heap simulator."""
+def exodus_run(net: ev.Network, n_spikes: int) -> tuple[float, float, float]:
+    """(wall us per spike, CPU us per spike, mean rate Hz) of the compiled event simulator."""
     cpu = time.process_time()
     spikes = ev.simulate(net, n_spikes)
     cpu = time.process_time() - cpu
@@ -58,12 +59,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=float, nargs="+", default=[1e4, 1e5, 1e6])
     parser.add_argument("--k", type=int, default=100)
-    parser.add_argument("--heap-spikes", type=int, default=1_000_000)
+    parser.add_argument("--exodus-spikes", type=int, default=1_000_000)
     parser.add_argument("--on-spikes", type=int, default=300, help="spikes timed in the O(N) simulator")
     parser.add_argument("--stepped-duration", type=float, default=0.02, help="seconds simulated time-stepped")
     parser.add_argument("--dt", type=float, default=0.01, help="time step of the stepped run (units of tau)")
     parser.add_argument("--big", action="store_true", help="also run N = 1e6 for 1e7 spikes")
-    parser.add_argument("--memory", action="store_true", help="peak memory of a counts-only heap run per N")
+    parser.add_argument("--memory", action="store_true", help="peak memory of a counts-only run per N")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -71,25 +72,27 @@ def main() -> None:
     print(f"balanced inhibitory LIF, K = {args.k}, tau = 10 ms, j0 = 1, i_ext = tau sqrt(K) j0 (nu = 1 Hz); "
           f"torch threads = 1; stepped dt = {args.dt} tau")
     print("us per network spike, wall clock (CPU time of this process in brackets)")
-    print(f"{'N':>9} {'rate Hz':>8} {'heap':>14} {'O(N) numpy':>18} {'O(N)/heap':>12} {'stepped torch':>16} "
-          f"{'stepped/heap':>13} {'state MB':>9}")
-    heap_cost = {}
+    print(f"{'N':>9} {'rate Hz':>8} {'exodus':>14} {'O(N) numpy':>18} {'O(N)/exodus':>12} {'stepped torch':>16} "
+          f"{'stepped/exod.':>13} {'state MB':>9}")
+    ex_cost = {}
     for size in args.sizes:
         n = int(size)
         net = ev.Network(n, args.k, seed=1)
-        heap_us, heap_cpu, rate = heap_run(net, args.heap_spikes)
+        ex_us, ex_cpu, rate = exodus_run(net, args.exodus_spikes)
         on_us, on_cpu = on_event_run(net, args.on_spikes)
         stepped_us, stepped_cpu = stepped_run(net, args.stepped_duration, args.dt)
-        heap_cost[n] = (heap_us, heap_cpu)
-        state_mb = n * (16 + 8 + 8) / 1e6  # heap entries, positions, spike counts
-        print(f"{n:>9,} {rate:>8.3f} {heap_us:>6.2f} ({heap_cpu:>5.2f}) {on_us:>8.1f} ({on_cpu:>7.1f}) "
-              f"{on_us / heap_us:>5.0f} ({on_cpu / heap_cpu:>4.0f}) {stepped_us:>7.1f} ({stepped_cpu:>6.1f}) "
-              f"{stepped_us / heap_us:>6.1f} ({stepped_cpu / heap_cpu:>4.1f}) {state_mb:>9.1f}", flush=True)
-    sizes = sorted(heap_cost)
+        ex_cost[n] = (ex_us, ex_cpu)
+        queue_sizes = np.empty(2, np.int64)
+        _native.load().exodus_events_queue_sizes(n, queue_sizes.ctypes.data)
+        state_mb = (8 * queue_sizes[0] + queue_sizes[1] + 8 * n + n / 8) / 1e6  # queue keys + tree, spike counts, drawn-target bits
+        print(f"{n:>9,} {rate:>8.3f} {ex_us:>6.2f} ({ex_cpu:>5.2f}) {on_us:>8.1f} ({on_cpu:>7.1f}) "
+              f"{on_us / ex_us:>5.0f} ({on_cpu / ex_cpu:>4.0f}) {stepped_us:>7.1f} ({stepped_cpu:>6.1f}) "
+              f"{stepped_us / ex_us:>6.1f} ({stepped_cpu / ex_cpu:>4.1f}) {state_mb:>9.1f}", flush=True)
+    sizes = sorted(ex_cost)
     if len(sizes) > 1:
         lo, hi = sizes[0], sizes[-1]
-        print(f"heap cost growth N = {lo:,} -> {hi:,}: {heap_cost[hi][0] / heap_cost[lo][0]:.2f}x wall, "
-              f"{heap_cost[hi][1] / heap_cost[lo][1]:.2f}x CPU (log2 N ratio {math.log2(hi) / math.log2(lo):.2f})")
+        print(f"exodus cost growth N = {lo:,} -> {hi:,}: {ex_cost[hi][0] / ex_cost[lo][0]:.2f}x wall, "
+              f"{ex_cost[hi][1] / ex_cost[lo][1]:.2f}x CPU (log2 N ratio {math.log2(hi) / math.log2(lo):.2f})")
     if args.memory:  # numpy allocations (tracemalloc sees them) of a counts-only run: the simulator's memory
         import tracemalloc
         for size in args.sizes:
@@ -98,7 +101,7 @@ def main() -> None:
             ev.simulate(net, 200_000, record=False)
             _, peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()
-            print(f"memory N = {int(size):>9,}: peak {peak / 1e6:7.1f} MB allocated during simulate "
+            print(f"memory N = {int(size):>9,}: peak {peak / 1e6:7.1f} MB of numpy arrays during simulate "
                   f"({peak / int(size):.0f} bytes per neuron)")
     if args.big:
         net = ev.Network(1_000_000, args.k, seed=1)

@@ -1,12 +1,13 @@
 // exodus.events — exact event-based simulation of pulse-coupled networks with O(log N) work per
 // target and spike (SparseProp, Engelken 2023; DESIGN.md §8). Sequential by nature: one thread.
 //
-// Homogeneous drive (every neuron has the same speed omega): the phases live in one indexed
-// binary heap as phi~ = phi - Phi (Phi a global offset), keyed by -phi~ (a min-heap on -phi~ is
-// a max-heap on phi~). The top is the next spiker j; Phi <- phi_th - phi~_j advances every phase
-// at once; each target's key changes by its PTC (O(log N) sift); j resets.
+// Homogeneous drive (every neuron has the same speed omega): the phases live in one priority
+// queue (a 16-ary tournament tree, struct MinTree) as phi~ = phi - Phi (Phi a global offset),
+// keyed by -phi~ (the minimum of -phi~ is the maximum of phi~; LIF: by psi~, see enum Mode). The
+// top is the next spiker j; Phi <- phi_th - phi~_j advances every phase at once; each target's
+// key changes by its PTC (O(log N) update); j resets.
 // Heterogeneous drive (per-neuron omega_i): each neuron keeps (phase, time of last update);
-// the heap is keyed by the next spike time t_i + (phi_th - phi_i)/omega_i.
+// the queue is keyed by the next spike time t_i + (phi_th - phi_i)/omega_i.
 // Ties are broken by the lower neuron id (as numpy's argmax/argmin in the reference).
 //
 // Connectivity: CSR given by the user, or K distinct random targets of presynaptic neuron j
@@ -34,36 +35,27 @@ inline uint64_t fmix(uint64_t z) {
   return z ^ (z >> 31);
 }
 
-// Small open-addressing set of drawn targets (reset per presynaptic neuron by a stamp).
+// The targets drawn so far for one presynaptic neuron: one bit per neuron (N/8 bytes, cached at
+// N = 1e6), cleared word by word after each neuron's draw. A repeat is rare (about K^2 / 2N per
+// spike), so the test is a well-predicted branch on one cached bit.
 struct DrawnSet {
-  std::vector<int64_t> value;
-  std::vector<uint32_t> stamp;
-  uint32_t current = 0;
-  uint64_t mask = 0;
-  explicit DrawnSet(int64_t k) {
-    uint64_t size = 16;
-    while (size < uint64_t(4 * k)) size <<= 1;
-    value.assign(size, 0);
-    stamp.assign(size, 0);
-    mask = size - 1;
+  std::vector<uint64_t> bits;
+  std::vector<int64_t> words;  // the words set since the last clear
+  explicit DrawnSet(int64_t n) : bits(uint64_t(n + 63) / 64, 0) {}
+  void reserve(int64_t n) {  // room for ids < n (the bits beyond the old size start clear)
+    if (bits.size() < uint64_t(n + 63) / 64) bits.resize(uint64_t(n + 63) / 64, 0);
   }
   void clear() {
-    if (++current == 0) {  // stamp wrapped: really clear
-      std::fill(stamp.begin(), stamp.end(), 0u);
-      current = 1;
-    }
+    for (const int64_t w : words) bits[w] = 0;
+    words.clear();
   }
   bool insert(int64_t x) {  // false if already present
-    uint64_t h = (uint64_t(x) * GOLDEN) >> 32;
-    for (;; ++h) {
-      const uint64_t slot = h & mask;
-      if (stamp[slot] != current) {
-        stamp[slot] = current;
-        value[slot] = x;
-        return true;
-      }
-      if (value[slot] == x) return false;
-    }
+    uint64_t& word = bits[x >> 6];
+    const uint64_t bit = uint64_t(1) << (x & 63);
+    if (word & bit) return false;
+    word |= bit;
+    words.push_back(x >> 6);
+    return true;
   }
 };
 
@@ -84,73 +76,129 @@ inline void random_targets(uint64_t seed, int64_t n, int64_t k, int64_t j, Drawn
   }
 }
 
-// Indexed d-ary min-heap (d = ARITY = 16) on (key, id): entries {key, id} by slot, pos by neuron
-// id; ties go to the lower id. The children of slot i are d i + 1 .. d i + d, placed so that they
-// fill d/4 whole, adjacent 64-byte cache lines (a quarter of a binary heap's levels; the lines of
-// one sibling group are fetched together).
+// The priority queue: a 16-ary tournament tree over the neurons in id order. The keys live in a
+// flat array by neuron id (the tree's leaves, in groups of 16 that fill one aligned 128-byte line
+// pair); each group keeps the offset of its minimum in one byte, and the inner nodes above hold
+// {min key, its neuron} of 16 children each, level by level up to the root (the next spiker).
+// Ties go to the lower id.
+// Why not an indexed heap: a heap moves entries, so a kick first reads the neuron's slot and then
+// its entry, two dependent cache misses in 24 bytes per neuron (16 MB + 8 MB at N = 1e6). Here a
+// kick touches only its own group's 128 bytes (its key and the group's minimum) and one byte of
+// the group offsets (N/16 bytes: cached), all addressed by i alone, so the K targets' lines are
+// prefetched with no dependent load. A kick that raises a key (inhibition) changes the tree only
+// when i is its group's minimum (about 1 in 16); then the groups on the path are re-scanned while
+// i was their minimum. O(16 log_16 N) worst case.
 struct Entry {
   double key;
   int64_t id;
 };
 
-#ifndef EXODUS_EVENTS_ARITY
-#define EXODUS_EVENTS_ARITY 16  // measured 4 -> 8 -> 16: 3.0 -> 2.6 -> 2.2 us (N = 1e4), 6.7 -> 6.1 -> 5.6 us (N = 1e6)
-#endif
-constexpr int64_t ARITY = EXODUS_EVENTS_ARITY;
+constexpr int64_t ARITY = 16;  // a group of keys = 128 bytes, a group of inner nodes = 256 bytes
+constexpr int MAX_LEVELS = 17;  // 16^16 > any int64 n
 
-// Slot 0 of the heap inside a caller buffer of n + HEAP_PADDING entries (see struct Heap).
-constexpr int64_t HEAP_PADDING = 2 * ARITY;
-inline Entry* heap_base(void* buffer) {
-  constexpr uintptr_t bytes = uintptr_t(ARITY) * sizeof(Entry);   // one group of siblings
-  const uintptr_t raw = reinterpret_cast<uintptr_t>(buffer);
-  const uintptr_t aligned = (raw + bytes - 1) / bytes * bytes;
-  return reinterpret_cast<Entry*>(aligned) + (ARITY - 1);           // slot ARITY i + 1 starts a group
+inline bool before(double ka, int64_t ia, double kb, int64_t ib) { return ka < kb || (ka == kb && ia < ib); }
+inline bool before(const Entry& a, const Entry& b) { return before(a.key, a.id, b.key, b.id); }
+
+// Nodes per level for n leaves: level 0 = ceil(n / 16) groups, then ceil(that / 16), ..., 1.
+inline int tree_levels(int64_t n, int64_t* sizes) {
+  int levels = 0;
+  for (int64_t m = n; levels == 0 || m > 1;) {
+    m = (m + ARITY - 1) / ARITY;
+    sizes[levels++] = m;
+  }
+  return levels;
 }
+inline int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 
-struct Heap {
-  Entry* e;
-  int64_t* pos;
+// Caller buffers (sizes from exodus_events_queue_sizes): keys of n + KEY_PADDING doubles and a
+// byte buffer for the group offsets and inner nodes; both are aligned here so that a group of 16
+// siblings fills whole cache lines.
+constexpr int64_t KEY_PADDING = ARITY, NODE_BUFFER_PADDING = 256;
+inline uintptr_t align_up(uintptr_t raw, uintptr_t bytes) { return (raw + bytes - 1) / bytes * bytes; }
+
+struct MinTree {
+  double* key;                     // (n,) by neuron id
+  uint8_t* lead;                   // (size[0],) offset of each leaf group's minimum within the group
+  Entry* level[MAX_LEVELS];        // level[1 .. levels - 1] inner nodes; level[levels - 1][0] is the root
+  int64_t size[MAX_LEVELS];
+  int levels;
   int64_t n;
 
-  static bool before(const Entry& a, const Entry& b) { return a.key < b.key || (a.key == b.key && a.id < b.id); }
-  void sift_up(int64_t i) {
-    const Entry x = e[i];
-    while (i > 0) {
-      const int64_t parent = (i - 1) / ARITY;
-      if (!before(x, e[parent])) break;
-      e[i] = e[parent];
-      pos[e[i].id] = i;
-      i = parent;
-    }
-    e[i] = x;
-    pos[x.id] = i;
+  static int64_t node_buffer_bytes(int64_t n) {
+    int64_t sizes[MAX_LEVELS];
+    const int levels = tree_levels(n, sizes);
+    int64_t bytes = round_up(sizes[0], 256);
+    for (int l = 1; l < levels; ++l) bytes += round_up(sizes[l], ARITY) * int64_t(sizeof(Entry));
+    return bytes + NODE_BUFFER_PADDING;
   }
-  void sift_down(int64_t i) {
-    const Entry x = e[i];
-    for (;;) {
-      const int64_t first = ARITY * i + 1;
-      if (first >= n) break;
-      const int64_t last = first + ARITY < n ? first + ARITY : n;
-      int64_t best = first;
-      for (int64_t c = first + 1; c < last; ++c)
-        if (before(e[c], e[best])) best = c;
-      if (!before(e[best], x)) break;
-      e[i] = e[best];
-      pos[e[i].id] = i;
-      i = best;
+  MinTree(void* key_buffer, void* node_buffer, int64_t n_)
+      : key(reinterpret_cast<double*>(align_up(reinterpret_cast<uintptr_t>(key_buffer), ARITY * sizeof(double)))), n(n_) {
+    levels = tree_levels(n, size);
+    uint8_t* bytes = reinterpret_cast<uint8_t*>(align_up(reinterpret_cast<uintptr_t>(node_buffer), 256));
+    lead = bytes;
+    bytes += round_up(size[0], 256);
+    level[0] = nullptr;
+    for (int l = 1; l < levels; ++l) {
+      level[l] = reinterpret_cast<Entry*>(bytes);
+      bytes += round_up(size[l], ARITY) * sizeof(Entry);  // every level starts a sibling group
     }
-    e[i] = x;
-    pos[x.id] = i;
   }
-  void update(int64_t neuron, double new_key) {
-    const int64_t i = pos[neuron];
-    const double old = e[i].key;
-    e[i].key = new_key;
-    if (new_key < old) sift_up(i); else sift_down(i);
+  Entry group_min(int64_t g) const {
+    const int64_t m = g * ARITY + lead[g];
+    return {key[m], m};
+  }
+  Entry top() const { return levels == 1 ? group_min(0) : level[levels - 1][0]; }
+  void prefetch(int64_t i) const {  // the neuron's 128-byte key group and its group offset
+    __builtin_prefetch(&key[i]);
+    __builtin_prefetch(&key[i ^ 8]);
+    __builtin_prefetch(&lead[i / ARITY]);
+  }
+  void scan_group(int64_t g) {
+    const int64_t first = g * ARITY, last = std::min(first + ARITY, n);
+    int64_t best = first;
+    for (int64_t c = first + 1; c < last; ++c)
+      if (key[c] < key[best]) best = c;  // strict: the lower id wins a tie
+    lead[g] = uint8_t(best - first);
+  }
+  Entry min_of_children(int l, int64_t p) const {  // node p of level l >= 1
+    const int64_t first = p * ARITY, last = std::min(first + ARITY, size[l - 1]);
+    Entry best = l == 1 ? group_min(first) : level[l - 1][first];
+    for (int64_t c = first + 1; c < last; ++c) {
+      const Entry e = l == 1 ? group_min(c) : level[l - 1][c];
+      if (before(e, best)) best = e;
+    }
+    return best;
+  }
+  void update(int64_t i, double new_key) {
+    const double old = key[i];
+    key[i] = new_key;
+    int64_t p = i / ARITY;
+    const int64_t m = p * ARITY + lead[p];
+    if (m != i) {
+      if (!before(new_key, i, key[m], m)) return;  // still not its group's minimum: nothing above changes
+      lead[p] = uint8_t(i - p * ARITY);
+    } else if (new_key > old) {  // the group's minimum went up: re-scan the groups it led
+      scan_group(p);
+      for (int l = 1; l < levels; ++l) {
+        p /= ARITY;
+        if (level[l][p].id != i) break;
+        level[l][p] = min_of_children(l, p);
+      }
+      return;
+    } else if (new_key == old) {
+      return;
+    }
+    const Entry e{new_key, i};  // i leads its group with a lower key: carry it up while it wins
+    for (int l = 1; l < levels; ++l) {
+      p /= ARITY;
+      if (!before(e, level[l][p])) break;
+      level[l][p] = e;
+    }
   }
   void build() {
-    for (int64_t i = 0; i < n; ++i) pos[e[i].id] = i;
-    for (int64_t i = (n - 2) / ARITY; i >= 0; --i) sift_down(i);
+    for (int64_t g = 0; g < size[0]; ++g) scan_group(g);
+    for (int l = 1; l < levels; ++l)
+      for (int64_t p = 0; p < size[l]; ++p) level[l][p] = min_of_children(l, p);
   }
 };
 
@@ -165,7 +213,7 @@ struct EventsNetwork {
   int64_t n;                  // neurons
   int64_t k;                  // out-degree of the random graph (unused with CSR)
   int32_t model;              // LIF, QIF, EIF
-  int32_t heterogeneous;      // 0: phase heap with global offset; 1: next-spike-time heap
+  int32_t heterogeneous;      // 0: phase queue with global offset; 1: next-spike-time queue
   uint64_t seed;              // random-graph seed
   const int64_t* csr_indptr;  // (n + 1,) or null (random graph)
   const int64_t* csr_indices; // (nnz,)
@@ -183,8 +231,8 @@ struct EventsNetwork {
 
 // Mutable state, all arrays owned by the caller (numpy).
 struct EventsState {
-  void* heap;           // (n + HEAP_PADDING,) heap entries {double key, int64 id} (16 bytes each)
-  int64_t* heap_pos;    // (n,)
+  void* key;            // (n + KEY_PADDING,) doubles: the queue's keys by neuron (see struct MinTree)
+  void* tree;           // group offsets and inner nodes of the queue (bytes: exodus_events_queue_sizes)
   double* phase;        // (n,) heterogeneous: phase at last_time; homogeneous: unused
   double* last_time;    // (n,) heterogeneous only
   int64_t* spike_count; // (n,)
@@ -212,7 +260,7 @@ enum Status : int32_t { OK_MAX_SPIKES = 0, OK_END_TIME = 1, ERR_CROSSING = -1, E
 
 namespace {
 
-// How the heap holds the neurons:
+// How the queue keys the neurons:
 //   LifPsi: homogeneous LIF, key psi~ = exp(-phi~/omega) (events_neurons.h: a kick adds c to psi,
 //           a common advance multiplies all psi by exp(-dPhi/omega); psi = psi~ exp(-Phi/omega)).
 //   Phase:  homogeneous QIF / EIF, key -phi~ = -(phi - Phi).
@@ -258,15 +306,15 @@ double voltage(const EventsNetwork& net, const EifTable& table, int64_t i, doubl
 
 // Phase of neuron i at time t (units of tau) from the state.
 template <int Mo>
-double phase_at(const EventsNetwork& net, const EventsState& s, const Heap& heap, int64_t i, double t) {
+double phase_at(const EventsNetwork& net, const EventsState& s, const MinTree& queue, int64_t i, double t) {
   if constexpr (Mo == Hetero) return s.phase[i] + net.omega[i] * (t - s.last_time[i]);
-  const double key = heap.e[heap.pos[i]].key;
+  const double key = queue.key[i];
   const double tilde = Mo == LifPsi ? lif_phase_of_psi(key, net.omega0) : -key;
   return tilde + (t - s.time_base) * net.omega0;
 }
 
 template <int M, int Mo>
-void write_samples_before(const EventsNetwork& net, const EventsState& s, const Heap& heap, const EifTable& table,
+void write_samples_before(const EventsNetwork& net, const EventsState& s, const MinTree& queue, const EifTable& table,
                           EventsSamples* smp, double t_limit, bool inclusive) {
   if (smp == nullptr) return;
   while (smp->next < smp->n_times && (smp->times[smp->next] < t_limit || (inclusive && smp->times[smp->next] == t_limit))) {
@@ -274,7 +322,7 @@ void write_samples_before(const EventsNetwork& net, const EventsState& s, const 
     double* row = smp->out + smp->next * smp->n_neurons;
     for (int64_t c = 0; c < smp->n_neurons; ++c) {
       const int64_t i = smp->neurons[c];
-      row[c] = voltage<M>(net, table, i, phase_at<Mo>(net, s, heap, i, t));
+      row[c] = voltage<M>(net, table, i, phase_at<Mo>(net, s, queue, i, t));
     }
     ++smp->next;
   }
@@ -283,9 +331,9 @@ void write_samples_before(const EventsNetwork& net, const EventsState& s, const 
 template <int M, int Mo, bool Csr>
 int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double t_end, double* out_time,
             int64_t* out_id, EventsSamples* smp) {
-  Heap heap{heap_base(s.heap), s.heap_pos, net.n};
+  MinTree queue(s.key, s.tree, net.n);
   const EifTable table{net.eif_v, net.eif_slope, net.eif_n, net.eif_phase_lo, net.eif_step};
-  DrawnSet drawn(Csr ? 1 : net.k);
+  DrawnSet drawn(Csr ? 1 : net.n);
   std::vector<int64_t> targets(Csr ? 0 : net.k), synapses(Csr ? 0 : net.k);
   const double omega0 = net.omega0;
   // Renormalise the global offset once Phi > omega0 (LifPsi: psi~ stays within a factor e of psi)
@@ -294,7 +342,7 @@ int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double
   const double renormalise_at = Mo == LifPsi ? omega0 : 1.0;
   const double psi_th = lif_psi_of_phase(net.phase_th, omega0);  // LifPsi: psi at threshold
   for (int64_t count = 0; count < max_spikes; ++count) {
-    const Entry top = heap.e[0];
+    const Entry top = queue.top();
     const int64_t j = top.id;
     double t, offset = 0.0;
     if constexpr (Mo == Hetero) {
@@ -306,17 +354,17 @@ int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double
     }
     if (!std::isfinite(t)) return ERR_NONFINITE;
     if (t > t_end) {
-      write_samples_before<M, Mo>(net, s, heap, table, smp, t_end, true);
+      write_samples_before<M, Mo>(net, s, queue, table, smp, t_end, true);
       s.n_spikes += count;
       return OK_END_TIME;
     }
-    write_samples_before<M, Mo>(net, s, heap, table, smp, t, false);
+    write_samples_before<M, Mo>(net, s, queue, table, smp, t, false);
     s.offset = offset;
     s.time = t;
     if (out_time) out_time[count] = t;
     if (out_id) out_id[count] = j;
 
-    // The targets: listed first, their heap entries prefetched (K independent cache misses overlap),
+    // The targets: listed first, their keys and leaf-group nodes prefetched (K independent cache misses overlap),
     // then updated one by one.
     const int64_t* tgt;
     int64_t n_targets, first_synapse = 0;
@@ -332,15 +380,9 @@ int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double
       first_synapse = j * net.k;
       tgt = targets.data();
     }
-    for (int64_t r = 0; r < n_targets; ++r) __builtin_prefetch(&heap.pos[tgt[r]]);
-    for (int64_t r = 0; r < n_targets; ++r) {  // the entry and its children (an inhibitory kick sifts down)
-      const int64_t slot = heap.pos[tgt[r]];
-      __builtin_prefetch(&heap.e[slot]);
-      if (ARITY * slot + 1 < net.n)  // the children's lines
-        for (int64_t c = 1; c <= ARITY && ARITY * slot + c < net.n; c += 4) __builtin_prefetch(&heap.e[ARITY * slot + c]);
-    }
-    if constexpr (Mo == Hetero) {
-      for (int64_t r = 0; r < n_targets; ++r) {
+    for (int64_t r = 0; r < n_targets; ++r) {
+      queue.prefetch(tgt[r]);
+      if constexpr (Mo == Hetero) {
         __builtin_prefetch(&s.phase[tgt[r]]);
         __builtin_prefetch(&s.last_time[tgt[r]]);
         __builtin_prefetch(&net.omega[tgt[r]]);
@@ -360,17 +402,17 @@ int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double
         if (const int32_t st = kick_status<M>(after, net.phase_th, c)) status = st;
         s.phase[i] = after;
         s.last_time[i] = t;
-        heap.update(i, t + (net.phase_th - after) / omega);
+        queue.update(i, t + (net.phase_th - after) / omega);
       } else if constexpr (Mo == LifPsi) {
-        const double after = lif_ptc_psi(heap.e[heap.pos[i]].key, net.coupling0 * w * inv_scale);
+        const double after = lif_ptc_psi(queue.key[i], net.coupling0 * w * inv_scale);
         if (!(after > psi_th * inv_scale)) status = ERR_CROSSING;
-        heap.update(i, after);
+        queue.update(i, after);
       } else {
-        const double before = -heap.e[heap.pos[i]].key + offset;
+        const double before = -queue.key[i] + offset;
         const double c = net.coupling0 * w;
         const double after = kick_clamped<M>(table, net.phase_th, before, c, omega0);
         if (const int32_t st = kick_status<M>(after, net.phase_th, c)) status = st;
-        heap.update(i, -(after - offset));
+        queue.update(i, -(after - offset));
       }
     }
     if (status != 0) {
@@ -381,16 +423,17 @@ int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double
     if constexpr (Mo == Hetero) {
       s.phase[j] = net.phase_reset;
       s.last_time[j] = t;
-      heap.update(j, t + (net.phase_th - net.phase_reset) / net.omega[j]);
+      queue.update(j, t + (net.phase_th - net.phase_reset) / net.omega[j]);
     } else {
-      if constexpr (Mo == LifPsi) heap.update(j, lif_psi_of_phase(net.phase_reset - offset, omega0));
-      else heap.update(j, -(net.phase_reset - offset));
+      if constexpr (Mo == LifPsi) queue.update(j, lif_psi_of_phase(net.phase_reset - offset, omega0));
+      else queue.update(j, -(net.phase_reset - offset));
       if (offset > renormalise_at) {  // the same map for every key: the order is unchanged
         const double scale = 1.0 / inv_scale;  // LifPsi: psi~ <- psi~ exp(-Phi/omega); Phase: -phi~ <- -phi~ - Phi
         for (int64_t h = 0; h < net.n; ++h) {
-          if constexpr (Mo == LifPsi) heap.e[h].key *= scale;
-          else heap.e[h].key -= offset;
+          if constexpr (Mo == LifPsi) queue.key[h] *= scale;
+          else queue.key[h] -= offset;
         }
+        queue.build();  // rounding may tie two keys: the tree breaks the tie by id again
         s.time_base = t;
         s.offset = 0.0;
       }
@@ -420,24 +463,23 @@ int32_t dispatch_model(const EventsNetwork& net, EventsState& s, int64_t max_spi
 
 extern "C" {
 
-// Builds the heap from the initial phases (homogeneous: phase0 -> keys -phase0 with Phi = 0;
+// Builds the queue from the initial phases (homogeneous: phase0 -> keys -phase0 with Phi = 0;
 // heterogeneous: s.phase must hold the phases, last_time the start time).
 int32_t exodus_events_init(const EventsNetwork* net, EventsState* s, const double* phase0, double t0) {
   if (net == nullptr || s == nullptr || net->n < 2) return ERR_ARGS;
-  Heap heap{heap_base(s->heap), s->heap_pos, net->n};
+  MinTree queue(s->key, s->tree, net->n);
   for (int64_t i = 0; i < net->n; ++i) {
-    heap.e[i].id = i;
     if (net->heterogeneous) {
       s->phase[i] = phase0[i];
       s->last_time[i] = t0;
-      heap.e[i].key = t0 + (net->phase_th - phase0[i]) / net->omega[i];
+      queue.key[i] = t0 + (net->phase_th - phase0[i]) / net->omega[i];
     } else if (net->model == LIF) {
-      heap.e[i].key = lif_psi_of_phase(phase0[i], net->omega0);
+      queue.key[i] = lif_psi_of_phase(phase0[i], net->omega0);
     } else {
-      heap.e[i].key = -phase0[i];
+      queue.key[i] = -phase0[i];
     }
   }
-  heap.build();
+  queue.build();
   s->offset = 0.0;
   s->time_base = t0;
   s->time = t0;
@@ -462,8 +504,14 @@ int32_t exodus_events_run(const EventsNetwork* net, EventsState* s, int64_t max_
   return status;
 }
 
-// Extra heap entries the caller must allocate beyond n (alignment of the sibling groups).
-int64_t exodus_events_heap_padding() { return HEAP_PADDING; }
+// Buffer sizes the caller allocates for n neurons: sizes[0] doubles of keys, sizes[1] bytes of
+// group offsets and inner nodes (both include the alignment padding).
+int32_t exodus_events_queue_sizes(int64_t n, int64_t* sizes) {
+  if (n < 1 || sizes == nullptr) return ERR_ARGS;
+  sizes[0] = n + KEY_PADDING;
+  sizes[1] = MinTree::node_buffer_bytes(n);
+  return OK_MAX_SPIKES;
+}
 
 // The PTCs of events_neurons.h applied elementwise (for the tests): out[i] = PTC(phase[i], c[i], omega[i]).
 int32_t exodus_events_ptc(int32_t model, int64_t n, const double* phase, const double* c, const double* omega,
@@ -480,10 +528,31 @@ int32_t exodus_events_ptc(int32_t model, int64_t n, const double* phase, const d
   return OK_MAX_SPIKES;
 }
 
+// The queue alone (for the tests): builds it from keys0 (n,), applies the m updates
+// key[ids[u]] <- new_keys[u] in order and writes the top's id after each one to top_ids (m,).
+int32_t exodus_events_queue_replay(int64_t n, const double* keys0, int64_t m, const int64_t* ids,
+                                   const double* new_keys, int64_t* top_ids) {
+  if (n < 1 || keys0 == nullptr || (m > 0 && (ids == nullptr || new_keys == nullptr || top_ids == nullptr)))
+    return ERR_ARGS;
+  for (int64_t u = 0; u < m; ++u)
+    if (ids[u] < 0 || ids[u] >= n) return ERR_ARGS;
+  std::vector<double> keys(size_t(n + KEY_PADDING));
+  std::vector<uint8_t> nodes(size_t(MinTree::node_buffer_bytes(n)));
+  MinTree queue(keys.data(), nodes.data(), n);
+  std::copy(keys0, keys0 + n, queue.key);
+  queue.build();
+  for (int64_t u = 0; u < m; ++u) {
+    queue.update(ids[u], new_keys[u]);
+    top_ids[u] = queue.top().id;
+  }
+  return OK_MAX_SPIKES;
+}
+
 // The K random targets of presynaptic neuron j (for the tests and the Python adjoint).
 int32_t exodus_events_targets(uint64_t seed, int64_t n, int64_t k, int64_t j, int64_t* out) {
   if (n < 2 || k < 1 || k >= n || j < 0 || j >= n || out == nullptr) return ERR_ARGS;
-  DrawnSet drawn(k);
+  static thread_local DrawnSet drawn(0);  // kept between calls (the O(N) reference asks per spike)
+  drawn.reserve(n);
   random_targets(seed, n, k, j, drawn, [&](int64_t target, int64_t synapse) { out[synapse - j * k] = target; });
   return OK_MAX_SPIKES;
 }
@@ -491,7 +560,8 @@ int32_t exodus_events_targets(uint64_t seed, int64_t n, int64_t k, int64_t j, in
 // Targets of m presynaptic neurons js[0..m) into out (m x k), row r = targets of js[r].
 int32_t exodus_events_targets_many(uint64_t seed, int64_t n, int64_t k, const int64_t* js, int64_t m, int64_t* out) {
   if (n < 2 || k < 1 || k >= n || (m > 0 && (js == nullptr || out == nullptr))) return ERR_ARGS;
-  DrawnSet drawn(k);
+  static thread_local DrawnSet drawn(0);
+  drawn.reserve(n);
   for (int64_t r = 0; r < m; ++r) {
     const int64_t j = js[r];
     if (j < 0 || j >= n) return ERR_ARGS;

@@ -82,6 +82,37 @@ def test_random_targets_are_uniform():
     assert np.all(np.abs(counts - expected) < 6 * math.sqrt(expected))
 
 
+# ---- the priority queue (16-ary tournament tree) ---------------------------------------------------
+
+@settings(max_examples=60)
+@given(n=st.sampled_from([1, 2, 15, 16, 17, 255, 256, 257, 4097, 70000]), data=st.data(),
+       distinct=st.integers(1, 6), seed=st.integers(0, 2 ** 32))
+def test_queue_top_is_lowest_key_then_lowest_id(n, data, distinct, seed):
+    """After every update the tree's top equals numpy's argmin (the first, i.e. lowest id, of the
+    minimal keys). Keys from a few values force ties; updates raise, lower and keep keys, and hit
+    the current top half of the time (the spiker's reset and re-scans up every level)."""
+    rng = np.random.default_rng(seed)
+    m = data.draw(st.integers(1, 400))
+    keys = rng.integers(0, distinct, n).astype(np.float64)
+    ids = rng.integers(0, n, m)
+    new_keys = rng.integers(-1, distinct + 1, m).astype(np.float64)
+    tops = _native.queue_replay(keys, ids, new_keys)
+    current = keys.copy()
+    for u in range(m):
+        if u % 2:  # aim at the current top
+            ids[u] = int(np.argmin(current))
+            tops[u:] = _native.queue_replay(keys, ids, new_keys)[u:]
+        current[ids[u]] = new_keys[u]
+        assert tops[u] == int(np.argmin(current)), f"update {u}"
+
+
+def test_queue_replay_rejects_bad_input():
+    with pytest.raises(ValueError, match="out of range"):
+        _native.queue_replay(np.zeros(4), [4], [1.0])
+    with pytest.raises(ValueError, match="keys0"):
+        _native.queue_replay(np.zeros(0), [], [])
+
+
 # ---- exactness against the O(N) reference ---------------------------------------------------------
 
 CASES = [(m, d, g) for m in ("lif", "qif") for d in ("homogeneous", "heterogeneous") for g in ("random", "csr")]

@@ -30,12 +30,9 @@ class EventsNetwork(ctypes.Structure):
 
 
 class EventsState(ctypes.Structure):
-    _fields_ = [("heap", _P), ("heap_pos", _P), ("phase", _P), ("last_time", _P),
+    _fields_ = [("key", _P), ("tree", _P), ("phase", _P), ("last_time", _P),
                 ("spike_count", _P), ("offset", _F64), ("time_base", _F64), ("time", _F64), ("n_spikes", _I64)]
 
-
-# One heap entry of cpu_events.cpp (struct Entry).
-HEAP_ENTRY = [("key", "<f8"), ("id", "<i8")]
 
 
 class EventsSamples(ctypes.Structure):
@@ -73,8 +70,10 @@ def load() -> ctypes.CDLL:
             library.exodus_events_targets.argtypes = [ctypes.c_uint64, _I64, _I64, _I64, _P]
             library.exodus_events_targets_many.restype = _I32
             library.exodus_events_targets_many.argtypes = [ctypes.c_uint64, _I64, _I64, _P, _I64, _P]
-            library.exodus_events_heap_padding.restype = _I64
-            library.exodus_events_heap_padding.argtypes = []
+            library.exodus_events_queue_replay.restype = _I32
+            library.exodus_events_queue_replay.argtypes = [_I64, _P, _I64, _P, _P, _P]
+            library.exodus_events_queue_sizes.restype = _I32
+            library.exodus_events_queue_sizes.argtypes = [_I64, _P]
             library.exodus_events_ptc.restype = _I32
             library.exodus_events_ptc.argtypes = [_I32, _I64, _P, _P, _P, _P, _P, _P, _I64, _F64, _F64]
             _library = library
@@ -95,6 +94,26 @@ def ptc(model: int, phase, c, omega, table=None):
                                       out.ctypes.data, *eif)
     if status != 0:
         raise ValueError(f"exodus_events_ptc: bad arguments (status {status})")
+    return out
+
+
+def queue_replay(keys0, ids, new_keys):
+    """Top ids of the compiled priority queue after each update ``key[ids[u]] = new_keys[u]``,
+    starting from ``keys0`` (for the tests)."""
+    import numpy as np
+
+    keys0 = np.ascontiguousarray(keys0, np.float64)
+    ids = np.ascontiguousarray(ids, np.int64)
+    new_keys = np.ascontiguousarray(new_keys, np.float64)
+    if keys0.ndim != 1 or keys0.size < 1 or ids.shape != new_keys.shape or ids.ndim != 1:
+        raise ValueError("queue_replay: keys0 (n,) with n >= 1, ids and new_keys of one shape (m,)")
+    if ids.size and (ids.min() < 0 or ids.max() >= keys0.size):
+        raise ValueError("queue_replay: ids out of range")
+    out = np.empty(ids.size, np.int64)
+    status = load().exodus_events_queue_replay(keys0.size, keys0.ctypes.data, ids.size, ids.ctypes.data,
+                                               new_keys.ctypes.data, out.ctypes.data)
+    if status != 0:
+        raise ValueError(f"exodus_events_queue_replay: bad arguments (status {status})")
     return out
 
 
