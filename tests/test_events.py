@@ -120,7 +120,7 @@ CASES += [("eif", "homogeneous", "random"), ("eif", "homogeneous", "csr")]
 
 
 @pytest.mark.parametrize("model,drive,graph", CASES)
-def test_heap_equals_reference(model, drive, graph):
+def test_simulator_equals_reference(model, drive, graph):
     net = make_network(model, drive, graph)
     n_spikes = 1500 if model == "lif" else 250
     sample_times = np.linspace(0.0, 0.02, 5)
@@ -135,7 +135,7 @@ def test_heap_equals_reference(model, drive, graph):
 @settings(max_examples=40)
 @given(n=st.integers(2, 60), data=st.data(), model=st.sampled_from(["lif", "qif"]), heterogeneous=st.booleans(),
        seed=st.integers(0, 2 ** 32), j0=st.floats(0.1, 3.0))
-def test_heap_equals_reference_small_networks(n, data, model, heterogeneous, seed, j0):
+def test_simulator_equals_reference_small_networks(n, data, model, heterogeneous, seed, j0):
     """Property: any small random network (down to N = 2, K = 1) gives the reference's spikes."""
     k = data.draw(st.integers(1, n - 1))
     # Degenerate coupling: for LIF with identical drives a kick J = j0/sqrt(K) equal to
@@ -179,7 +179,7 @@ def test_heap_equals_reference_small_networks(n, data, model, heterogeneous, see
     assert np.all(error <= np.maximum(TIME_TOL, 10.0 * deviation[:horizon]))
 
 
-def test_heap_equals_reference_n1000_long_lif():
+def test_simulator_equals_reference_n1000_long_lif():
     """Default balanced network (K = 100) at N = 1000, 3000 spikes: the global offset is
     renormalised many times on the way."""
     net = ev.Network(1000, 100, seed=11)

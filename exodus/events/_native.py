@@ -1,4 +1,4 @@
-"""ctypes loader of cuda/cpu_events.cpp (the heap simulator, extern "C" API).
+"""ctypes loader of cuda/cpu_events.cpp (the event simulator, extern "C" API).
 
 Built at first use through exodus.backends.sources.build_shared_library with the CPU backend's
 flag sets (tried in order; -ffp-contract=off in all of them), cached in ``~/.cache/exodus``.

@@ -46,8 +46,8 @@ class Network:
         model: "lif", "qif" or "eif" (EIF: exodus.events.EIFParams, homogeneous drive only).
         j0: coupling strength (> 0 inhibitory); J = j0 / sqrt(K).
         tau: membrane time constant in seconds.
-        i_ext: external drive (units of the threshold). A number = homogeneous drive (phase heap);
-            an array of shape (n,) = heterogeneous drive (next-spike-time heap). Default: the
+        i_ext: external drive (units of the threshold). A number = homogeneous drive (phase queue);
+            an array of shape (n,) = heterogeneous drive (next-spike-time queue). Default: the
             balance equation i_ext = tau sqrt(K) j0 nu (DESIGN §8).
         nu: target rate of the balance equation in Hz (only for the default i_ext).
         seed: seed of the random graph (0 <= seed < 2**64); also the default seed of the initial phases.
@@ -291,7 +291,7 @@ def simulate(network: Network, n_spikes: Optional[int] = None, duration: Optiona
              phase0=None, init_seed: Optional[int] = None, record: bool = True, voltage_times=None,
              voltage_neurons=None, progress: Union[bool, ProgressCallback] = False,
              chunk_spikes: int = 1_000_000) -> Spikes:
-    """Exact event-based simulation with the compiled heap (O(K log N) per spike).
+    """Exact event-based simulation with the compiled priority queue (O(K log N) per spike).
 
     Stops after ``n_spikes`` spikes or at ``duration`` seconds, whichever comes first (at least
     one must be given). ``phase0`` (n,) initial phases (default: uniform from ``init_seed``, which

@@ -1,6 +1,6 @@
 """The oracle of exodus.events: a plain O(N)-per-spike exact event simulator in numpy.
 
-Independent of the compiled heap simulator: it keeps every neuron's true phase, advances all of
+Independent of the compiled simulator: it keeps every neuron's true phase, advances all of
 them at every spike (O(N)), finds the next spiker with argmax / argmin over all neurons, and writes
 the closed-form phase transition curves in their textbook form (DESIGN.md §8). The random graph
 is re-implemented here from its spec (cuda/cpu_events.cpp, top comment) in numpy.
