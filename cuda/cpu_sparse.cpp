@@ -13,6 +13,7 @@
 //                                   for the filter plus O(#points N_in) for the outer products
 //   exodus_cpu_sparse_weight_grad_u8  the same, with the input packed into bytes (saved spikes)
 //   exodus_cpu_sparse_pack_counts   s -> bytes when every value is a whole number in [0, 255]
+//   exodus_cpu_sparse_point_indices the points' columns / (b, t, n) COO indices from the CSR rows
 //
 // Compiled by exodus/backends/cpu.py with -DEXODUS_SCALAR=<float|double>.
 #include "cpu_common.h"
@@ -156,6 +157,29 @@ extern "C" void exodus_cpu_sparse_weight_grad_u8(
     const unsigned char* s, const index_t* row_ptr, const index_t* col, const acc_t* e, acc_t alpha, acc_t* grad_w,
     acc_t* grad_b, index_t B, index_t T, index_t N_in, index_t N_out, index_t partials, int num_threads) {
   sparse_weight_grad(s, row_ptr, col, e, alpha, grad_w, grad_b, B, T, N_in, N_out, partials, num_threads);
+}
+
+// Columns (and optionally 3-D COO indices) of points given in CSR order over the (b, t) rows of a
+// (B, T, N) layer: point i of row r = b T + t is the flat index flat[i] = r N + col[i]. One pass,
+// a subtraction per point instead of torch's int64 div/mod. col (nnz,) and/or coo (3, nnz) = (b, t, n)
+// rows (either may be null).
+extern "C" void exodus_cpu_sparse_point_indices(const index_t* row_ptr, const index_t* flat, index_t* col,
+                                                index_t* coo, index_t B, index_t T, index_t N, int num_threads) {
+  const index_t rows = B * T, nnz = rows > 0 ? row_ptr[rows] : 0;
+  if (num_threads < 1 || nnz < (index_t(1) << 16)) num_threads = 1;
+#pragma omp parallel for schedule(static) num_threads(num_threads) if (num_threads > 1)
+  for (index_t r = 0; r < rows; ++r) {
+    const index_t b = r / T, t = r - b * T;
+    for (index_t i = row_ptr[r]; i < row_ptr[r + 1]; ++i) {
+      const index_t n = flat[i] - r * N;
+      if (col) col[i] = n;
+      if (coo) {
+        coo[i] = b;
+        coo[nnz + i] = t;
+        coo[2 * nnz + i] = n;
+      }
+    }
+  }
 }
 
 // Packs s (n values) into bytes when every value is a whole number in [0, 255] (spikes, or spike counts of

@@ -215,6 +215,14 @@ def sparse_weight_grad_plan(s, row_ptr, col, e, alpha: float, grad_w, grad_b) ->
     ])
 
 
+def sparse_point_indices_plan(row_ptr, flat, col, coo, B: int, T: int, N: int) -> LaunchPlan:
+    """exodus_sparse_point_indices (CPU driver only): the points (CSR rows row_ptr (B T + 1,), flat indices
+    flat (nnz,) into (B, T, N)) -> col (nnz,) and/or coo (3, nnz) int64 (either may be None)."""
+    return LaunchPlan("exodus_sparse_point_indices", (1, 1, 1), (1, 1, 1), [
+        ("ptr", row_ptr), ("ptr", flat), ("ptr", col), ("ptr", coo), ("i64", B), ("i64", T), ("i64", N),
+    ])
+
+
 def sparse_pack_counts_plan(s, out, packed) -> LaunchPlan:
     """exodus_sparse_pack_counts (CPU driver only): s (any shape, contiguous, math dtype) -> out uint8 of the
     same size; packed (1,) int32 is set to 1 when every value of s is a whole number in [0, 255]."""

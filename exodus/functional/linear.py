@@ -43,6 +43,7 @@ __all__ = ["linear_lif", "linear_lif_ref", "LINEAR_GRADIENTS"]
 LINEAR_GRADIENTS = ("exodus", "sparse", "slayer", "bptt")
 # Attribute on a sparse block's spike output: its active points (row_ptr, col), so that the block
 # above computes dL/ds only there.
+_GRAD_POINTS_ATTR = "_exodus_grad_points"  # on a sparse dL/ds: the flat points it holds
 _POINTS_ATTR = "_exodus_active_points"
 
 
@@ -186,9 +187,11 @@ class _SparseLinearLIF(torch.autograd.Function):
         N = weight.shape[0]
         acc = alpha.dtype
         alpha_n = alpha.expand((N,)).contiguous()
-        col = flat % N
+        col, _ = _point_indices((row_ptr, flat), (B, T, N), backend)
         grad_points = gs = None
-        if grad_spikes.is_sparse:  # from a sparse block above: usually exactly at this block's points
+        if grad_spikes.is_sparse and getattr(grad_spikes, _GRAD_POINTS_ATTR, None) is flat:
+            grad_points = grad_spikes._values().to(acc).contiguous()  # made by the block above, at these points
+        elif grad_spikes.is_sparse:  # from a sparse block above: usually exactly at this block's points
             grad_spikes = grad_spikes.coalesce()
             indices = grad_spikes.indices()
             at_points = indices.shape[1] == flat.numel() and torch.equal(
@@ -210,11 +213,12 @@ class _SparseLinearLIF(torch.autograd.Function):
         t_state = torch.empty((B, N), dtype=torch.int64, device=s.device)
         gain = (1 - alpha) if o.norm_input else torch.ones((), dtype=acc, device=s.device)  # dL/dx = gain lambda
         # dL/ds at the active points of the block below, fused into the scan (CPU driver).
-        sampled = grad_s = None
+        sampled = grad_s = in_coo = None
         if need_s and ctx.input_points is not None and backend == "cpu":
             in_row_ptr, in_flat = ctx.input_points
             grad_in = torch.empty(in_flat.shape, dtype=acc, device=s.device)
-            sampled = (weight.detach().to(acc).t().contiguous(), in_row_ptr, in_flat % N_in,
+            _, in_coo = _point_indices(ctx.input_points, (B, T, N_in), backend, col=False, coo=True)
+            sampled = (weight.detach().to(acc).t().contiguous(), in_row_ptr, in_coo[2],
                        torch.empty((B, N), dtype=acc, device=s.device), grad_in, float(gain))
         plan = launch.lif_sparse_backward_plan(row_ptr, col, h_points, q_points, y_points, gs, alpha_n, theta_n,
                                                lam_state, t_state, e, grad_v0, g_alpha, g_theta, B, T, N, o,
@@ -226,7 +230,7 @@ class _SparseLinearLIF(torch.autograd.Function):
             grad_w = (gain * grad_w).to(weight.dtype)
             grad_b = (gain * grad_b).to(bias.dtype) if need_b else None
         if sampled is not None:
-            grad_s = _at_points(ctx.input_points[1], sampled[4], s.shape, s_dtype)
+            grad_s = _at_points(ctx.input_points[1], in_coo, sampled[4], s.shape, s_dtype)
         elif need_s:
             grad_s = _input_grad(ctx, s.shape, s_dtype, weight, flat, e, alpha_n, gain, B, T, N, backend)
         grad_alpha = None
@@ -277,17 +281,33 @@ def _input_grad(ctx, s_shape, s_dtype, weight, flat, e, alpha_n, gain, B, T, N, 
                                               torch.ones(flat_in.shape, dtype=acc, device=device),
                                               (B * T, N_in), check_invariants=False)
             sampled = torch.sparse.sampled_addmm(pattern, lam, w, beta=0.0)
-        return _at_points(flat_in, sampled.values(), s_shape, s_dtype)
+        _, coo = _point_indices(ctx.input_points, s_shape, backend, col=False, coo=True)
+        return _at_points(flat_in, coo, sampled.values(), s_shape, s_dtype)
     return (lam @ w).to(s_dtype).view(s_shape)
 
 
-def _at_points(flat: Tensor, values: Tensor, shape, dtype: torch.dtype) -> Tensor:
-    """dL/ds as a sparse COO tensor of s's shape (B, T, N_in) and dtype, nonzero at the flat indices of the
-    block below's active points (the only entries its backward reads); autograd passes it on to that block."""
-    B, T, N_in = shape
-    t_n = flat % (T * N_in)
-    indices = torch.stack([flat // (T * N_in), t_n // N_in, t_n % N_in])
-    return torch.sparse_coo_tensor(indices, values.to(dtype), tuple(shape), is_coalesced=True, check_invariants=False)
+def _point_indices(points, shape, backend: str, col: bool = True, coo: bool = False):
+    """(columns (nnz,), COO indices (3, nnz) = (b, t, n)) int64 of a (B, T, N) layer's active points
+    points = (row_ptr, flat) (CSR over the (b, t) rows; each None unless asked for)."""
+    row_ptr, flat = points
+    B, T, N = shape
+    if backend == "cpu":  # one native pass, a subtraction per point
+        cols = torch.empty_like(flat) if col else None
+        indices = torch.empty((3, flat.numel()), dtype=torch.int64) if coo else None
+        _launch(launch.sparse_point_indices_plan(row_ptr, flat, cols, indices, B, T, N), backend, torch.float32,
+                torch.float32, flat.device)
+        return cols, indices
+    t_n = flat % (T * N)
+    return (flat % N if col else None), (torch.stack([flat // (T * N), t_n // N, t_n % N]) if coo else None)
+
+
+def _at_points(flat: Tensor, indices: Tensor, values: Tensor, shape, dtype: torch.dtype) -> Tensor:
+    """dL/ds as a sparse COO tensor of s's shape (B, T, N_in) and dtype, nonzero at the block below's active
+    points (flat indices flat, COO indices (3, nnz)); the only entries its backward reads. Autograd passes it on
+    to that block, which finds its own points' tensor on it (then it reads the values without a check)."""
+    grad = torch.sparse_coo_tensor(indices, values.to(dtype), tuple(shape), is_coalesced=True, check_invariants=False)
+    setattr(grad, _GRAD_POINTS_ATTR, flat)
+    return grad
 
 
 def _packed_counts(s: Tensor, backend: str) -> Tensor:
