@@ -108,6 +108,38 @@ inline double dot(const double* a, const double* b, index_t n) {
   for (; k < n; ++k) sum += a[k] * b[k];
   return sum;
 }
+// out[r] = sum_k a[r][k] b[k] for four rows a[0..3]: b is loaded once for all four (1.25 loads per
+// multiply-add instead of 2), and the four rows' loads overlap.
+inline void dot4(const float* const a[4], const float* b, index_t n, float out[4]) {
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  index_t k = 0;
+  for (; k + 16 <= n; k += 16) {
+    const __m512 v = _mm512_loadu_ps(b + k);
+    s0 = _mm512_add_ps(s0, _mm512_mul_ps(_mm512_loadu_ps(a[0] + k), v));
+    s1 = _mm512_add_ps(s1, _mm512_mul_ps(_mm512_loadu_ps(a[1] + k), v));
+    s2 = _mm512_add_ps(s2, _mm512_mul_ps(_mm512_loadu_ps(a[2] + k), v));
+    s3 = _mm512_add_ps(s3, _mm512_mul_ps(_mm512_loadu_ps(a[3] + k), v));
+  }
+  out[0] = _mm512_reduce_add_ps(s0), out[1] = _mm512_reduce_add_ps(s1);
+  out[2] = _mm512_reduce_add_ps(s2), out[3] = _mm512_reduce_add_ps(s3);
+  for (; k < n; ++k)
+    for (int r = 0; r < 4; ++r) out[r] += a[r][k] * b[k];
+}
+inline void dot4(const double* const a[4], const double* b, index_t n, double out[4]) {
+  __m512d s0 = _mm512_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
+  index_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    const __m512d v = _mm512_loadu_pd(b + k);
+    s0 = _mm512_add_pd(s0, _mm512_mul_pd(_mm512_loadu_pd(a[0] + k), v));
+    s1 = _mm512_add_pd(s1, _mm512_mul_pd(_mm512_loadu_pd(a[1] + k), v));
+    s2 = _mm512_add_pd(s2, _mm512_mul_pd(_mm512_loadu_pd(a[2] + k), v));
+    s3 = _mm512_add_pd(s3, _mm512_mul_pd(_mm512_loadu_pd(a[3] + k), v));
+  }
+  out[0] = _mm512_reduce_add_pd(s0), out[1] = _mm512_reduce_add_pd(s1);
+  out[2] = _mm512_reduce_add_pd(s2), out[3] = _mm512_reduce_add_pd(s3);
+  for (; k < n; ++k)
+    for (int r = 0; r < 4; ++r) out[r] += a[r][k] * b[k];
+}
 #else
 template <typename T>
 inline T dot(const T* a, const T* b, index_t n) {
@@ -122,6 +154,10 @@ inline T dot(const T* a, const T* b, index_t n) {
   T sum = part[0];
   for (; k < n; ++k) sum += a[k] * b[k];
   return sum;
+}
+template <typename T>
+inline void dot4(const T* const a[4], const T* b, index_t n, T out[4]) {
+  for (int r = 0; r < 4; ++r) out[r] = dot(a[r], b, n);
 }
 #endif
 

@@ -97,8 +97,15 @@ extern "C" void exodus_cpu_lif_sparse_backward(
       }
       if (cur) {  // dL/ds_t = gain W^T lambda_t at the input's own active points
         const acc_t scale = rescaled ? gain * power[t_ref - t] : gain;
-        for (index_t i = in_row_ptr[row]; i < in_row_ptr[row + 1]; ++i)
-          grad_in[i] = scale * exodus_cpu::dot(weight_t + in_col[i] * N, cur, N);
+        index_t i = in_row_ptr[row];
+        for (; i + 4 <= in_row_ptr[row + 1]; i += 4) {  // four points of the row share the lambda row
+          const acc_t* rows[4] = {weight_t + in_col[i] * N, weight_t + in_col[i + 1] * N,
+                                  weight_t + in_col[i + 2] * N, weight_t + in_col[i + 3] * N};
+          acc_t sums[4];
+          exodus_cpu::dot4(rows, cur, N, sums);
+          for (int r = 0; r < 4; ++r) grad_in[i + r] = scale * sums[r];
+        }
+        for (; i < in_row_ptr[row + 1]; ++i) grad_in[i] = scale * exodus_cpu::dot(weight_t + in_col[i] * N, cur, N);
       }
     }
     for (index_t n = 0; n < N; ++n)

@@ -1,0 +1,214 @@
+"""Lower bounds behind two speed targets that these CPUs cannot meet (issues 8 and 10).
+
+Each subcommand compiles a small C++ kernel that does only the work no exact implementation can
+skip, in cache-friendly form and with nothing else around it, times it, and times the baseline of
+the target in the same run. baseline / floor is then an upper bound on any implementation's ratio.
+
+    python benchmarks/floors.py sparse    # issue 8: sparse vs dense exact backward of Linear(256) -> LIF
+    python benchmarks/floors.py events    # issue 10: exodus.events vs the O(N) numpy event simulator
+
+sparse: per active point of block 2, the rank-1 update dW[j, :] += e x~ (x~ = the filtered input row),
+        and per active point of block 1, the dot W[:, i] . lambda (the sampled dL/ds1): 4 H flops per
+        point, with dW and W in L2 and the rows in L1; no reverse scan, no filter pass, no upstream
+        gradient, no Python. Baseline: the dense exodus backward of the same block
+        (benchmarks/sparse_backward.py's network, H = 256, one thread).
+events: per network spike, drawing the K = 100 targets (the splitmix64 / Lemire spec of
+        cuda/cpu_events.cpp, no de-duplication) and one read-modify-write of a float64 per target in an
+        N-long array, the next spike depending on the result (a serial chain, as in any event
+        simulator), the next spike's targets drawn and prefetched one spike ahead; no priority queue.
+        Baseline: the O(N) numpy simulator of benchmarks/events_scaling.py at N = 10^6.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+SPARSE_FLOOR = r"""
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <vector>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+constexpr int H = 256;
+static inline float dot(const float* a, const float* b) {
+#if defined(__AVX512F__)
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  for (int k = 0; k < H; k += 64) {
+    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + k), _mm512_loadu_ps(b + k), s0);
+    s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + k + 16), _mm512_loadu_ps(b + k + 16), s1);
+    s2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + k + 32), _mm512_loadu_ps(b + k + 32), s2);
+    s3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + k + 48), _mm512_loadu_ps(b + k + 48), s3);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+#else
+  float part[16] = {};
+  for (int k = 0; k < H; k += 16)
+#pragma omp simd
+    for (int l = 0; l < 16; ++l) part[l] += a[k + l] * b[k + l];
+  for (int w = 8; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) part[l] += part[l + w];
+  return part[0];
+#endif
+}
+int main(int argc, char** argv) {
+  const long rows = 64L * 500;
+  for (int a = 1; a < argc; ++a) {
+    const double activity = atof(argv[a]);
+    std::mt19937_64 rng(1);
+    std::poisson_distribution<int> points_per_row(activity * H);
+    std::vector<int> count(rows), col;
+    for (auto& c : count) {
+      c = points_per_row(rng);
+      for (int i = 0; i < c; ++i) col.push_back(int(rng() % H));
+    }
+    std::vector<float> dW(H * H, 0.f), Wt(H * H, 0.01f), e(col.size(), 1e-3f), out(col.size());
+    alignas(64) float x_row[H], lambda_row[H];
+    for (int k = 0; k < H; ++k) x_row[k] = 0.5f, lambda_row[k] = 0.25f;
+    double best = 1e9;
+    for (int rep = 0; rep < 7; ++rep) {
+      const auto t0 = std::chrono::steady_clock::now();
+      size_t p = 0;
+      for (long r = 0; r < rows; ++r) {
+        x_row[r & (H - 1)] += 1.f;  // the rows change from one (b, t) to the next
+        lambda_row[r & (H / 2 - 1)] *= 0.99f;
+        for (int i = 0; i < count[r]; ++i, ++p) {
+          float* d = &dW[size_t(col[p]) * H];
+          const float g = e[p];
+#pragma omp simd
+          for (int k = 0; k < H; ++k) d[k] += g * x_row[k];
+          out[p] = dot(&Wt[size_t(col[p] ^ 7) * H], lambda_row);  // a block-1 point (as many)
+        }
+      }
+      best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    printf("%g %zu %.6f %g\n", activity, col.size(), best, double(dW[7] + out[3]));
+  }
+}
+"""
+
+EVENTS_FLOOR = r"""
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+static inline uint64_t fmix(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+int main(int argc, char** argv) {
+  const int64_t n = atoll(argv[1]);
+  const int K = 100, S = 2000000;
+  const uint64_t G = 0x9E3779B97F4A7C15ull;
+  std::vector<double> state(n, 1.0);
+  int64_t targets[2][K];
+  const auto draw = [&](int64_t j, int64_t* out) {
+    const uint64_t key = fmix(1 ^ fmix(uint64_t(j + 1) * G));
+    for (int m = 0; m < K; ++m) out[m] = int64_t((unsigned __int128)fmix(key + (m + 1) * G) * uint64_t(n - 1) >> 64);
+  };
+  double best = 1e9;
+  for (int rep = 0; rep < 3; ++rep) {
+    int64_t j = 1, next = 0;
+    int cur = 0;
+    draw(j, targets[cur]);
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int s = 0; s < S; ++s) {
+      next = int64_t(fmix(uint64_t(j)) % uint64_t(n));  // the predicted next spiker
+      draw(next, targets[cur ^ 1]);
+      for (int m = 0; m < K; ++m) __builtin_prefetch(&state[targets[cur ^ 1][m]]);
+      double acc = 0.0;
+      for (int m = 0; m < K; ++m) {
+        const double v = state[targets[cur][m]] + 0.5;
+        state[targets[cur][m]] = v;
+        acc += v;
+      }
+      j = acc > 0.0 ? next : 0;  // the next spike waits for this one's updates
+      cur ^= 1;
+    }
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  printf("%.6f %g\n", 1e6 * best / S, state[3]);
+}
+"""
+
+
+def run_floor(source: str, args: list[str]) -> str:
+    """Compiles ``source`` with g++ -O3 -march=native and runs it with ``args``; its stdout."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src, exe = Path(tmp) / "floor.cpp", Path(tmp) / "floor"
+        src.write_text(source)
+        subprocess.run(["g++", "-O3", "-march=native", "-fopenmp-simd", str(src), "-o", str(exe)], check=True)
+        return subprocess.run([str(exe), *args], check=True, capture_output=True, text=True).stdout
+
+
+def sparse(args) -> None:
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import sparse_backward as sb
+    from exodus import surrogate as S
+
+    torch.set_num_threads(1)
+    x, w1, w2, _ = sb.make_network(256)
+    f = sb.block("exodus", S.Truncated(S.FastSigmoid(slope=100.0), 0.1))
+    with torch.no_grad():
+        s1 = f(x, w1)
+    s1.requires_grad_()
+    w2p = w2.clone().requires_grad_()
+    out = f(s1, w2p)
+    g_out = torch.randn_like(out)
+    dense = sb.median_ms(lambda: torch.autograd.grad(out, [s1, w2p], g_out, retain_graph=True), args.repeats)
+    print(f"dense exodus backward of block 2 (H = 256, (64, 500), one thread): {dense:.1f} ms")
+    print(f"{'active':>8} {'points':>8} {'floor ms':>9} {'cap = dense / floor':>20} {'target':>8}")
+    targets = {0.003: 140, 0.015: 40}
+    for line in run_floor(SPARSE_FLOOR, [str(a) for a in args.activity]).splitlines():
+        activity, points, seconds, _ = line.split()
+        activity, ms = float(activity), 1e3 * float(seconds)
+        target = targets.get(activity)
+        print(f"{100 * activity:7.2f}% {int(points):>8} {ms:9.2f} {dense / ms:19.0f}x "
+              f"{(str(target) + 'x') if target else '':>8}")
+
+
+def events(args) -> None:
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import events_scaling as es
+    import exodus.events as ev
+
+    n = int(args.n)
+    net = ev.Network(n, 100, seed=1)
+    on_us, _ = es.on_event_run(net, 300)
+    floor_us = float(run_floor(EVENTS_FLOOR, [str(n)]).split()[0])
+    exodus_us, _, _ = es.exodus_run(net, 1_000_000)
+    print(f"N = {n:,}, K = 100: us per network spike")
+    print(f"  O(N) numpy event simulator        {on_us:9.2f}")
+    print(f"  exodus.events                     {exodus_us:9.2f}   ({on_us / exodus_us:.0f}x)")
+    print(f"  floor (draw K + K float64 RMWs)   {floor_us:9.3f}   (cap {on_us / floor_us:.0f}x; target 1000x "
+          f"needs <= {on_us / 1000:.3f})")
+    del np
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("sparse")
+    p.add_argument("--activity", type=float, nargs="+", default=[0.003, 0.0038, 0.015, 0.0196])
+    p.add_argument("--repeats", type=int, default=5)
+    p = sub.add_parser("events")
+    p.add_argument("--n", type=float, default=1e6)
+    args = parser.parse_args()
+    {"sparse": sparse, "events": events}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
