@@ -80,6 +80,24 @@ inline void stream_fence() {
 // the lanes (an `omp simd reduction` compiled to a stack store and 16 serial scalar adds, about
 // half of the sparse scan's dot products). The summation order differs from a serial loop's.
 #if defined(__AVX512F__)
+// Lane sums, written out with the masked extracts (GCC 12 reports the unmasked ones and its
+// reduce-add intrinsics, which pass an undefined vector, as maybe-uninitialized).
+inline __m256d half_of(__m512d v, int upper) {
+  return upper ? _mm512_mask_extractf64x4_pd(_mm256_setzero_pd(), 0xF, v, 1)
+               : _mm512_mask_extractf64x4_pd(_mm256_setzero_pd(), 0xF, v, 0);
+}
+inline float hsum(__m512 v) {
+  const __m512d d = _mm512_castps_pd(v);
+  const __m256 h = _mm256_add_ps(_mm256_castpd_ps(half_of(d, 0)), _mm256_castpd_ps(half_of(d, 1)));
+  __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+  q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+  return _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps(q, q, 1)));
+}
+inline double hsum(__m512d v) {
+  const __m256d h = _mm256_add_pd(half_of(v, 0), half_of(v, 1));
+  const __m128d q = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(q, _mm_unpackhi_pd(q, q)));
+}
 inline float dot(const float* a, const float* b, index_t n) {
   __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
   index_t k = 0;
@@ -90,7 +108,7 @@ inline float dot(const float* a, const float* b, index_t n) {
     s3 = _mm512_add_ps(s3, _mm512_mul_ps(_mm512_loadu_ps(a + k + 48), _mm512_loadu_ps(b + k + 48)));
   }
   for (; k + 16 <= n; k += 16) s0 = _mm512_add_ps(s0, _mm512_mul_ps(_mm512_loadu_ps(a + k), _mm512_loadu_ps(b + k)));
-  float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+  float sum = hsum(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
   for (; k < n; ++k) sum += a[k] * b[k];
   return sum;
 }
@@ -104,7 +122,7 @@ inline double dot(const double* a, const double* b, index_t n) {
     s3 = _mm512_add_pd(s3, _mm512_mul_pd(_mm512_loadu_pd(a + k + 24), _mm512_loadu_pd(b + k + 24)));
   }
   for (; k + 8 <= n; k += 8) s0 = _mm512_add_pd(s0, _mm512_mul_pd(_mm512_loadu_pd(a + k), _mm512_loadu_pd(b + k)));
-  double sum = _mm512_reduce_add_pd(_mm512_add_pd(_mm512_add_pd(s0, s1), _mm512_add_pd(s2, s3)));
+  double sum = hsum(_mm512_add_pd(_mm512_add_pd(s0, s1), _mm512_add_pd(s2, s3)));
   for (; k < n; ++k) sum += a[k] * b[k];
   return sum;
 }
@@ -120,8 +138,7 @@ inline void dot4(const float* const a[4], const float* b, index_t n, float out[4
     s2 = _mm512_add_ps(s2, _mm512_mul_ps(_mm512_loadu_ps(a[2] + k), v));
     s3 = _mm512_add_ps(s3, _mm512_mul_ps(_mm512_loadu_ps(a[3] + k), v));
   }
-  out[0] = _mm512_reduce_add_ps(s0), out[1] = _mm512_reduce_add_ps(s1);
-  out[2] = _mm512_reduce_add_ps(s2), out[3] = _mm512_reduce_add_ps(s3);
+  out[0] = hsum(s0), out[1] = hsum(s1), out[2] = hsum(s2), out[3] = hsum(s3);
   for (; k < n; ++k)
     for (int r = 0; r < 4; ++r) out[r] += a[r][k] * b[k];
 }
@@ -135,8 +152,7 @@ inline void dot4(const double* const a[4], const double* b, index_t n, double ou
     s2 = _mm512_add_pd(s2, _mm512_mul_pd(_mm512_loadu_pd(a[2] + k), v));
     s3 = _mm512_add_pd(s3, _mm512_mul_pd(_mm512_loadu_pd(a[3] + k), v));
   }
-  out[0] = _mm512_reduce_add_pd(s0), out[1] = _mm512_reduce_add_pd(s1);
-  out[2] = _mm512_reduce_add_pd(s2), out[3] = _mm512_reduce_add_pd(s3);
+  out[0] = hsum(s0), out[1] = hsum(s1), out[2] = hsum(s2), out[3] = hsum(s3);
   for (; k < n; ++k)
     for (int r = 0; r < 4; ++r) out[r] += a[r][k] * b[k];
 }
