@@ -35,9 +35,9 @@ inline uint64_t fmix(uint64_t z) {
   return z ^ (z >> 31);
 }
 
-// The targets drawn so far for one presynaptic neuron: one bit per neuron (N/8 bytes, cached at
-// N = 1e6), cleared word by word after each neuron's draw. A repeat is rare (about K^2 / 2N per
-// spike), so the test is a well-predicted branch on one cached bit.
+// The targets drawn so far for one presynaptic neuron: one bit per neuron (N/8 bytes: 125 KB at
+// N = 1e6, mostly in L2), cleared word by word after each neuron's draw. A repeat is rare (about
+// K^2 / 2N per spike), so the test is a well-predicted branch on one bit.
 struct DrawnSet {
   std::vector<uint64_t> bits;
   std::vector<int64_t> words;  // the words set since the last clear
@@ -83,11 +83,12 @@ inline void random_targets(uint64_t seed, int64_t n, int64_t k, int64_t j, Drawn
 // Ties go to the lower id.
 // Why not an indexed heap: a heap moves entries, so a kick first reads the neuron's slot and then
 // its entry, two dependent cache misses in 24 bytes per neuron (16 MB + 8 MB at N = 1e6). Here a
-// kick touches only its own group's 128 bytes (its key and the group's minimum) and one byte of
-// the group offsets (N/16 bytes: cached), all addressed by i alone, so the K targets' lines are
-// prefetched with no dependent load. A kick that raises a key (inhibition) changes the tree only
-// when i is its group's minimum (about 1 in 16); then the groups on the path are re-scanned while
-// i was their minimum. O(16 log_16 N) worst case.
+// kick reads and writes its key (8 bytes per neuron) and reads one byte of the group offsets (N/16
+// bytes: cached), both addressed by i alone, so the K targets' keys are prefetched with no
+// dependent load. A kick that raises a key (inhibition) changes the tree only when i is its
+// group's minimum (about 1 in 16); then the groups on the path are re-scanned while i was their
+// minimum. A lowered key is compared with its group's minimum (in the same 128 bytes) and carried
+// up while it wins. O(16 log_16 N) worst case.
 struct Entry {
   double key;
   int64_t id;

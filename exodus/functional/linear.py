@@ -41,10 +41,11 @@ from .lif import (RESETS, _as_parameter, _check_range, _check_threshold, _check_
 __all__ = ["linear_lif", "linear_lif_ref", "LINEAR_GRADIENTS"]
 
 LINEAR_GRADIENTS = ("exodus", "sparse", "slayer", "bptt")
-# Attribute on a sparse block's spike output: its active points (row_ptr, col), so that the block
+# Attribute on a sparse block's spike output: its active points (row_ptr, flat), so that the block
 # above computes dL/ds only there.
-_GRAD_POINTS_ATTR = "_exodus_grad_points"  # on a sparse dL/ds: the flat points it holds
 _POINTS_ATTR = "_exodus_active_points"
+# Attribute on the sparse dL/ds that block returns: the flat points tensor it holds values at.
+_GRAD_POINTS_ATTR = "_exodus_grad_points"
 
 
 def linear_lif_ref(s: Tensor, weight: Tensor, bias: Optional[Tensor], alpha, threshold, v0=None, **options):
