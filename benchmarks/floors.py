@@ -7,11 +7,12 @@ the target in the same run. baseline / floor is then an upper bound on any imple
     python benchmarks/floors.py sparse    # issue 8: sparse vs dense exact backward of Linear(256) -> LIF
     python benchmarks/floors.py events    # issue 10: exodus.events vs the O(N) numpy event simulator
 
-sparse: per active point of block 2, the rank-1 update dW[j, :] += e x~ (x~ = the filtered input row),
-        and per active point of block 1, the dot W[:, i] . lambda (the sampled dL/ds1): 4 H flops per
-        point, with dW and W in L2 and the rows in L1; no reverse scan, no filter pass, no upstream
-        gradient, no Python. Baseline: the dense exodus backward of the same block
-        (benchmarks/sparse_backward.py's network, H = 256, one thread).
+sparse: the filter of block 2's input spikes (bytes), x~_t = alpha x~_{t-1} + s_t, one pass over
+        (B, T, H), which the exact dL/dW needs; per active point of block 2 the rank-1 update
+        dW[j, :] += e x~_t, and per active point of block 1 the dot W[:, i] . lambda_t (the sampled
+        dL/ds1): 4 H flops per point, with dW and W in L2 and the rows in L1. No reverse scan over
+        the points, no upstream gradient, no Python. Baseline: the dense exodus backward of the
+        same block (benchmarks/sparse_backward.py's network, H = 256, one thread).
 events: per network spike, drawing the K = 100 targets (the splitmix64 / Lemire spec of
         cuda/cpu_events.cpp, no de-duplication) and one read-modify-write of a float64 per target in an
         N-long array, the next spike depending on the result (a serial chain, as in any event
@@ -69,15 +70,21 @@ int main(int argc, char** argv) {
       for (int i = 0; i < c; ++i) col.push_back(int(rng() % H));
     }
     std::vector<float> dW(H * H, 0.f), Wt(H * H, 0.01f), e(col.size(), 1e-3f), out(col.size());
+    std::vector<unsigned char> input(size_t(rows) * H);  // block 2's input spikes, 2 % per bin, as bytes
+    for (auto& v : input) v = (rng() % 50) == 0;
     alignas(64) float x_row[H], lambda_row[H];
-    for (int k = 0; k < H; ++k) x_row[k] = 0.5f, lambda_row[k] = 0.25f;
+    for (int k = 0; k < H; ++k) lambda_row[k] = 0.25f;
     double best = 1e9;
     for (int rep = 0; rep < 7; ++rep) {
       const auto t0 = std::chrono::steady_clock::now();
       size_t p = 0;
       for (long r = 0; r < rows; ++r) {
-        x_row[r & (H - 1)] += 1.f;  // the rows change from one (b, t) to the next
-        lambda_row[r & (H / 2 - 1)] *= 0.99f;
+        if (r % 500 == 0)  // a new batch row: the filter restarts
+          for (int k = 0; k < H; ++k) x_row[k] = 0.f;
+        const unsigned char* s_row = &input[size_t(r) * H];
+#pragma omp simd
+        for (int k = 0; k < H; ++k) x_row[k] = 0.8187f * x_row[k] + float(s_row[k]);  // the input filter
+        lambda_row[r & (H / 2 - 1)] *= 0.99f;  // the lambda row changes from one (b, t) to the next
         for (int i = 0; i < count[r]; ++i, ++p) {
           float* d = &dW[size_t(col[p]) * H];
           const float g = e[p];
