@@ -186,8 +186,6 @@ def sparse(args) -> None:
 
 
 def events(args) -> None:
-    import numpy as np
-
     sys.path.insert(0, str(Path(__file__).parent))
     import events_scaling as es
     import exodus.events as ev
@@ -202,7 +200,6 @@ def events(args) -> None:
     print(f"  exodus.events                     {exodus_us:9.2f}   ({on_us / exodus_us:.0f}x)")
     print(f"  floor (draw K + K float64 RMWs)   {floor_us:9.3f}   (cap {on_us / floor_us:.0f}x; target 1000x "
           f"needs <= {on_us / 1000:.3f})")
-    del np
 
 
 def main() -> None:

@@ -98,59 +98,55 @@ inline double hsum(__m512d v) {
   const __m128d q = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
   return _mm_cvtsd_f64(_mm_add_sd(q, _mm_unpackhi_pd(q, q)));
 }
-inline float dot(const float* a, const float* b, index_t n) {
-  __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+// One 512-bit vector of T: lanes, load, a += x y (multiply, then add: no fma contraction, as the
+// build's -ffp-contract=off), lane sum.
+template <typename T> struct Vec512;
+template <> struct Vec512<float> {
+  using V = __m512;
+  static constexpr index_t lanes = 16;
+  static V zero() { return _mm512_setzero_ps(); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static V add_product(V acc, V x, V y) { return _mm512_add_ps(acc, _mm512_mul_ps(x, y)); }
+  static V add(V x, V y) { return _mm512_add_ps(x, y); }
+};
+template <> struct Vec512<double> {
+  using V = __m512d;
+  static constexpr index_t lanes = 8;
+  static V zero() { return _mm512_setzero_pd(); }
+  static V load(const double* p) { return _mm512_loadu_pd(p); }
+  static V add_product(V acc, V x, V y) { return _mm512_add_pd(acc, _mm512_mul_pd(x, y)); }
+  static V add(V x, V y) { return _mm512_add_pd(x, y); }
+};
+template <typename T>
+inline T dot(const T* a, const T* b, index_t n) {
+  using S = Vec512<T>;
+  constexpr index_t L = S::lanes;
+  typename S::V s0 = S::zero(), s1 = s0, s2 = s0, s3 = s0;
   index_t k = 0;
-  for (; k + 64 <= n; k += 64) {
-    s0 = _mm512_add_ps(s0, _mm512_mul_ps(_mm512_loadu_ps(a + k), _mm512_loadu_ps(b + k)));
-    s1 = _mm512_add_ps(s1, _mm512_mul_ps(_mm512_loadu_ps(a + k + 16), _mm512_loadu_ps(b + k + 16)));
-    s2 = _mm512_add_ps(s2, _mm512_mul_ps(_mm512_loadu_ps(a + k + 32), _mm512_loadu_ps(b + k + 32)));
-    s3 = _mm512_add_ps(s3, _mm512_mul_ps(_mm512_loadu_ps(a + k + 48), _mm512_loadu_ps(b + k + 48)));
+  for (; k + 4 * L <= n; k += 4 * L) {
+    s0 = S::add_product(s0, S::load(a + k), S::load(b + k));
+    s1 = S::add_product(s1, S::load(a + k + L), S::load(b + k + L));
+    s2 = S::add_product(s2, S::load(a + k + 2 * L), S::load(b + k + 2 * L));
+    s3 = S::add_product(s3, S::load(a + k + 3 * L), S::load(b + k + 3 * L));
   }
-  for (; k + 16 <= n; k += 16) s0 = _mm512_add_ps(s0, _mm512_mul_ps(_mm512_loadu_ps(a + k), _mm512_loadu_ps(b + k)));
-  float sum = hsum(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
-  for (; k < n; ++k) sum += a[k] * b[k];
-  return sum;
-}
-inline double dot(const double* a, const double* b, index_t n) {
-  __m512d s0 = _mm512_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
-  index_t k = 0;
-  for (; k + 32 <= n; k += 32) {
-    s0 = _mm512_add_pd(s0, _mm512_mul_pd(_mm512_loadu_pd(a + k), _mm512_loadu_pd(b + k)));
-    s1 = _mm512_add_pd(s1, _mm512_mul_pd(_mm512_loadu_pd(a + k + 8), _mm512_loadu_pd(b + k + 8)));
-    s2 = _mm512_add_pd(s2, _mm512_mul_pd(_mm512_loadu_pd(a + k + 16), _mm512_loadu_pd(b + k + 16)));
-    s3 = _mm512_add_pd(s3, _mm512_mul_pd(_mm512_loadu_pd(a + k + 24), _mm512_loadu_pd(b + k + 24)));
-  }
-  for (; k + 8 <= n; k += 8) s0 = _mm512_add_pd(s0, _mm512_mul_pd(_mm512_loadu_pd(a + k), _mm512_loadu_pd(b + k)));
-  double sum = hsum(_mm512_add_pd(_mm512_add_pd(s0, s1), _mm512_add_pd(s2, s3)));
+  for (; k + L <= n; k += L) s0 = S::add_product(s0, S::load(a + k), S::load(b + k));
+  T sum = hsum(S::add(S::add(s0, s1), S::add(s2, s3)));
   for (; k < n; ++k) sum += a[k] * b[k];
   return sum;
 }
 // out[r] = sum_k a[r][k] b[k] for four rows a[0..3]: b is loaded once for all four (1.25 loads per
 // multiply-add instead of 2), and the four rows' loads overlap.
-inline void dot4(const float* const a[4], const float* b, index_t n, float out[4]) {
-  __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+template <typename T>
+inline void dot4(const T* const a[4], const T* b, index_t n, T out[4]) {
+  using S = Vec512<T>;
+  typename S::V s0 = S::zero(), s1 = s0, s2 = s0, s3 = s0;
   index_t k = 0;
-  for (; k + 16 <= n; k += 16) {
-    const __m512 v = _mm512_loadu_ps(b + k);
-    s0 = _mm512_add_ps(s0, _mm512_mul_ps(_mm512_loadu_ps(a[0] + k), v));
-    s1 = _mm512_add_ps(s1, _mm512_mul_ps(_mm512_loadu_ps(a[1] + k), v));
-    s2 = _mm512_add_ps(s2, _mm512_mul_ps(_mm512_loadu_ps(a[2] + k), v));
-    s3 = _mm512_add_ps(s3, _mm512_mul_ps(_mm512_loadu_ps(a[3] + k), v));
-  }
-  out[0] = hsum(s0), out[1] = hsum(s1), out[2] = hsum(s2), out[3] = hsum(s3);
-  for (; k < n; ++k)
-    for (int r = 0; r < 4; ++r) out[r] += a[r][k] * b[k];
-}
-inline void dot4(const double* const a[4], const double* b, index_t n, double out[4]) {
-  __m512d s0 = _mm512_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
-  index_t k = 0;
-  for (; k + 8 <= n; k += 8) {
-    const __m512d v = _mm512_loadu_pd(b + k);
-    s0 = _mm512_add_pd(s0, _mm512_mul_pd(_mm512_loadu_pd(a[0] + k), v));
-    s1 = _mm512_add_pd(s1, _mm512_mul_pd(_mm512_loadu_pd(a[1] + k), v));
-    s2 = _mm512_add_pd(s2, _mm512_mul_pd(_mm512_loadu_pd(a[2] + k), v));
-    s3 = _mm512_add_pd(s3, _mm512_mul_pd(_mm512_loadu_pd(a[3] + k), v));
+  for (; k + S::lanes <= n; k += S::lanes) {
+    const typename S::V v = S::load(b + k);
+    s0 = S::add_product(s0, S::load(a[0] + k), v);
+    s1 = S::add_product(s1, S::load(a[1] + k), v);
+    s2 = S::add_product(s2, S::load(a[2] + k), v);
+    s3 = S::add_product(s3, S::load(a[3] + k), v);
   }
   out[0] = hsum(s0), out[1] = hsum(s1), out[2] = hsum(s2), out[3] = hsum(s3);
   for (; k < n; ++k)
