@@ -22,6 +22,9 @@
 #include <cmath>
 #include <cstdint>
 #include <vector>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "events_neurons.h"
 
@@ -35,70 +38,134 @@ inline uint64_t fmix(uint64_t z) {
   return z ^ (z >> 31);
 }
 
-// The targets drawn so far for one presynaptic neuron: one bit per neuron (N/8 bytes: 125 KB at
-// N = 1e6, mostly in L2), cleared word by word after each neuron's draw. A repeat is rare (about
-// K^2 / 2N per spike), so the test is a well-predicted branch on one bit.
-struct DrawnSet {
-  std::vector<uint64_t> bits;
-  std::vector<int64_t> words;  // the words set since the last clear
-  explicit DrawnSet(int64_t n) : bits(uint64_t(n + 63) / 64, 0) {}
+// Draws the K random targets of one presynaptic neuron j into out[0 .. k), eight candidates per
+// step (the simulator interleaves the next spiker's draw with this spike's kicks). Repeats are
+// removed with one bit per neuron (N/8 bytes: 125 KB at N = 1e6, mostly in L2), cleared word by
+// word from out[] when the draw completes; a repeat is rare (about K^2 / 2N per draw). With
+// AVX-512 the eight candidates are hashed at once; for N - 1 < 2^32 Lemire's 64 x 64 -> high 64
+// product is exact from two 32 x 32 -> 64 products: with x = x_hi 2^32 + x_lo,
+// floor(x r / 2^64) = (x_hi r + (x_lo r >> 32)) >> 32 (no overflow: x_hi r <= 2^64 - 2^33 + 1).
+class TargetDraw {
+ public:
+  explicit TargetDraw(int64_t n) : bits_(uint64_t(n + 63) / 64, 0) {}
   void reserve(int64_t n) {  // room for ids < n (the bits beyond the old size start clear)
-    if (bits.size() < uint64_t(n + 63) / 64) bits.resize(uint64_t(n + 63) / 64, 0);
+    if (bits_.size() < uint64_t(n + 63) / 64) bits_.resize(uint64_t(n + 63) / 64, 0);
   }
-  void clear() {
-    for (const int64_t w : words) bits[w] = 0;
-    words.clear();
+  void start(uint64_t seed, int64_t n, int64_t k, int64_t j, int64_t* out) {
+    key_ = fmix(seed ^ fmix(uint64_t(j + 1) * GOLDEN));
+    range_ = uint64_t(n - 1);
+    k_ = k;
+    j_ = j;
+    out_ = out;
+    found_ = 0;
+    m_ = 1;
   }
-  bool insert(int64_t x) {  // false if already present
-    uint64_t& word = bits[x >> 6];
-    const uint64_t bit = uint64_t(1) << (x & 63);
-    if (word & bit) return false;
-    word |= bit;
-    words.push_back(x >> 6);
-    return true;
+  bool done() const { return found_ == k_; }
+  int64_t found() const { return found_; }
+  int64_t step() {  // the next eight candidates (up to the K-th distinct target); returns found()
+    int64_t target[8];
+    hash8(target);
+    uint64_t* const bits = bits_.data();
+    int64_t* const out = out_;
+    const int64_t k = k_;
+    int64_t found = found_;  // locals: the stores to out[] could alias the members
+    int l = 0;
+    for (; l < 8 && found < k; ++l) {
+      const int64_t t = target[l];
+      const uint64_t word = bits[uint64_t(t) >> 6], bit = uint64_t(1) << (t & 63);
+      out[found] = t;  // kept only if new
+      found += (word & bit) == 0;
+      bits[uint64_t(t) >> 6] = word | bit;
+    }
+    m_ += uint64_t(l);
+    found_ = found;
+    if (found == k) clear(bits, out, k);
+    return found;
   }
-};
+  void finish() {
+    while (!done()) step();
+  }
 
-// Calls f(target, synapse_index) for the K random targets of j (in draw order).
-template <typename F>
-inline void random_targets(uint64_t seed, int64_t n, int64_t k, int64_t j, DrawnSet& drawn, F&& f) {
-  const uint64_t key = fmix(seed ^ fmix(uint64_t(j + 1) * GOLDEN));
-  const uint64_t range = uint64_t(n - 1);
-  drawn.clear();
-  int64_t found = 0;
-  for (uint64_t m = 1; found < k; ++m) {
-    const int64_t cand = int64_t((unsigned __int128)fmix(key + m * GOLDEN) * range >> 64);
-    const int64_t target = cand + (cand >= j);
-    if (drawn.insert(target)) {
-      f(target, j * k + found);
-      ++found;
+ private:
+  void hash8(int64_t* target) const {  // targets of candidates m_ .. m_ + 7
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+    if (range_ < (uint64_t(1) << 32)) {
+      const __m512i lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+      __m512i z = _mm512_add_epi64(_mm512_set1_epi64(int64_t(key_ + m_ * GOLDEN)),
+                                   _mm512_mullo_epi64(lane, _mm512_set1_epi64(int64_t(GOLDEN))));
+      z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)), _mm512_set1_epi64(int64_t(0xBF58476D1CE4E5B9ull)));
+      z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)), _mm512_set1_epi64(int64_t(0x94D049BB133111EBull)));
+      z = _mm512_xor_si512(z, _mm512_srli_epi64(z, 31));
+      const __m512i r = _mm512_set1_epi64(int64_t(range_));
+      const __m512i high = _mm512_mul_epu32(_mm512_srli_epi64(z, 32), r), low = _mm512_mul_epu32(z, r);
+      __m512i cand = _mm512_srli_epi64(_mm512_add_epi64(high, _mm512_srli_epi64(low, 32)), 32);
+      cand = _mm512_mask_add_epi64(cand, _mm512_cmpge_epi64_mask(cand, _mm512_set1_epi64(j_)), cand, _mm512_set1_epi64(1));
+      _mm512_storeu_si512(target, cand);
+      return;
+    }
+#endif
+    for (int l = 0; l < 8; ++l) {
+      const int64_t cand = int64_t((unsigned __int128)fmix(key_ + (m_ + uint64_t(l)) * GOLDEN) * range_ >> 64);
+      target[l] = cand + (cand >= j_);
     }
   }
-}
+  // One store per target: a vectorised scatter is slower here.
+  __attribute__((optimize("no-tree-vectorize"))) static void clear(uint64_t* bits, const int64_t* out, int64_t k) {
+    for (int64_t r = 0; r < k; ++r) bits[uint64_t(out[r]) >> 6] = 0;
+  }
+  std::vector<uint64_t> bits_;
+  uint64_t key_ = 0, range_ = 0, m_ = 1;
+  int64_t k_ = 0, j_ = 0, found_ = 0;
+  int64_t* out_ = nullptr;
+};
 
 // The priority queue: a 16-ary tournament tree over the neurons in id order. The keys live in a
 // flat array by neuron id (the tree's leaves, in groups of 16 that fill one aligned 128-byte line
-// pair); each group keeps the offset of its minimum in one byte, and the inner nodes above hold
-// {min key, its neuron} of 16 children each, level by level up to the root (the next spiker).
-// Ties go to the lower id.
+// pair); each group keeps the offset of its minimum in one byte and the minimum itself in
+// node_key[0]; level l >= 1 holds, for each 16 nodes of level l - 1, their minimum key
+// (node_key[l]) and its neuron (node_id[l]), up to the root (the next spiker). Ties go to the
+// lower id; as the nodes of a level are in id order, that is the lower offset among 16 siblings,
+// so every re-scan is "the first minimum of 16 contiguous doubles" (argmin16, SIMD).
 // Why not an indexed heap: a heap moves entries, so a kick first reads the neuron's slot and then
 // its entry, two dependent cache misses in 24 bytes per neuron (16 MB + 8 MB at N = 1e6). Here a
 // kick reads and writes its key (8 bytes per neuron) and reads one byte of the group offsets (N/16
 // bytes: cached), both addressed by i alone, so the K targets' keys are prefetched with no
 // dependent load. A kick that raises a key (inhibition) changes the tree only when i is its
 // group's minimum (about 1 in 16); then the groups on the path are re-scanned while i was their
-// minimum. A lowered key is compared with its group's minimum (in the same 128 bytes) and carried
-// up while it wins. O(16 log_16 N) worst case.
+// minimum. A lowered key is compared with its group's minimum and carried up while it wins.
+// O(16 log_16 N) worst case.
 struct Entry {
   double key;
   int64_t id;
 };
 
-constexpr int64_t ARITY = 16;  // a group of keys = 128 bytes, a group of inner nodes = 256 bytes
+constexpr int64_t ARITY = 16;  // a group of keys = 128 bytes
 constexpr int MAX_LEVELS = 17;  // 16^16 > any int64 n
 
 inline bool before(double ka, int64_t ia, double kb, int64_t ib) { return ka < kb || (ka == kb && ia < ib); }
-inline bool before(const Entry& a, const Entry& b) { return before(a.key, a.id, b.key, b.id); }
+
+// Offset of the first minimum of x[0 .. count), 1 <= count <= 16 (x[count ..] is not read; with
+// a NaN the offset is some c < count, as the scalar scan's).
+inline int argmin16(const double* x, int64_t count) {
+#if defined(__AVX512F__)
+  const __m512d inf = _mm512_set1_pd(INFINITY);
+  const __mmask8 lo = count >= 8 ? __mmask8(0xff) : __mmask8((1u << count) - 1);
+  const __mmask8 hi = count >= 16 ? __mmask8(0xff) : count <= 8 ? __mmask8(0) : __mmask8((1u << (count - 8)) - 1);
+  const __m512d a = _mm512_mask_loadu_pd(inf, lo, x), b = _mm512_mask_loadu_pd(inf, hi, x + 8);
+  __m512d m = _mm512_min_pd(a, b);
+  m = _mm512_min_pd(m, _mm512_shuffle_f64x2(m, m, 0x4E));  // halves, then pairs, then neighbours
+  m = _mm512_min_pd(m, _mm512_shuffle_f64x2(m, m, 0xB1));
+  m = _mm512_min_pd(m, _mm512_permute_pd(m, 0x55));
+  const unsigned equal = unsigned(_mm512_mask_cmp_pd_mask(lo, a, m, _CMP_EQ_OQ)) |
+                         unsigned(_mm512_mask_cmp_pd_mask(hi, b, m, _CMP_EQ_OQ)) << 8;
+  return equal ? __builtin_ctz(equal) : 0;
+#else
+  int best = 0;
+  for (int c = 1; c < count; ++c)
+    if (x[c] < x[best]) best = c;  // strict: the lower offset wins a tie
+  return best;
+#endif
+}
 
 // Nodes per level for n leaves: level 0 = ceil(n / 16) groups, then ceil(that / 16), ..., 1.
 inline int tree_levels(int64_t n, int64_t* sizes) {
@@ -112,15 +179,16 @@ inline int tree_levels(int64_t n, int64_t* sizes) {
 inline int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 
 // Caller buffers (sizes from exodus_events_queue_sizes): keys of n + KEY_PADDING doubles and a
-// byte buffer for the group offsets and inner nodes; both are aligned here so that a group of 16
-// siblings fills whole cache lines.
+// byte buffer for the group offsets and the nodes; both are aligned here so that 16 siblings fill
+// whole cache lines.
 constexpr int64_t KEY_PADDING = ARITY, NODE_BUFFER_PADDING = 256;
 inline uintptr_t align_up(uintptr_t raw, uintptr_t bytes) { return (raw + bytes - 1) / bytes * bytes; }
 
 struct MinTree {
   double* key;                     // (n,) by neuron id
-  uint8_t* lead;                   // (size[0],) offset of each leaf group's minimum within the group
-  Entry* level[MAX_LEVELS];        // level[1 .. levels - 1] inner nodes; level[levels - 1][0] is the root
+  uint8_t* lead;                   // (size[0],) offset of each group's minimum within the group
+  double* node_key[MAX_LEVELS];    // (size[l],) level 0: the groups' minima; l >= 1: min of 16 nodes below
+  int64_t* node_id[MAX_LEVELS];    // (size[l],) l >= 1: the neuron of node_key (level 0: from lead)
   int64_t size[MAX_LEVELS];
   int levels;
   int64_t n;
@@ -129,7 +197,7 @@ struct MinTree {
     int64_t sizes[MAX_LEVELS];
     const int levels = tree_levels(n, sizes);
     int64_t bytes = round_up(sizes[0], 256);
-    for (int l = 1; l < levels; ++l) bytes += round_up(sizes[l], ARITY) * int64_t(sizeof(Entry));
+    for (int l = 0; l < levels; ++l) bytes += round_up(sizes[l], ARITY) * int64_t(l == 0 ? 8 : 16);
     return bytes + NODE_BUFFER_PADDING;
   }
   MinTree(void* key_buffer, void* node_buffer, int64_t n_)
@@ -138,68 +206,79 @@ struct MinTree {
     uint8_t* bytes = reinterpret_cast<uint8_t*>(align_up(reinterpret_cast<uintptr_t>(node_buffer), 256));
     lead = bytes;
     bytes += round_up(size[0], 256);
-    level[0] = nullptr;
-    for (int l = 1; l < levels; ++l) {
-      level[l] = reinterpret_cast<Entry*>(bytes);
-      bytes += round_up(size[l], ARITY) * sizeof(Entry);  // every level starts a sibling group
+    for (int l = 0; l < levels; ++l) {  // every level starts a sibling group (128-byte aligned)
+      node_key[l] = reinterpret_cast<double*>(bytes);
+      bytes += round_up(size[l], ARITY) * sizeof(double);
+      node_id[l] = l == 0 ? nullptr : reinterpret_cast<int64_t*>(bytes);
+      if (l > 0) bytes += round_up(size[l], ARITY) * sizeof(int64_t);
     }
   }
-  Entry group_min(int64_t g) const {
-    const int64_t m = g * ARITY + lead[g];
-    return {key[m], m};
+  int64_t group_leader(int64_t g) const { return g * ARITY + lead[g]; }
+  Entry top() const {
+    return levels == 1 ? Entry{node_key[0][0], group_leader(0)} : Entry{node_key[levels - 1][0], node_id[levels - 1][0]};
   }
-  Entry top() const { return levels == 1 ? group_min(0) : level[levels - 1][0]; }
   void prefetch(int64_t i) const {  // the neuron's key (a raised non-leader needs nothing else)
     __builtin_prefetch(&key[i]);
   }
-  void scan_group(int64_t g) {
-    const int64_t first = g * ARITY, last = std::min(first + ARITY, n);
-    int64_t best = first;
-    for (int64_t c = first + 1; c < last; ++c)
-      if (key[c] < key[best]) best = c;  // strict: the lower id wins a tie
-    lead[g] = uint8_t(best - first);
-  }
-  Entry min_of_children(int l, int64_t p) const {  // node p of level l >= 1
-    const int64_t first = p * ARITY, last = std::min(first + ARITY, size[l - 1]);
-    Entry best = l == 1 ? group_min(first) : level[l - 1][first];
-    for (int64_t c = first + 1; c < last; ++c) {
-      const Entry e = l == 1 ? group_min(c) : level[l - 1][c];
-      if (before(e, best)) best = e;
+  void prefetch_reset_path(int64_t i) const {  // what re-scanning i's group and its siblings reads
+    __builtin_prefetch(&key[i & ~(ARITY - 1)]);
+    __builtin_prefetch(&key[(i & ~(ARITY - 1)) + 8]);
+    if (levels > 1) {
+      const int64_t first = (i / ARITY) & ~(ARITY - 1);
+      __builtin_prefetch(&node_key[0][first]);
+      __builtin_prefetch(&node_key[0][first + 8]);
     }
-    return best;
+  }
+  void scan_group(int64_t g) {
+    const int64_t first = g * ARITY;
+    const int offset = argmin16(key + first, std::min(ARITY, n - first));
+    lead[g] = uint8_t(offset);
+    node_key[0][g] = key[first + offset];
+  }
+  void scan_node(int l, int64_t p) {  // node p of level l >= 1 from its children
+    const int64_t first = p * ARITY;
+    const int offset = argmin16(node_key[l - 1] + first, std::min(ARITY, size[l - 1] - first));
+    node_key[l][p] = node_key[l - 1][first + offset];
+    node_id[l][p] = l == 1 ? group_leader(first + offset) : node_id[l - 1][first + offset];
   }
   void update(int64_t i, double new_key) {
     const double old = key[i];
     key[i] = new_key;
+    // Raised (inhibition) or kept, and not its group's minimum m: key[m] <= old <= new_key, and on
+    // a tie m < i, so m stays the minimum and the tree is unchanged. The common case, inline.
+    const uint64_t g = uint64_t(i) / ARITY;
+    if (int64_t(g * ARITY + lead[g]) != i && new_key >= old) return;
+    update_tree(i, old, new_key);
+  }
+  __attribute__((noinline)) void update_tree(int64_t i, double old, double new_key) {
     int64_t p = i / ARITY;
-    const int64_t m = p * ARITY + lead[p];
-    if (m != i) {
-      // Raised (inhibition) or kept: key[m] <= old <= new_key, and on a tie m < i, so m stays the
-      // group's minimum without reading key[m]; lowered: i may take the lead.
-      if (new_key >= old || !before(new_key, i, key[m], m)) return;
+    const int64_t m = group_leader(p);
+    if (m != i) {  // lowered: i may take the lead
+      if (!before(new_key, i, node_key[0][p], m)) return;
       lead[p] = uint8_t(i - p * ARITY);
-    } else if (new_key > old) {  // the group's minimum went up: re-scan the groups it led
+    } else if (new_key > old) {  // the group's minimum went up: re-scan the nodes it led
       scan_group(p);
       for (int l = 1; l < levels; ++l) {
         p /= ARITY;
-        if (level[l][p].id != i) break;
-        level[l][p] = min_of_children(l, p);
+        if (node_id[l][p] != i) break;
+        scan_node(l, p);
       }
       return;
     } else if (new_key == old) {
       return;
     }
-    const Entry e{new_key, i};  // i leads its group with a lower key: carry it up while it wins
+    node_key[0][p] = new_key;  // i leads its group with a lower key: carry it up while it wins
     for (int l = 1; l < levels; ++l) {
       p /= ARITY;
-      if (!before(e, level[l][p])) break;
-      level[l][p] = e;
+      if (!before(new_key, i, node_key[l][p], node_id[l][p])) break;
+      node_key[l][p] = new_key;
+      node_id[l][p] = i;
     }
   }
   void build() {
     for (int64_t g = 0; g < size[0]; ++g) scan_group(g);
     for (int l = 1; l < levels; ++l)
-      for (int64_t p = 0; p < size[l]; ++p) level[l][p] = min_of_children(l, p);
+      for (int64_t p = 0; p < size[l]; ++p) scan_node(l, p);
   }
 };
 
@@ -334,7 +413,7 @@ int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double
             int64_t* out_id, EventsSamples* smp) {
   MinTree queue(s.key, s.tree, net.n);
   const EifTable table{net.eif_v, net.eif_slope, net.eif_n, net.eif_phase_lo, net.eif_step};
-  DrawnSet drawn(Csr ? 1 : net.n);
+  TargetDraw draw(Csr ? 1 : net.n);
   // Targets of a presynaptic neuron: a CSR row, or the random draw into one of two lists (the
   // current spiker's and the predicted next spiker's).
   struct TargetList {
@@ -342,22 +421,17 @@ int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double
     int64_t n, first_synapse;
   };
   std::vector<int64_t> lists[2] = {std::vector<int64_t>(Csr ? 0 : net.k), std::vector<int64_t>(Csr ? 0 : net.k)};
-  const auto list_targets = [&](int64_t j, int list, bool draw = false) -> TargetList {
-    if constexpr (Csr) {
-      return {net.csr_indices + net.csr_indptr[j], net.csr_indptr[j + 1] - net.csr_indptr[j], net.csr_indptr[j]};
-    } else {
-      int64_t* out = lists[list].data();
-      if (draw) random_targets(net.seed, net.n, net.k, j, drawn, [&](int64_t target, int64_t synapse) { out[synapse - j * net.k] = target; });
-      return {out, net.k, j * net.k};
-    }
+  const auto list_targets = [&](int64_t j, int list) -> TargetList {
+    if constexpr (Csr) return {net.csr_indices + net.csr_indptr[j], net.csr_indptr[j + 1] - net.csr_indptr[j], net.csr_indptr[j]};
+    else return {lists[list].data(), net.k, j * net.k};
   };
-  const auto prefetch_targets = [&](const TargetList& list) {
-    for (int64_t r = 0; r < list.n; ++r) {
-      queue.prefetch(list.tgt[r]);
+  const auto prefetch_targets = [&](const int64_t* tgt, int64_t first, int64_t last) {
+    for (int64_t r = first; r < last; ++r) {
+      queue.prefetch(tgt[r]);
       if constexpr (Mo == Hetero) {
-        __builtin_prefetch(&s.phase[list.tgt[r]]);
-        __builtin_prefetch(&s.last_time[list.tgt[r]]);
-        __builtin_prefetch(&net.omega[list.tgt[r]]);
+        __builtin_prefetch(&s.phase[tgt[r]]);
+        __builtin_prefetch(&s.last_time[tgt[r]]);
+        __builtin_prefetch(&net.omega[tgt[r]]);
       }
     }
   };
@@ -406,17 +480,38 @@ int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double
       queue.update(j, -(net.phase_reset - offset));
     }
     const int in_use = j == predicted ? predicted_list : 1 - predicted_list;
-    const TargetList now = list_targets(j, in_use, /*draw=*/j != predicted);
-    if (j != predicted) prefetch_targets(now);
+    const TargetList now = list_targets(j, in_use);
+    if (j != predicted) {  // mispredicted (rare): draw now
+      if constexpr (!Csr) {
+        draw.start(net.seed, net.n, net.k, j, lists[in_use].data());
+        draw.finish();
+      }
+      prefetch_targets(now.tgt, 0, now.n);
+    }
     predicted = queue.top().id;
     predicted_list = 1 - in_use;
-    prefetch_targets(list_targets(predicted, predicted_list, /*draw=*/true));
+    const TargetList next = list_targets(predicted, predicted_list);
+    queue.prefetch_reset_path(predicted);
+    __builtin_prefetch(&s.spike_count[predicted]);
+    int64_t prefetched = 0;  // of next's targets (random graph: drawn eight at a time between the kicks)
+    if constexpr (Csr) prefetch_targets(next.tgt, 0, next.n);
+    else draw.start(net.seed, net.n, net.k, predicted, lists[predicted_list].data());
 
     int32_t status = 0;
     const double inv_scale = Mo == LifPsi ? std::exp(offset / omega0) : 1.0;  // psi~ = psi exp(Phi/omega)
+    // Locals: the stores to the keys could alias net's fields as far as the compiler knows.
+    const double* const weights = net.weights;
+    const double kick_psi = net.coupling0 * inv_scale, crossing_psi = psi_th * inv_scale;
     for (int64_t r = 0; r < now.n; ++r) {
+      if constexpr (!Csr) {
+        if ((r & 7) == 0 && !draw.done()) {
+          const int64_t found = draw.step();
+          prefetch_targets(next.tgt, prefetched, found);
+          prefetched = found;
+        }
+      }
       const int64_t i = now.tgt[r];
-      const double w = net.weights ? net.weights[now.first_synapse + r] : 1.0;
+      const double w = weights ? weights[now.first_synapse + r] : 1.0;
       if constexpr (Mo == Hetero) {
         const double omega = net.omega[i];
         const double before = s.phase[i] + omega * (t - s.last_time[i]);
@@ -427,8 +522,8 @@ int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double
         s.last_time[i] = t;
         queue.update(i, t + (net.phase_th - after) / omega);
       } else if constexpr (Mo == LifPsi) {
-        const double after = lif_ptc_psi(queue.key[i], net.coupling0 * w * inv_scale);
-        if (!(after > psi_th * inv_scale)) status = ERR_CROSSING;
+        const double after = lif_ptc_psi(queue.key[i], kick_psi * w);
+        if (!(after > crossing_psi)) status = ERR_CROSSING;
         queue.update(i, after);
       } else {
         const double before = -queue.key[i] + offset;
@@ -437,6 +532,10 @@ int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double
         if (const int32_t st = kick_status<M>(after, net.phase_th, c)) status = st;
         queue.update(i, -(after - offset));
       }
+    }
+    if constexpr (!Csr) {
+      draw.finish();
+      prefetch_targets(next.tgt, prefetched, next.n);
     }
     if (status != 0) {
       s.n_spikes += count + 1;
@@ -567,22 +666,23 @@ int32_t exodus_events_queue_replay(int64_t n, const double* keys0, int64_t m, co
 // The K random targets of presynaptic neuron j (for the tests and the Python adjoint).
 int32_t exodus_events_targets(uint64_t seed, int64_t n, int64_t k, int64_t j, int64_t* out) {
   if (n < 2 || k < 1 || k >= n || j < 0 || j >= n || out == nullptr) return ERR_ARGS;
-  static thread_local DrawnSet drawn(0);  // kept between calls (the O(N) reference asks per spike)
-  drawn.reserve(n);
-  random_targets(seed, n, k, j, drawn, [&](int64_t target, int64_t synapse) { out[synapse - j * k] = target; });
+  static thread_local TargetDraw draw(0);  // kept between calls (the O(N) reference asks per spike)
+  draw.reserve(n);
+  draw.start(seed, n, k, j, out);
+  draw.finish();
   return OK_MAX_SPIKES;
 }
 
 // Targets of m presynaptic neurons js[0..m) into out (m x k), row r = targets of js[r].
 int32_t exodus_events_targets_many(uint64_t seed, int64_t n, int64_t k, const int64_t* js, int64_t m, int64_t* out) {
   if (n < 2 || k < 1 || k >= n || (m > 0 && (js == nullptr || out == nullptr))) return ERR_ARGS;
-  static thread_local DrawnSet drawn(0);
-  drawn.reserve(n);
+  static thread_local TargetDraw draw(0);
+  draw.reserve(n);
   for (int64_t r = 0; r < m; ++r) {
     const int64_t j = js[r];
     if (j < 0 || j >= n) return ERR_ARGS;
-    int64_t* row = out + r * k;
-    random_targets(seed, n, k, j, drawn, [&](int64_t target, int64_t synapse) { row[synapse - j * k] = target; });
+    draw.start(seed, n, k, j, out + r * k);
+    draw.finish();
   }
   return OK_MAX_SPIKES;
 }
