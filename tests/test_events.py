@@ -72,6 +72,16 @@ def test_random_targets_native_equals_numpy(n, data, seed):
     np.testing.assert_array_equal(synapses, j * k + np.arange(k))
 
 
+@pytest.mark.parametrize("n", [2 ** 28 + 3, 3 * 2 ** 26 + 1])
+def test_random_targets_large_n_native_equals_numpy(n):
+    """Large N, where the low 32 bits of Lemire's product (the SIMD path computes it from 32-bit
+    halves) change a candidate's target often (about N / 2^32 of the time)."""
+    out = np.empty(100, np.int64)
+    for j in (0, 12345, n - 1):
+        assert _native.load().exodus_events_targets(11, n, out.size, j, out.ctypes.data) == 0
+        np.testing.assert_array_equal(out, random_targets(11, n, out.size, j))
+
+
 def test_random_targets_are_uniform():
     n, k, seeds = 50, 10, 40
     counts = np.zeros(n)
@@ -103,6 +113,44 @@ def test_queue_top_is_lowest_key_then_lowest_id(n, data, distinct, seed):
         current[ids[u]] = new_keys[u]
         expected[u] = int(np.argmin(current))
     np.testing.assert_array_equal(_native.queue_replay(keys, ids, new_keys), expected)
+
+
+def test_portable_build_equals_native_build():
+    """The SIMD paths of cpu_events.cpp (targets hashed eight at a time, group re-scans) against
+    the scalar code of a build without -march=native: the same targets and the same queue tops."""
+    import ctypes
+
+    from exodus.backends.cpu import _BASE_FLAGS
+    from exodus.backends.sources import build_shared_library
+
+    portable = ctypes.CDLL(str(build_shared_library("cpu_events.cpp", list(_BASE_FLAGS), "cpu-events-portable")))
+    native = _native.load()
+    rng = np.random.default_rng(5)
+    for n, k in [(2, 1), (17, 16), (1000, 100), (123_457, 100)]:
+        js = rng.integers(0, n, 50).astype(np.int64)
+        rows = []
+        for library in (native, portable):
+            out = np.empty((js.size, k), np.int64)
+            status = library.exodus_events_targets_many(ctypes.c_uint64(7), ctypes.c_int64(n), ctypes.c_int64(k),
+                                                        ctypes.c_void_p(js.ctypes.data), ctypes.c_int64(js.size),
+                                                        ctypes.c_void_p(out.ctypes.data))
+            assert status == 0
+            rows.append(out)
+        np.testing.assert_array_equal(rows[0], rows[1])
+    for n in (1, 16, 17, 4097, 70000):
+        keys = rng.integers(0, 50, n).astype(np.float64)  # many ties
+        m = 3000
+        ids = rng.integers(0, n, m).astype(np.int64)
+        new_keys = keys[ids] + rng.integers(-3, 4, m)
+        tops = []
+        for library in (native, portable):
+            out = np.empty(m, np.int64)
+            status = library.exodus_events_queue_replay(
+                ctypes.c_int64(n), ctypes.c_void_p(keys.ctypes.data), ctypes.c_int64(m), ctypes.c_void_p(ids.ctypes.data),
+                ctypes.c_void_p(new_keys.ctypes.data), ctypes.c_void_p(out.ctypes.data))
+            assert status == 0
+            tops.append(out)
+        np.testing.assert_array_equal(tops[0], tops[1])
 
 
 def test_queue_replay_rejects_bad_input():
