@@ -192,6 +192,7 @@ struct MinTree {
   int64_t size[MAX_LEVELS];
   int levels;
   int64_t n;
+  std::vector<int64_t> raised;     // queued raises of group minima (see update)
 
   static int64_t node_buffer_bytes(int64_t n) {
     int64_t sizes[MAX_LEVELS];
@@ -213,8 +214,12 @@ struct MinTree {
       if (l > 0) bytes += round_up(size[l], ARITY) * sizeof(int64_t);
     }
   }
+  ~MinTree() { apply_raises(); }  // the caller's buffers hold the whole tree between runs
+  MinTree(const MinTree&) = delete;
+  MinTree& operator=(const MinTree&) = delete;
   int64_t group_leader(int64_t g) const { return g * ARITY + lead[g]; }
-  Entry top() const {
+  Entry top() {
+    apply_raises();
     return levels == 1 ? Entry{node_key[0][0], group_leader(0)} : Entry{node_key[levels - 1][0], node_id[levels - 1][0]};
   }
   void prefetch(int64_t i) const {  // the neuron's key (a raised non-leader needs nothing else)
@@ -241,6 +246,13 @@ struct MinTree {
     node_key[l][p] = node_key[l - 1][first + offset];
     node_id[l][p] = l == 1 ? group_leader(first + offset) : node_id[l - 1][first + offset];
   }
+  // Raising a group's minimum (inhibition, the spiker's reset) re-scans the group, and the other
+  // line of its 128 bytes is a cache miss at N = 1e6. So such raises are queued (the line
+  // prefetched) and applied together before the next top(): their misses overlap. Correct for any
+  // set of raises: a node whose winner was not raised keeps it (every other key only went up),
+  // and one whose winner was raised is re-scanned from children that are then up to date (all
+  // groups first, then each raised neuron's path while it is the recorded winner, bottom-up).
+  // A lowered key applies the queued raises first.
   void update(int64_t i, double new_key) {
     const double old = key[i];
     key[i] = new_key;
@@ -248,25 +260,33 @@ struct MinTree {
     // a tie m < i, so m stays the minimum and the tree is unchanged. The common case, inline.
     const uint64_t g = uint64_t(i) / ARITY;
     if (int64_t(g * ARITY + lead[g]) != i && new_key >= old) return;
+    if (new_key > old) {  // a raised group minimum: queued
+      __builtin_prefetch(&key[i ^ 8]);  // the same offset in the group's other line
+      raised.push_back(i);
+      return;
+    }
     update_tree(i, old, new_key);
   }
-  __attribute__((noinline)) void update_tree(int64_t i, double old, double new_key) {
-    int64_t p = i / ARITY;
-    const int64_t m = group_leader(p);
-    if (m != i) {  // lowered: i may take the lead
-      if (!before(new_key, i, node_key[0][p], m)) return;
-      lead[p] = uint8_t(i - p * ARITY);
-    } else if (new_key > old) {  // the group's minimum went up: re-scan the nodes it led
-      scan_group(p);
+  void apply_raises() {
+    if (raised.empty()) return;
+    for (const int64_t i : raised) scan_group(i / ARITY);
+    for (const int64_t i : raised) {
+      int64_t p = i / ARITY;
       for (int l = 1; l < levels; ++l) {
         p /= ARITY;
         if (node_id[l][p] != i) break;
         scan_node(l, p);
       }
-      return;
-    } else if (new_key == old) {
-      return;
     }
+    raised.clear();
+  }
+  __attribute__((noinline)) void update_tree(int64_t i, double old, double new_key) {  // lowered or kept
+    apply_raises();
+    int64_t p = i / ARITY;
+    const int64_t m = group_leader(p);
+    if (m != i && !before(new_key, i, node_key[0][p], m)) return;
+    if (new_key == old) return;
+    lead[p] = uint8_t(i - p * ARITY);
     node_key[0][p] = new_key;  // i leads its group with a lower key: carry it up while it wins
     for (int l = 1; l < levels; ++l) {
       p /= ARITY;
@@ -276,6 +296,7 @@ struct MinTree {
     }
   }
   void build() {
+    raised.clear();
     for (int64_t g = 0; g < size[0]; ++g) scan_group(g);
     for (int l = 1; l < levels; ++l)
       for (int64_t p = 0; p < size[l]; ++p) scan_node(l, p);
