@@ -14,7 +14,7 @@ sparse: the filter of block 2's input spikes (bytes), x~_t = alpha x~_{t-1} + s_
         the points, no upstream gradient, no Python. Baseline: the dense exodus backward of the
         same block (benchmarks/sparse_backward.py's network, H = 256, one thread).
 events: per network spike, drawing the K = 100 targets (the splitmix64 / Lemire spec of
-        cuda/cpu_events.cpp, no de-duplication) and one read-modify-write of a float64 per target in an
+        cuda/cpu_events.cpp, eight at a time with AVX-512 as there; no de-duplication) and one read-modify-write of a float64 per target in an
         N-long array, the next spike depending on the result (a serial chain, as in any event
         simulator), the next spike's targets drawn and prefetched one spike ahead; no priority queue.
         Baseline: the O(N) numpy simulator of benchmarks/events_scaling.py at N = 10^6.
@@ -102,6 +102,9 @@ int main(int argc, char** argv) {
 
 EVENTS_FLOOR = r"""
 #include <algorithm>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -117,10 +120,24 @@ int main(int argc, char** argv) {
   const int K = 100, S = 2000000;
   const uint64_t G = 0x9E3779B97F4A7C15ull;
   std::vector<double> state(n, 1.0);
-  int64_t targets[2][K];
+  int64_t targets[2][K + 8];  // the SIMD draw writes up to 104
   const auto draw = [&](int64_t j, int64_t* out) {
     const uint64_t key = fmix(1 ^ fmix(uint64_t(j + 1) * G));
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+    // as cuda/cpu_events.cpp's TargetDraw: eight hashes at once, Lemire's product from 32-bit halves
+    const __m512i r = _mm512_set1_epi64(int64_t(n - 1)), step = _mm512_set1_epi64(int64_t(8 * G));
+    __m512i z = _mm512_add_epi64(_mm512_set1_epi64(int64_t(key + G)),
+                                 _mm512_mullo_epi64(_mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi64(int64_t(G))));
+    for (int m = 0; m < K; m += 8, z = _mm512_add_epi64(z, step)) {
+      __m512i x = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)), _mm512_set1_epi64(int64_t(0xBF58476D1CE4E5B9ull)));
+      x = _mm512_mullo_epi64(_mm512_xor_si512(x, _mm512_srli_epi64(x, 27)), _mm512_set1_epi64(int64_t(0x94D049BB133111EBull)));
+      x = _mm512_xor_si512(x, _mm512_srli_epi64(x, 31));
+      const __m512i high = _mm512_mul_epu32(_mm512_srli_epi64(x, 32), r), low = _mm512_mul_epu32(x, r);
+      _mm512_storeu_si512(out + m, _mm512_srli_epi64(_mm512_add_epi64(high, _mm512_srli_epi64(low, 32)), 32));
+    }
+#else
     for (int m = 0; m < K; ++m) out[m] = int64_t((unsigned __int128)fmix(key + (m + 1) * G) * uint64_t(n - 1) >> 64);
+#endif
   };
   double best = 1e9;
   for (int rep = 0; rep < 3; ++rep) {
