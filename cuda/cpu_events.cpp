@@ -192,7 +192,8 @@ struct MinTree {
   int64_t size[MAX_LEVELS];
   int levels;
   int64_t n;
-  std::vector<int64_t> raised;     // queued raises of group minima (see update)
+  std::vector<int64_t> raised = std::vector<int64_t>(64);  // queued raises of group minima (see update)
+  int64_t n_raised = 0;
 
   static int64_t node_buffer_bytes(int64_t n) {
     int64_t sizes[MAX_LEVELS];
@@ -262,7 +263,8 @@ struct MinTree {
     if (int64_t(g * ARITY + lead[g]) != i && new_key >= old) return;
     if (new_key > old) {  // a raised group minimum: queued
       __builtin_prefetch(&key[i ^ 8]);  // the same offset in the group's other line
-      raised.push_back(i);
+      room_for_raises(1);
+      raised[n_raised++] = i;
       return;
     }
     update_tree(i, old, new_key);
@@ -284,20 +286,21 @@ struct MinTree {
     // Group minima among the eight (lead[i / 16] == i % 16; four-byte reads stay inside the buffer).
     const __m256i lead4 = _mm512_i64gather_epi32(_mm512_srli_epi64(id, 4), lead, 1);
     const __m256i offset = _mm512_cvtepi64_epi32(_mm512_and_si512(id, _mm512_set1_epi64(ARITY - 1)));
-    unsigned raised_minima = _mm256_cmpeq_epi32_mask(_mm256_and_si256(lead4, _mm256_set1_epi32(0xff)), offset) &
-                             _mm512_cmp_pd_mask(after, old, _CMP_GT_OQ);
-    for (; raised_minima; raised_minima &= raised_minima - 1) {
-      const int64_t i = ids[__builtin_ctz(raised_minima)];
-      __builtin_prefetch(&key[i ^ 8]);
-      raised.push_back(i);
-    }
+    const __mmask8 raised_minima = _mm256_cmpeq_epi32_mask(_mm256_and_si256(lead4, _mm256_set1_epi32(0xff)), offset) &
+                                   _mm512_cmp_pd_mask(after, old, _CMP_GT_OQ);
+    // Queued without a branch on the mask (taken in ~40 % of the eights: a branch mispredicts).
+    room_for_raises(8);
+    _mm512_storeu_si512(&raised[n_raised], _mm512_maskz_compress_epi64(raised_minima, id));
+    n_raised += __builtin_popcount(raised_minima);
     return after;
   }
 #endif
   void apply_raises() {
-    if (raised.empty()) return;
-    for (const int64_t i : raised) scan_group(i / ARITY);
-    for (const int64_t i : raised) {
+    if (n_raised == 0) return;
+    for (int64_t r = 0; r < n_raised; ++r) __builtin_prefetch(&key[raised[r] ^ 8]);
+    for (int64_t r = 0; r < n_raised; ++r) scan_group(raised[r] / ARITY);
+    for (int64_t r = 0; r < n_raised; ++r) {
+      const int64_t i = raised[r];
       int64_t p = i / ARITY;
       for (int l = 1; l < levels; ++l) {
         p /= ARITY;
@@ -305,7 +308,10 @@ struct MinTree {
         scan_node(l, p);
       }
     }
-    raised.clear();
+    n_raised = 0;
+  }
+  void room_for_raises(int64_t more) {
+    if (n_raised + more > int64_t(raised.size())) raised.resize(2 * raised.size() + size_t(more));
   }
   __attribute__((noinline)) void update_tree(int64_t i, double old, double new_key) {  // lowered or kept
     apply_raises();
@@ -323,7 +329,7 @@ struct MinTree {
     }
   }
   void build() {
-    raised.clear();
+    n_raised = 0;
     for (int64_t g = 0; g < size[0]; ++g) scan_group(g);
     for (int l = 1; l < levels; ++l)
       for (int64_t p = 0; p < size[l]; ++p) scan_node(l, p);
