@@ -61,7 +61,6 @@ class TargetDraw {
     m_ = 1;
   }
   bool done() const { return found_ == k_; }
-  int64_t found() const { return found_; }
   int64_t step() {  // the next eight candidates (up to the K-th distinct target); returns found()
     int64_t target[8];
     hash8(target);
@@ -248,8 +247,8 @@ struct MinTree {
     node_id[l][p] = l == 1 ? group_leader(first + offset) : node_id[l - 1][first + offset];
   }
   // Raising a group's minimum (inhibition, the spiker's reset) re-scans the group, and the other
-  // line of its 128 bytes is a cache miss at N = 1e6. So such raises are queued (the line
-  // prefetched) and applied together before the next top(): their misses overlap. Correct for any
+  // line of its 128 bytes is a cache miss at N = 1e6. So such raises are queued and applied
+  // together before the next top(), all other lines prefetched first: their misses overlap. Correct for any
   // set of raises: a node whose winner was not raised keeps it (every other key only went up),
   // and one whose winner was raised is re-scanned from children that are then up to date (all
   // groups first, then each raised neuron's path while it is the recorded winner, bottom-up).
@@ -262,7 +261,6 @@ struct MinTree {
     const uint64_t g = uint64_t(i) / ARITY;
     if (int64_t(g * ARITY + lead[g]) != i && new_key >= old) return;
     if (new_key > old) {  // a raised group minimum: queued
-      __builtin_prefetch(&key[i ^ 8]);  // the same offset in the group's other line
       room_for_raises(1);
       raised[n_raised++] = i;
       return;
@@ -710,10 +708,13 @@ int32_t exodus_events_ptc(int32_t model, int64_t n, const double* phase, const d
 }
 
 // The queue alone (for the tests): builds it from keys0 (n,), applies the m updates
-// key[ids[u]] <- new_keys[u] in order and writes the top's id after each one to top_ids (m,).
+// key[ids[u]] <- new_keys[u] in order and reads the top after every `batch` updates (and after
+// the last): top_ids[u] is its id there, -1 elsewhere. Between reads raises stay queued, as
+// between a spike's kicks.
 int32_t exodus_events_queue_replay(int64_t n, const double* keys0, int64_t m, const int64_t* ids,
-                                   const double* new_keys, int64_t* top_ids) {
-  if (n < 1 || keys0 == nullptr || (m > 0 && (ids == nullptr || new_keys == nullptr || top_ids == nullptr)))
+                                   const double* new_keys, int64_t batch, int64_t* top_ids) {
+  if (n < 1 || keys0 == nullptr || batch < 1 ||
+      (m > 0 && (ids == nullptr || new_keys == nullptr || top_ids == nullptr)))
     return ERR_ARGS;
   for (int64_t u = 0; u < m; ++u)
     if (ids[u] < 0 || ids[u] >= n) return ERR_ARGS;
@@ -724,7 +725,7 @@ int32_t exodus_events_queue_replay(int64_t n, const double* keys0, int64_t m, co
   queue.build();
   for (int64_t u = 0; u < m; ++u) {
     queue.update(ids[u], new_keys[u]);
-    top_ids[u] = queue.top().id;
+    top_ids[u] = (u + 1) % batch == 0 || u == m - 1 ? queue.top().id : -1;
   }
   return OK_MAX_SPIKES;
 }

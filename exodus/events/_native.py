@@ -71,7 +71,7 @@ def load() -> ctypes.CDLL:
             library.exodus_events_targets_many.restype = _I32
             library.exodus_events_targets_many.argtypes = [ctypes.c_uint64, _I64, _I64, _P, _I64, _P]
             library.exodus_events_queue_replay.restype = _I32
-            library.exodus_events_queue_replay.argtypes = [_I64, _P, _I64, _P, _P, _P]
+            library.exodus_events_queue_replay.argtypes = [_I64, _P, _I64, _P, _P, _I64, _P]
             library.exodus_events_queue_sizes.restype = _I32
             library.exodus_events_queue_sizes.argtypes = [_I64, _P]
             library.exodus_events_ptc.restype = _I32
@@ -97,9 +97,9 @@ def ptc(model: int, phase, c, omega, table=None):
     return out
 
 
-def queue_replay(keys0, ids, new_keys):
-    """Top ids of the compiled priority queue after each update ``key[ids[u]] = new_keys[u]``,
-    starting from ``keys0`` (for the tests)."""
+def queue_replay(keys0, ids, new_keys, batch: int = 1):
+    """Top ids of the compiled priority queue after every ``batch`` updates ``key[ids[u]] = new_keys[u]``
+    (and after the last; -1 elsewhere), starting from ``keys0`` (for the tests)."""
     import numpy as np
 
     keys0 = np.ascontiguousarray(keys0, np.float64)
@@ -109,9 +109,11 @@ def queue_replay(keys0, ids, new_keys):
         raise ValueError("queue_replay: keys0 (n,) with n >= 1, ids and new_keys of one shape (m,)")
     if ids.size and (ids.min() < 0 or ids.max() >= keys0.size):
         raise ValueError("queue_replay: ids out of range")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError("queue_replay: batch must be an int >= 1")
     out = np.empty(ids.size, np.int64)
     status = load().exodus_events_queue_replay(keys0.size, keys0.ctypes.data, ids.size, ids.ctypes.data,
-                                               new_keys.ctypes.data, out.ctypes.data)
+                                               new_keys.ctypes.data, batch, out.ctypes.data)
     if status != 0:
         raise ValueError(f"exodus_events_queue_replay: bad arguments (status {status})")
     return out
