@@ -82,9 +82,8 @@ def main() -> None:
         on_us, on_cpu = on_event_run(net, args.on_spikes)
         stepped_us, stepped_cpu = stepped_run(net, args.stepped_duration, args.dt)
         ex_cost[n] = (ex_us, ex_cpu)
-        queue_sizes = np.empty(2, np.int64)
-        _native.load().exodus_events_queue_sizes(n, queue_sizes.ctypes.data)
-        state_mb = (8 * queue_sizes[0] + queue_sizes[1] + 8 * n + n / 8) / 1e6  # queue keys + tree, spike counts, drawn-target bits
+        key_count = _native.load().exodus_events_key_count(n)
+        state_mb = (8 * key_count + 8 * n + n / 8) / 1e6  # keys, spike counts, drawn-target bits (+ the window: ~KB)
         print(f"{n:>9,} {rate:>8.3f} {ex_us:>6.2f} ({ex_cpu:>5.2f}) {on_us:>8.1f} ({on_cpu:>7.1f}) "
               f"{on_us / ex_us:>5.0f} ({on_cpu / ex_cpu:>4.0f}) {stepped_us:>7.1f} ({stepped_cpu:>6.1f}) "
               f"{stepped_us / ex_us:>6.1f} ({stepped_cpu / ex_cpu:>4.1f}) {state_mb:>9.1f}", flush=True)

@@ -2,7 +2,7 @@
 // target and spike (SparseProp, Engelken 2023; DESIGN.md §8). Sequential by nature: one thread.
 //
 // Homogeneous drive (every neuron has the same speed omega): the phases live in one priority
-// queue (a 16-ary tournament tree, struct MinTree) as phi~ = phi - Phi (Phi a global offset),
+// queue (class WindowQueue) as phi~ = phi - Phi (Phi a global offset),
 // keyed by -phi~ (the minimum of -phi~ is the maximum of phi~; LIF: by psi~, see enum Mode). The
 // top is the next spiker j; Phi <- phi_th - phi~_j advances every phase at once; each target's
 // key changes by its PTC (O(log N) update); j resets.
@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <vector>
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -28,7 +29,19 @@
 
 #include "events_neurons.h"
 
+// GCC 12 reports the _mm512_undefined_* inside its own AVX-512 intrinsics as maybe-uninitialized
+// (a false positive, hundreds of lines under -Wall).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 namespace exodus_events {
+
+#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512CD__) && defined(__AVX512VP2INTERSECT__)
+#define EXODUS_EVENTS_VP2INTERSECT 1
+#else
+#define EXODUS_EVENTS_VP2INTERSECT 0
+#endif
 
 constexpr uint64_t GOLDEN = 0x9E3779B97F4A7C15ull;
 
@@ -38,13 +51,20 @@ inline uint64_t fmix(uint64_t z) {
   return z ^ (z >> 31);
 }
 
-// Draws the K random targets of one presynaptic neuron j into out[0 .. k), eight candidates per
-// step (the simulator interleaves the next spiker's draw with this spike's kicks). Repeats are
-// removed with one bit per neuron (N/8 bytes: 125 KB at N = 1e6, mostly in L2), cleared word by
-// word from out[] when the draw completes; a repeat is rare (about K^2 / 2N per draw). With
-// AVX-512 the eight candidates are hashed at once; for N - 1 < 2^32 Lemire's 64 x 64 -> high 64
-// product is exact from two 32 x 32 -> 64 products: with x = x_hi 2^32 + x_lo,
+// Draws the K random targets of one presynaptic neuron j into out[0 .. k), a few candidates per
+// step (the simulator interleaves the next spiker's draw with this spike's kicks). With AVX-512
+// the candidates are hashed eight at once; for N - 1 < 2^32 Lemire's 64 x 64 -> high 64 product
+// is exact from two 32 x 32 -> 64 products: with x = x_hi 2^32 + x_lo,
 // floor(x r / 2^64) = (x_hi r + (x_lo r >> 32)) >> 32 (no overflow: x_hi r <= 2^64 - 2^33 + 1).
+// Repeats (rare: about K^2 / 2N per draw) are removed in one of two ways, with the same result:
+//  - with AVX512_VP2INTERSECT (and N - 1 < 2^32), sixteen candidates per step as 32-bit lanes: a
+//    lane repeats if an earlier lane holds its id (vpconflictd) or any earlier step's vector does
+//    (one vp2intersectd per earlier vector, all 16 x 16 pairs at once). No memory is touched:
+//    0.07 us per draw of K = 100 at N = 1e6 against 0.25 us for the bit set on one Zen 5 core,
+//    whose test-and-set stores hold the next loads back. Past MAX_VECTORS vectors (K near N) the
+//    draw restarts with the bit set.
+//  - otherwise one bit per neuron (N/8 bytes: 125 KB at N = 1e6, mostly in L2), cleared word by
+//    word from out[] when the draw completes.
 class TargetDraw {
  public:
   explicit TargetDraw(int64_t n) : bits_(uint64_t(n + 63) / 64, 0) {}
@@ -59,9 +79,16 @@ class TargetDraw {
     out_ = out;
     found_ = 0;
     m_ = 1;
+#if EXODUS_EVENTS_VP2INTERSECT
+    vectors_ = 0;
+    by_vectors_ = range_ < (uint64_t(1) << 32);
+#endif
   }
   bool done() const { return found_ == k_; }
-  int64_t step() {  // the next eight candidates (up to the K-th distinct target); returns found()
+  int64_t step() {  // the next candidates (up to the K-th distinct target); returns found()
+#if EXODUS_EVENTS_VP2INTERSECT
+    if (by_vectors_) return step16();
+#endif
     int64_t target[8];
     hash8(target);
     uint64_t* const bits = bits_.data();
@@ -86,20 +113,60 @@ class TargetDraw {
   }
 
  private:
-  void hash8(int64_t* target) const {  // targets of candidates m_ .. m_ + 7
+#if EXODUS_EVENTS_VP2INTERSECT
+  int64_t step16() {
+    if (vectors_ == MAX_VECTORS) {  // too many repeats (K near N): start over with the bit set
+      by_vectors_ = false;
+      found_ = 0;
+      m_ = 1;
+      return step();
+    }
+    const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(hash8_vector(m_))),
+                                         _mm512_cvtepi64_epi32(hash8_vector(m_ + 8)), 1);
+    m_ += 16;
+    __mmask16 repeat = _mm512_test_epi32_mask(_mm512_conflict_epi32(v), _mm512_set1_epi32(-1));
+    for (int p = 0; p < vectors_; ++p) {
+      __mmask16 in_earlier, in_v;
+      _mm512_2intersect_epi32(vector_[p], v, &in_earlier, &in_v);
+      repeat |= in_v;
+    }
+    vector_[vectors_++] = v;
+    unsigned fresh = uint16_t(~repeat);
+    const int64_t need = k_ - found_;
+    while (__builtin_popcount(fresh) > need) fresh &= ~(1u << (31 - __builtin_clz(fresh)));  // the first `need`
+    const int64_t count = __builtin_popcount(fresh);
+    const __m512i kept = _mm512_maskz_compress_epi32(__mmask16(fresh), v);
+    int64_t* const out = out_ + found_;
+    if (count == 16) {
+      _mm512_storeu_si512(out, _mm512_cvtepu32_epi64(_mm512_castsi512_si256(kept)));
+      _mm512_storeu_si512(out + 8, _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(kept, 1)));
+    } else {
+      alignas(64) uint32_t id[16];
+      _mm512_store_si512(id, kept);
+      for (int64_t c = 0; c < count; ++c) out[c] = int64_t(id[c]);
+    }
+    found_ += count;
+    return found_;
+  }
+#endif
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
-    if (range_ < (uint64_t(1) << 32)) {
-      const __m512i lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
-      __m512i z = _mm512_add_epi64(_mm512_set1_epi64(int64_t(key_ + m_ * GOLDEN)),
-                                   _mm512_mullo_epi64(lane, _mm512_set1_epi64(int64_t(GOLDEN))));
+  __m512i hash8_vector(uint64_t m) const {  // targets of candidates m .. m + 7 (N - 1 < 2^32)
+    const __m512i lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    __m512i z = _mm512_add_epi64(_mm512_set1_epi64(int64_t(key_ + m * GOLDEN)),
+                                 _mm512_mullo_epi64(lane, _mm512_set1_epi64(int64_t(GOLDEN))));
       z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)), _mm512_set1_epi64(int64_t(0xBF58476D1CE4E5B9ull)));
       z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)), _mm512_set1_epi64(int64_t(0x94D049BB133111EBull)));
       z = _mm512_xor_si512(z, _mm512_srli_epi64(z, 31));
       const __m512i r = _mm512_set1_epi64(int64_t(range_));
       const __m512i high = _mm512_mul_epu32(_mm512_srli_epi64(z, 32), r), low = _mm512_mul_epu32(z, r);
       __m512i cand = _mm512_srli_epi64(_mm512_add_epi64(high, _mm512_srli_epi64(low, 32)), 32);
-      cand = _mm512_mask_add_epi64(cand, _mm512_cmpge_epi64_mask(cand, _mm512_set1_epi64(j_)), cand, _mm512_set1_epi64(1));
-      _mm512_storeu_si512(target, cand);
+    return _mm512_mask_add_epi64(cand, _mm512_cmpge_epi64_mask(cand, _mm512_set1_epi64(j_)), cand, _mm512_set1_epi64(1));
+  }
+#endif
+  void hash8(int64_t* target) const {  // targets of candidates m_ .. m_ + 7
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+    if (range_ < (uint64_t(1) << 32)) {
+      _mm512_storeu_si512(target, hash8_vector(m_));
       return;
     }
 #endif
@@ -112,228 +179,222 @@ class TargetDraw {
   __attribute__((optimize("no-tree-vectorize"))) static void clear(uint64_t* bits, const int64_t* out, int64_t k) {
     for (int64_t r = 0; r < k; ++r) bits[uint64_t(out[r]) >> 6] = 0;
   }
+#if EXODUS_EVENTS_VP2INTERSECT
+  static constexpr int MAX_VECTORS = 64;
+  __m512i vector_[MAX_VECTORS];  // this draw's candidate vectors so far
+  int vectors_ = 0;
+  bool by_vectors_ = false;
+#endif
   std::vector<uint64_t> bits_;
   uint64_t key_ = 0, range_ = 0, m_ = 1;
   int64_t k_ = 0, j_ = 0, found_ = 0;
   int64_t* out_ = nullptr;
 };
 
-// The priority queue: a 16-ary tournament tree over the neurons in id order. The keys live in a
-// flat array by neuron id (the tree's leaves, in groups of 16 that fill one aligned 128-byte line
-// pair); each group keeps the offset of its minimum in one byte and the minimum itself in
-// node_key[0]; level l >= 1 holds, for each 16 nodes of level l - 1, their minimum key
-// (node_key[l]) and its neuron (node_id[l]), up to the root (the next spiker). Ties go to the
-// lower id; as the nodes of a level are in id order, that is the lower offset among 16 siblings,
-// so every re-scan is "the first minimum of 16 contiguous doubles" (argmin16, SIMD).
-// Why not an indexed heap: a heap moves entries, so a kick first reads the neuron's slot and then
-// its entry, two dependent cache misses in 24 bytes per neuron (16 MB + 8 MB at N = 1e6). Here a
-// kick reads and writes its key (8 bytes per neuron) and reads one byte of the group offsets (N/16
-// bytes: cached), both addressed by i alone, so the K targets' keys are prefetched with no
-// dependent load. A kick that raises a key (inhibition) changes the tree only when i is its
-// group's minimum (about 1 in 16); then the groups on the path are re-scanned while i was their
-// minimum. A lowered key is compared with its group's minimum and carried up while it wins.
-// O(16 log_16 N) worst case.
+// The priority queue: a sorted window over the keys (class WindowQueue). The keys live in a flat
+// array by neuron id, the simulator's whole state. Only the neurons whose key lies below the
+// window's end E ("near": the next few thousand spikers) are listed, as (key, id) entries sorted
+// by key then id; every other ("far") neuron is in no structure at all. Invariant: every neuron
+// with key < E has an entry holding its current key (in the sorted list or, if its key changed
+// after the sweep and stayed below E, in a small side heap); an entry whose key no longer equals
+// the neuron's key is stale and skipped. The lowest valid entry is then the lowest key overall
+// (every far key is >= E), ties to the lower id.
+// A kick is one read-modify-write of the key and one compare of the new key with E; it touches
+// the queue only when the new key is below E (a kick on a near neuron that keeps it near, or
+// excitation), which is rare. The spiker's reset makes its entry stale. When the list and the
+// heap run out, a sweep over all keys collects the neurons in [E, E + width) and orders them by
+// (key, id) (bucketed at once, each bucket sorted when reached); the width adapts so that one O(N)
+// sweep serves thousands of spikes.
+// Why not a tree over all N neurons (stops 19-20: a 16-ary tournament tree): every kick on a
+// group's minimum (1 in 16) re-scanned its group and path, and each reset re-scanned the
+// spiker's path through five cache-missing levels at N = 1e6; a kicked far neuron needs nothing here.
 struct Entry {
   double key;
   int64_t id;
 };
 
-constexpr int64_t ARITY = 16;  // a group of keys = 128 bytes
-constexpr int MAX_LEVELS = 17;  // 16^16 > any int64 n
+constexpr int64_t KEY_PADDING = 16;  // the caller's key buffer: n + KEY_PADDING doubles (alignment)
 
 inline bool before(double ka, int64_t ia, double kb, int64_t ib) { return ka < kb || (ka == kb && ia < ib); }
-
-// Offset of the first minimum of x[0 .. count), 1 <= count <= 16 (x[count ..] is not read; with
-// a NaN the offset is some c < count, as the scalar scan's).
-inline int argmin16(const double* x, int64_t count) {
-#if defined(__AVX512F__)
-  const __m512d inf = _mm512_set1_pd(INFINITY);
-  const __mmask8 lo = count >= 8 ? __mmask8(0xff) : __mmask8((1u << count) - 1);
-  const __mmask8 hi = count >= 16 ? __mmask8(0xff) : count <= 8 ? __mmask8(0) : __mmask8((1u << (count - 8)) - 1);
-  const __m512d a = _mm512_mask_loadu_pd(inf, lo, x), b = _mm512_mask_loadu_pd(inf, hi, x + 8);
-  __m512d m = _mm512_min_pd(a, b);
-  m = _mm512_min_pd(m, _mm512_shuffle_f64x2(m, m, 0x4E));  // halves, then pairs, then neighbours
-  m = _mm512_min_pd(m, _mm512_shuffle_f64x2(m, m, 0xB1));
-  m = _mm512_min_pd(m, _mm512_permute_pd(m, 0x55));
-  const unsigned equal = unsigned(_mm512_mask_cmp_pd_mask(lo, a, m, _CMP_EQ_OQ)) |
-                         unsigned(_mm512_mask_cmp_pd_mask(hi, b, m, _CMP_EQ_OQ)) << 8;
-  return equal ? __builtin_ctz(equal) : 0;
-#else
-  int best = 0;
-  for (int c = 1; c < count; ++c)
-    if (x[c] < x[best]) best = c;  // strict: the lower offset wins a tie
-  return best;
-#endif
-}
-
-// Nodes per level for n leaves: level 0 = ceil(n / 16) groups, then ceil(that / 16), ..., 1.
-inline int tree_levels(int64_t n, int64_t* sizes) {
-  int levels = 0;
-  for (int64_t m = n; levels == 0 || m > 1;) {
-    m = (m + ARITY - 1) / ARITY;
-    sizes[levels++] = m;
-  }
-  return levels;
-}
-inline int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
-
-// Caller buffers (sizes from exodus_events_queue_sizes): keys of n + KEY_PADDING doubles and a
-// byte buffer for the group offsets and the nodes; both are aligned here so that 16 siblings fill
-// whole cache lines.
-constexpr int64_t KEY_PADDING = ARITY, NODE_BUFFER_PADDING = 256;
+// Orders as function objects (inlined by std::sort and the heap functions).
+struct EntryBefore {
+  bool operator()(const Entry& a, const Entry& b) const { return before(a.key, a.id, b.key, b.id); }
+};
+struct EntryAfter {  // min-heap order
+  bool operator()(const Entry& a, const Entry& b) const { return before(b.key, b.id, a.key, a.id); }
+};
 inline uintptr_t align_up(uintptr_t raw, uintptr_t bytes) { return (raw + bytes - 1) / bytes * bytes; }
 
-struct MinTree {
-  double* key;                     // (n,) by neuron id
-  uint8_t* lead;                   // (size[0],) offset of each group's minimum within the group
-  double* node_key[MAX_LEVELS];    // (size[l],) level 0: the groups' minima; l >= 1: min of 16 nodes below
-  int64_t* node_id[MAX_LEVELS];    // (size[l],) l >= 1: the neuron of node_key (level 0: from lead)
-  int64_t size[MAX_LEVELS];
-  int levels;
-  int64_t n;
-  std::vector<int64_t> raised = std::vector<int64_t>(64);  // queued raises of group minima (see update)
-  int64_t n_raised = 0;
+// Minimum of key[0 .. n) ignoring NaN (+inf if none).
+inline double min_key(const double* key, int64_t n) {
+  int64_t i = 0;
+  double m = INFINITY;
+#if defined(__AVX512F__)
+  __m512d acc0 = _mm512_set1_pd(INFINITY), acc1 = acc0;
+  for (; i + 16 <= n; i += 16) {  // min_pd(x, acc) returns acc when x is NaN
+    acc0 = _mm512_min_pd(_mm512_loadu_pd(key + i), acc0);
+    acc1 = _mm512_min_pd(_mm512_loadu_pd(key + i + 8), acc1);
+  }
+  m = _mm512_reduce_min_pd(_mm512_min_pd(acc0, acc1));
+#endif
+  for (; i < n; ++i)
+    if (key[i] < m) m = key[i];
+  return m;
+}
 
-  static int64_t node_buffer_bytes(int64_t n) {
-    int64_t sizes[MAX_LEVELS];
-    const int levels = tree_levels(n, sizes);
-    int64_t bytes = round_up(sizes[0], 256);
-    for (int l = 0; l < levels; ++l) bytes += round_up(sizes[l], ARITY) * int64_t(l == 0 ? 8 : 16);
-    return bytes + NODE_BUFFER_PADDING;
+class WindowQueue {
+ public:
+  double* const key;  // (n,) by neuron id: the caller's buffer, aligned here
+  const int64_t n;
+
+  WindowQueue(void* key_buffer, int64_t n_)
+      : key(reinterpret_cast<double*>(align_up(reinterpret_cast<uintptr_t>(key_buffer), 64))), n(n_) {
+    target_ = std::clamp<int64_t>(int64_t(8.0 * std::sqrt(double(n))), 64, 1 << 15);
+    if (const char* env = std::getenv("EXODUS_EVENTS_NEAR")) target_ = std::max<int64_t>(16, std::atoll(env));
   }
-  MinTree(void* key_buffer, void* node_buffer, int64_t n_)
-      : key(reinterpret_cast<double*>(align_up(reinterpret_cast<uintptr_t>(key_buffer), ARITY * sizeof(double)))), n(n_) {
-    levels = tree_levels(n, size);
-    uint8_t* bytes = reinterpret_cast<uint8_t*>(align_up(reinterpret_cast<uintptr_t>(node_buffer), 256));
-    lead = bytes;
-    bytes += round_up(size[0], 256);
-    for (int l = 0; l < levels; ++l) {  // every level starts a sibling group (128-byte aligned)
-      node_key[l] = reinterpret_cast<double*>(bytes);
-      bytes += round_up(size[l], ARITY) * sizeof(double);
-      node_id[l] = l == 0 ? nullptr : reinterpret_cast<int64_t*>(bytes);
-      if (l > 0) bytes += round_up(size[l], ARITY) * sizeof(int64_t);
-    }
-  }
-  ~MinTree() { apply_raises(); }  // the caller's buffers hold the whole tree between runs
-  MinTree(const MinTree&) = delete;
-  MinTree& operator=(const MinTree&) = delete;
-  int64_t group_leader(int64_t g) const { return g * ARITY + lead[g]; }
+  WindowQueue(const WindowQueue&) = delete;
+  WindowQueue& operator=(const WindowQueue&) = delete;
+
+  // The next spiker (lowest key, then lowest id); {+inf, 0} when no key is finite.
   Entry top() {
-    apply_raises();
-    return levels == 1 ? Entry{node_key[0][0], group_leader(0)} : Entry{node_key[levels - 1][0], node_id[levels - 1][0]};
-  }
-  void prefetch(int64_t i) const {  // the neuron's key (a raised non-leader needs nothing else)
-    __builtin_prefetch(&key[i]);
-  }
-  void prefetch_reset_path(int64_t i) const {  // what re-scanning i's group and its siblings reads
-    __builtin_prefetch(&key[i & ~(ARITY - 1)]);
-    __builtin_prefetch(&key[(i & ~(ARITY - 1)) + 8]);
-    if (levels > 1) {
-      const int64_t first = (i / ARITY) & ~(ARITY - 1);
-      __builtin_prefetch(&node_key[0][first]);
-      __builtin_prefetch(&node_key[0][first + 8]);
+    for (;;) {
+      while (head_ < near_.size()) {
+        if (head_ == sorted_end_) sort_next_bucket();
+        if (key[near_[head_].id] == near_[head_].key) break;
+        ++head_;  // stale: kicked or spiked since the sweep
+      }
+      while (!side_.empty() && key[side_.front().id] != side_.front().key) {
+        std::pop_heap(side_.begin(), side_.end(), EntryAfter());
+        side_.pop_back();
+      }
+      if (head_ < near_.size() || !side_.empty()) break;
+      if (!sweep()) return {INFINITY, 0};
     }
+    if (head_ + PREFETCH_AHEAD < near_.size()) __builtin_prefetch(&key[near_[head_ + PREFETCH_AHEAD].id]);
+    if (head_ == near_.size()) return side_.front();
+    if (!side_.empty() && EntryBefore()(side_.front(), near_[head_])) return side_.front();
+    return near_[head_];
   }
-  void scan_group(int64_t g) {
-    const int64_t first = g * ARITY;
-    const int offset = argmin16(key + first, std::min(ARITY, n - first));
-    lead[g] = uint8_t(offset);
-    node_key[0][g] = key[first + offset];
-  }
-  void scan_node(int l, int64_t p) {  // node p of level l >= 1 from its children
-    const int64_t first = p * ARITY;
-    const int offset = argmin16(node_key[l - 1] + first, std::min(ARITY, size[l - 1] - first));
-    node_key[l][p] = node_key[l - 1][first + offset];
-    node_id[l][p] = l == 1 ? group_leader(first + offset) : node_id[l - 1][first + offset];
-  }
-  // Raising a group's minimum (inhibition, the spiker's reset) re-scans the group, and the other
-  // line of its 128 bytes is a cache miss at N = 1e6. So such raises are queued and applied
-  // together before the next top(), all other lines prefetched first: their misses overlap. Correct for any
-  // set of raises: a node whose winner was not raised keeps it (every other key only went up),
-  // and one whose winner was raised is re-scanned from children that are then up to date (all
-  // groups first, then each raised neuron's path while it is the recorded winner, bottom-up).
-  // A lowered key applies the queued raises first.
   void update(int64_t i, double new_key) {
-    const double old = key[i];
     key[i] = new_key;
-    // Raised (inhibition) or kept, and not its group's minimum m: key[m] <= old <= new_key, and on
-    // a tie m < i, so m stays the minimum and the tree is unchanged. The common case, inline.
-    const uint64_t g = uint64_t(i) / ARITY;
-    if (int64_t(g * ARITY + lead[g]) != i && new_key >= old) return;
-    if (new_key > old) {  // a raised group minimum: queued
-      room_for_raises(1);
-      raised[n_raised++] = i;
-      return;
-    }
-    update_tree(i, old, new_key);
+    if (new_key < end_) push_side(i, new_key);
   }
 #if defined(__AVX512F__) && defined(__AVX512VL__)
-  // update(ids[l], key[ids[l]] + add[l]) for eight distinct neurons (a random graph's targets),
-  // the keys gathered and scattered at once; returns the new keys. Same effect as the eight calls:
-  // any lowered key sends the eight through update() one by one.
+  // update(ids[l], key[ids[l]] + add[l]) for eight distinct neurons (a random graph's targets), the
+  // keys gathered and scattered at once; returns the new keys.
   __m512d add8(const int64_t* ids, __m512d add) {
     const __m512i id = _mm512_loadu_si512(ids);
-    const __m512d old = _mm512_i64gather_pd(id, key, 8), after = _mm512_add_pd(old, add);
-    if (_mm512_cmp_pd_mask(after, old, _CMP_LT_OQ)) {
-      alignas(64) double value[8];
-      _mm512_store_pd(value, after);
-      for (int l = 0; l < 8; ++l) update(ids[l], value[l]);
-      return after;
-    }
+    const __m512d after = _mm512_add_pd(_mm512_i64gather_pd(id, key, 8), add);
     _mm512_i64scatter_pd(key, id, after, 8);
-    // Group minima among the eight (lead[i / 16] == i % 16; four-byte reads stay inside the buffer).
-    const __m256i lead4 = _mm512_i64gather_epi32(_mm512_srli_epi64(id, 4), lead, 1);
-    const __m256i offset = _mm512_cvtepi64_epi32(_mm512_and_si512(id, _mm512_set1_epi64(ARITY - 1)));
-    const __mmask8 raised_minima = _mm256_cmpeq_epi32_mask(_mm256_and_si256(lead4, _mm256_set1_epi32(0xff)), offset) &
-                                   _mm512_cmp_pd_mask(after, old, _CMP_GT_OQ);
-    // Queued without a branch on the mask (taken in ~40 % of the eights: a branch mispredicts).
-    room_for_raises(8);
-    _mm512_storeu_si512(&raised[n_raised], _mm512_maskz_compress_epi64(raised_minima, id));
-    n_raised += __builtin_popcount(raised_minima);
+    if (const __mmask8 near = _mm512_cmp_pd_mask(after, _mm512_set1_pd(end_), _CMP_LT_OQ)) {
+      alignas(64) double a[8];
+      _mm512_store_pd(a, after);
+      for (unsigned m = near; m; m &= m - 1) push_side(ids[__builtin_ctz(m)], a[__builtin_ctz(m)]);
+    }
     return after;
   }
 #endif
-  void apply_raises() {
-    if (n_raised == 0) return;
-    for (int64_t r = 0; r < n_raised; ++r) __builtin_prefetch(&key[raised[r] ^ 8]);
-    for (int64_t r = 0; r < n_raised; ++r) scan_group(raised[r] / ARITY);
-    for (int64_t r = 0; r < n_raised; ++r) {
-      const int64_t i = raised[r];
-      int64_t p = i / ARITY;
-      for (int l = 1; l < levels; ++l) {
-        p /= ARITY;
-        if (node_id[l][p] != i) break;
-        scan_node(l, p);
-      }
-    }
-    n_raised = 0;
+  void prefetch(int64_t i) const { __builtin_prefetch(&key[i]); }
+  // Forget the window (after the keys changed wholesale): the next top() sweeps from the minimum.
+  // `key_scale`: the factor the keys were multiplied by (keeps the width in proportion).
+  void rebuild(double key_scale = 1.0) {
+    if (key_scale > 0.0 && std::isfinite(key_scale)) width_ *= key_scale;
+    near_.clear();
+    side_.clear();
+    head_ = sorted_end_ = 0;
+    end_ = -INFINITY;
   }
-  void room_for_raises(int64_t more) {
-    if (n_raised + more > int64_t(raised.size())) raised.resize(2 * raised.size() + size_t(more));
-  }
-  __attribute__((noinline)) void update_tree(int64_t i, double old, double new_key) {  // lowered or kept
-    apply_raises();
-    int64_t p = i / ARITY;
-    const int64_t m = group_leader(p);
-    if (m != i && !before(new_key, i, node_key[0][p], m)) return;
-    if (new_key == old) return;
-    lead[p] = uint8_t(i - p * ARITY);
-    node_key[0][p] = new_key;  // i leads its group with a lower key: carry it up while it wins
-    for (int l = 1; l < levels; ++l) {
-      p /= ARITY;
-      if (!before(new_key, i, node_key[l][p], node_id[l][p])) break;
-      node_key[l][p] = new_key;
-      node_id[l][p] = i;
-    }
-  }
-  void build() {
-    n_raised = 0;
-    for (int64_t g = 0; g < size[0]; ++g) scan_group(g);
-    for (int l = 1; l < levels; ++l)
-      for (int64_t p = 0; p < size[l]; ++p) scan_node(l, p);
-  }
-};
 
+ private:
+  static constexpr size_t PREFETCH_AHEAD = 8;  // list entries whose keys top() prefetches ahead
+
+  __attribute__((noinline)) void push_side(int64_t i, double k) {
+    side_.push_back({k, i});
+    std::push_heap(side_.begin(), side_.end(), EntryAfter());
+  }
+  // A new window [E, E + width) (from the minimum key after rebuild()): the entries sorted, the
+  // width adapted towards target_ entries. Returns false when no key is finite.
+  bool sweep() {
+    double lo = end_;  // every key is >= lo
+    if (!(lo > -INFINITY) || !(width_ > 0.0 && std::isfinite(width_))) {
+      lo = min_key(key, n);
+      if (!(lo < INFINITY)) return false;
+      if (!(width_ > 0.0 && std::isfinite(width_))) width_ = initial_width(lo);
+    }
+    for (;;) {
+      end_ = lo + width_;
+      if (!(end_ > lo)) end_ = std::nextafter(lo, INFINITY);
+      collect();
+      if (!near_.empty()) break;
+      lo = min_key(key, n);  // nothing in [lo, E): start from the minimum with a wider window
+      if (!(lo < INFINITY)) return false;
+      width_ *= 8.0;
+    }
+    distribute(lo);
+    const double ratio = double(target_) / double(near_.size());
+    if (ratio < 0.5 || ratio > 2.0) width_ *= std::clamp(ratio, 0.125, 8.0);
+    return true;
+  }
+  // Orders the window's entries by bucket: B = size / 4 equal key ranges over [lo, E) (a counting
+  // sort, O(size); the bucket index is monotone in the key, so equal keys share a bucket). Each
+  // bucket is sorted by (key, id) only when top() reaches it: a sort of all entries would cost
+  // O(log size) mispredicted compares per entry, and a third of them go stale unread.
+  void distribute(double lo) {
+    const int64_t m = int64_t(near_.size());
+    int64_t buckets = std::max<int64_t>(1, m / 4);
+    double scale = double(buckets) / (end_ - lo);
+    if (!(scale > 0.0 && scale < INFINITY)) buckets = 1, scale = 0.0;
+    const auto bucket = [&](double k) { return std::min<int64_t>(buckets - 1, int64_t((k - lo) * scale)); };
+    bucket_end_.assign(size_t(buckets) + 1, 0);
+    for (const Entry& e : near_) ++bucket_end_[size_t(bucket(e.key)) + 1];
+    for (int64_t b = 0; b < buckets; ++b) bucket_end_[size_t(b) + 1] += bucket_end_[size_t(b)];
+    scratch_.resize(near_.size());
+    for (const Entry& e : near_) scratch_[size_t(bucket_end_[size_t(bucket(e.key))]++)] = e;  // now: bucket ends
+    near_.swap(scratch_);
+    head_ = sorted_end_ = 0;
+    next_bucket_ = 0;
+  }
+  void sort_next_bucket() {  // [sorted_end_, end of the next non-empty bucket) sorted by (key, id)
+    while (bucket_end_[next_bucket_] == int64_t(sorted_end_)) ++next_bucket_;
+    const size_t end = size_t(bucket_end_[next_bucket_++]);
+    std::sort(near_.begin() + std::ptrdiff_t(sorted_end_), near_.begin() + std::ptrdiff_t(end), EntryBefore());
+    sorted_end_ = end;
+  }
+  void collect() {  // the entries of the neurons with key < end_, in id order
+    near_.clear();
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    const __m512d end = _mm512_set1_pd(end_);
+    for (; i + 8 <= n; i += 8) {
+      __mmask8 below = _mm512_cmp_pd_mask(_mm512_load_pd(key + i), end, _CMP_LT_OQ);
+      for (; below; below &= below - 1) near_.push_back({key[i + __builtin_ctz(below)], i + __builtin_ctz(below)});
+    }
+#endif
+    for (; i < n; ++i)
+      if (key[i] < end_) near_.push_back({key[i], i});
+  }
+  double initial_width(double m) const {  // from a strided sample: its (target / n) quantile above m
+    std::vector<double> sample;
+    const int64_t stride = std::max<int64_t>(1, n / 4096);
+    for (int64_t i = 0; i < n; i += stride)
+      if (std::isfinite(key[i])) sample.push_back(key[i]);
+    if (sample.empty()) return 1.0;
+    const size_t q = std::min(sample.size() - 1, size_t(std::max<int64_t>(1, int64_t(sample.size()) * target_ / n)));
+    std::nth_element(sample.begin(), sample.begin() + std::ptrdiff_t(q), sample.end());
+    const double w = sample[q] - m;
+    return w > 0.0 ? w : std::max(1.0, std::fabs(m)) * 1e-3;
+  }
+
+  double end_ = -INFINITY;     // E: the window's end; every key >= E is far
+  double width_ = 0.0;         // E - (window start) at the next sweep (0: not yet estimated)
+  int64_t target_;             // entries wanted per sweep
+  std::vector<Entry> near_;    // the window's entries, by bucket; [0, head_) consumed, [0, sorted_end_) sorted
+  size_t head_ = 0, sorted_end_ = 0;
+  std::vector<int64_t> bucket_end_;  // (buckets,) end of each bucket in near_
+  size_t next_bucket_ = 0;           // the first bucket not yet sorted
+  std::vector<Entry> scratch_;
+  std::vector<Entry> side_;    // entries made after the sweep (a min-heap)
+};
 }  // namespace exodus_events
 
 using namespace exodus_events;
@@ -363,8 +424,7 @@ struct EventsNetwork {
 
 // Mutable state, all arrays owned by the caller (numpy).
 struct EventsState {
-  void* key;            // (n + KEY_PADDING,) doubles: the queue's keys by neuron (see struct MinTree)
-  void* tree;           // group offsets and inner nodes of the queue (bytes: exodus_events_queue_sizes)
+  void* key;            // (n + KEY_PADDING,) doubles: the queue's keys by neuron (see class WindowQueue)
   double* phase;        // (n,) heterogeneous: phase at last_time; homogeneous: unused
   double* last_time;    // (n,) heterogeneous only
   int64_t* spike_count; // (n,)
@@ -438,7 +498,7 @@ double voltage(const EventsNetwork& net, const EifTable& table, int64_t i, doubl
 
 // Phase of neuron i at time t (units of tau) from the state.
 template <int Mo>
-double phase_at(const EventsNetwork& net, const EventsState& s, const MinTree& queue, int64_t i, double t) {
+double phase_at(const EventsNetwork& net, const EventsState& s, const WindowQueue& queue, int64_t i, double t) {
   if constexpr (Mo == Hetero) return s.phase[i] + net.omega[i] * (t - s.last_time[i]);
   const double key = queue.key[i];
   const double tilde = Mo == LifPsi ? lif_phase_of_psi(key, net.omega0) : -key;
@@ -446,7 +506,7 @@ double phase_at(const EventsNetwork& net, const EventsState& s, const MinTree& q
 }
 
 template <int M, int Mo>
-void write_samples_before(const EventsNetwork& net, const EventsState& s, const MinTree& queue, const EifTable& table,
+void write_samples_before(const EventsNetwork& net, const EventsState& s, const WindowQueue& queue, const EifTable& table,
                           EventsSamples* smp, double t_limit, bool inclusive) {
   if (smp == nullptr) return;
   while (smp->next < smp->n_times && (smp->times[smp->next] < t_limit || (inclusive && smp->times[smp->next] == t_limit))) {
@@ -463,7 +523,7 @@ void write_samples_before(const EventsNetwork& net, const EventsState& s, const 
 template <int M, int Mo, bool Csr>
 int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double t_end, double* out_time,
             int64_t* out_id, EventsSamples* smp) {
-  MinTree queue(s.key, s.tree, net.n);
+  WindowQueue queue(s.key, net.n);
   const EifTable table{net.eif_v, net.eif_slope, net.eif_n, net.eif_phase_lo, net.eif_step};
   TargetDraw draw(Csr ? 1 : net.n);
   // Targets of a presynaptic neuron: a CSR row, or the random draw into one of two lists (the
@@ -479,7 +539,9 @@ int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double
   };
   const auto prefetch_targets = [&](const int64_t* tgt, int64_t first, int64_t last) {
     for (int64_t r = first; r < last; ++r) {
-      queue.prefetch(tgt[r]);
+      // Not for a random graph's LIF kicks: their eight-key gathers wait for the lines anyway, and
+      // 100 prefetches a spike cost more than they save (0.35 -> 0.29 us a spike, N = 1e4 and 1e6).
+      if constexpr (Csr || Mo != LifPsi) queue.prefetch(tgt[r]);
       if constexpr (Mo == Hetero) {
         __builtin_prefetch(&s.phase[tgt[r]]);
         __builtin_prefetch(&s.last_time[tgt[r]]);
@@ -490,11 +552,13 @@ int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double
   int64_t predicted = -1;  // the neuron whose targets lists[predicted_list] holds
   int predicted_list = 0;
   const double omega0 = net.omega0;
-  // Renormalise the global offset once Phi > omega0 (LifPsi: psi~ stays within a factor e of psi)
-  // or Phi > 1 (Phase): phi~ + Phi then stays exact to ~eps |phi| over arbitrarily long runs; the
-  // O(N) pass comes once per ~tau of simulated time.
-  const double renormalise_at = Mo == LifPsi ? omega0 : 1.0;
-  const double psi_th = lif_psi_of_phase(net.phase_th, omega0);  // LifPsi: psi at threshold
+  // Renormalise the global offset once Phi > 16 omega0 (LifPsi: psi~ stays within a factor e^16 of
+  // psi, far from overflow) or Phi > 16 (Phase): phi~ + Phi then stays exact to ~16 eps over
+  // arbitrarily long runs; the O(N) pass (and the queue's new sweep) comes once per ~7 tau of
+  // simulated time (LIF: 2e5 spikes at N = 1e6).
+  const double renormalise_at = Mo == LifPsi ? 16.0 * omega0 : 16.0;
+  const double psi_th = lif_psi_of_phase(net.phase_th, omega0);  // LifPsi: psi at threshold and reset
+  const double psi_reset = lif_psi_of_phase(net.phase_reset, omega0);
   for (int64_t count = 0; count < max_spikes; ++count) {
     const Entry top = queue.top();
     const int64_t j = top.id;
@@ -515,11 +579,14 @@ int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double
     write_samples_before<M, Mo>(net, s, queue, table, smp, t, false);
     s.offset = offset;
     s.time = t;
+    // LifPsi: psi~ = psi exp(Phi/omega), and the top is at threshold: exp(Phi/omega) = psi~_j / psi_th
+    // (no exp: the one transcendental per spike is the log for t).
+    const double inv_scale = Mo == LifPsi ? top.key / psi_th : 1.0;
     if (out_time) out_time[count] = t;
     if (out_id) out_id[count] = j;
 
     // The spiker resets first (it is not its own target, so the order does not matter, and the
-    // tree is a function of the keys alone). The new top is then almost always the next spiker:
+    // queue's top is a function of the keys alone). The new top is then almost always the next spiker:
     // its targets are drawn and their keys prefetched now, so that their cache misses overlap
     // this spike's kicks instead of stalling the next spike (at N = 1e6 the keys are 8 MB).
     if constexpr (Mo == Hetero) {
@@ -527,7 +594,7 @@ int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double
       s.last_time[j] = t;
       queue.update(j, t + (net.phase_th - net.phase_reset) / net.omega[j]);
     } else if constexpr (Mo == LifPsi) {
-      queue.update(j, lif_psi_of_phase(net.phase_reset - offset, omega0));
+      queue.update(j, psi_reset * inv_scale);
     } else {
       queue.update(j, -(net.phase_reset - offset));
     }
@@ -543,14 +610,12 @@ int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double
     predicted = queue.top().id;
     predicted_list = 1 - in_use;
     const TargetList next = list_targets(predicted, predicted_list);
-    queue.prefetch_reset_path(predicted);
     __builtin_prefetch(&s.spike_count[predicted]);
     int64_t prefetched = 0;  // of next's targets (random graph: drawn eight at a time between the kicks)
     if constexpr (Csr) prefetch_targets(next.tgt, 0, next.n);
     else draw.start(net.seed, net.n, net.k, predicted, lists[predicted_list].data());
 
     int32_t status = 0;
-    const double inv_scale = Mo == LifPsi ? std::exp(offset / omega0) : 1.0;  // psi~ = psi exp(Phi/omega)
     // Locals: the stores to the keys could alias net's fields as far as the compiler knows.
     const double* const weights = net.weights;
     const double kick_psi = net.coupling0 * inv_scale, crossing_psi = psi_th * inv_scale;
@@ -612,7 +677,7 @@ int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double
           if constexpr (Mo == LifPsi) queue.key[h] *= scale;
           else queue.key[h] -= offset;
         }
-        queue.build();  // rounding may tie two keys: the tree breaks the tie by id again
+        queue.rebuild(Mo == LifPsi ? scale : 1.0);  // the next top() sweeps the rescaled keys
         s.time_base = t;
         s.offset = 0.0;
       }
@@ -646,7 +711,7 @@ extern "C" {
 // heterogeneous: s.phase must hold the phases, last_time the start time).
 int32_t exodus_events_init(const EventsNetwork* net, EventsState* s, const double* phase0, double t0) {
   if (net == nullptr || s == nullptr || net->n < 2) return ERR_ARGS;
-  MinTree queue(s->key, s->tree, net->n);
+  WindowQueue queue(s->key, net->n);
   for (int64_t i = 0; i < net->n; ++i) {
     if (net->heterogeneous) {
       s->phase[i] = phase0[i];
@@ -658,7 +723,7 @@ int32_t exodus_events_init(const EventsNetwork* net, EventsState* s, const doubl
       queue.key[i] = -phase0[i];
     }
   }
-  queue.build();
+  queue.rebuild();
   s->offset = 0.0;
   s->time_base = t0;
   s->time = t0;
@@ -683,14 +748,9 @@ int32_t exodus_events_run(const EventsNetwork* net, EventsState* s, int64_t max_
   return status;
 }
 
-// Buffer sizes the caller allocates for n neurons: sizes[0] doubles of keys, sizes[1] bytes of
-// group offsets and inner nodes (both include the alignment padding).
-int32_t exodus_events_queue_sizes(int64_t n, int64_t* sizes) {
-  if (n < 1 || sizes == nullptr) return ERR_ARGS;
-  sizes[0] = n + KEY_PADDING;
-  sizes[1] = MinTree::node_buffer_bytes(n);
-  return OK_MAX_SPIKES;
-}
+// Doubles of the key buffer the caller allocates for n neurons (with the alignment padding); -1
+// for n < 1.
+int64_t exodus_events_key_count(int64_t n) { return n < 1 ? -1 : n + KEY_PADDING; }
 
 // The PTCs of events_neurons.h applied elementwise (for the tests): out[i] = PTC(phase[i], c[i], omega[i]).
 int32_t exodus_events_ptc(int32_t model, int64_t n, const double* phase, const double* c, const double* omega,
@@ -719,10 +779,9 @@ int32_t exodus_events_queue_replay(int64_t n, const double* keys0, int64_t m, co
   for (int64_t u = 0; u < m; ++u)
     if (ids[u] < 0 || ids[u] >= n) return ERR_ARGS;
   std::vector<double> keys(size_t(n + KEY_PADDING));
-  std::vector<uint8_t> nodes(size_t(MinTree::node_buffer_bytes(n)));
-  MinTree queue(keys.data(), nodes.data(), n);
+  WindowQueue queue(keys.data(), n);
   std::copy(keys0, keys0 + n, queue.key);
-  queue.build();
+  queue.rebuild();
   for (int64_t u = 0; u < m; ++u) {
     queue.update(ids[u], new_keys[u]);
     top_ids[u] = (u + 1) % batch == 0 || u == m - 1 ? queue.top().id : -1;

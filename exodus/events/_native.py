@@ -30,9 +30,7 @@ class EventsNetwork(ctypes.Structure):
 
 
 class EventsState(ctypes.Structure):
-    _fields_ = [("key", _P), ("tree", _P), ("phase", _P), ("last_time", _P),
-                ("spike_count", _P), ("offset", _F64), ("time_base", _F64), ("time", _F64), ("n_spikes", _I64)]
-
+    _fields_ = [("key", _P), ("phase", _P), ("last_time", _P), ("spike_count", _P), ("offset", _F64), ("time_base", _F64), ("time", _F64), ("n_spikes", _I64)]
 
 
 class EventsSamples(ctypes.Structure):
@@ -72,8 +70,8 @@ def load() -> ctypes.CDLL:
             library.exodus_events_targets_many.argtypes = [ctypes.c_uint64, _I64, _I64, _P, _I64, _P]
             library.exodus_events_queue_replay.restype = _I32
             library.exodus_events_queue_replay.argtypes = [_I64, _P, _I64, _P, _P, _I64, _P]
-            library.exodus_events_queue_sizes.restype = _I32
-            library.exodus_events_queue_sizes.argtypes = [_I64, _P]
+            library.exodus_events_key_count.restype = _I64
+            library.exodus_events_key_count.argtypes = [_I64]
             library.exodus_events_ptc.restype = _I32
             library.exodus_events_ptc.argtypes = [_I32, _I64, _P, _P, _P, _P, _P, _P, _I64, _F64, _F64]
             _library = library

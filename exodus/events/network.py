@@ -336,15 +336,11 @@ def simulate(network: Network, n_spikes: Optional[int] = None, duration: Optiona
 
     library = _native.load()
     net_struct, keep = network._struct()
-    sizes = np.empty(2, np.int64)
-    library.exodus_events_queue_sizes(n, sizes.ctypes.data)
-    keys = np.empty(int(sizes[0]), np.float64)
-    tree = np.empty(int(sizes[1]), np.uint8)
+    keys = np.empty(int(library.exodus_events_key_count(n)), np.float64)
     phase = np.empty(n if network.heterogeneous else 1, np.float64)
     last_time = np.empty(n if network.heterogeneous else 1, np.float64)
     counts = np.zeros(n, np.int64)
-    state = _native.EventsState(keys.ctypes.data, tree.ctypes.data, phase.ctypes.data,
-                                last_time.ctypes.data, counts.ctypes.data, 0.0, 0.0, 0.0, 0)
+    state = _native.EventsState(keys.ctypes.data, phase.ctypes.data, last_time.ctypes.data, counts.ctypes.data, 0.0, 0.0, 0.0, 0)
     status = library.exodus_events_init(ctypes.byref(net_struct), ctypes.byref(state), phase0.ctypes.data, 0.0)
     if status != 0:
         raise RuntimeError(f"exodus_events_init failed with status {status}")
