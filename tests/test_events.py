@@ -92,15 +92,16 @@ def test_random_targets_are_uniform():
     assert np.all(np.abs(counts - expected) < 6 * math.sqrt(expected))
 
 
-# ---- the priority queue (16-ary tournament tree) ---------------------------------------------------
+# ---- the priority queue (a window over the keys: class WindowQueue) ------------------------------
 
 @settings(max_examples=60)
 @given(n=st.sampled_from([1, 2, 15, 16, 17, 255, 256, 257, 4097, 70000]), data=st.data(),
        distinct=st.integers(1, 6), seed=st.integers(0, 2 ** 32))
 def test_queue_top_is_lowest_key_then_lowest_id(n, data, distinct, seed):
-    """After every update the tree's top equals numpy's argmin (the first, i.e. lowest id, of the
-    minimal keys). Keys from a few values force ties; updates raise, lower and keep keys, and hit
-    the current top half of the time (the spiker's reset and re-scans up every level)."""
+    """After every update the queue's top equals numpy's argmin (the first, i.e. lowest id, of the
+    minimal keys). Keys from a few values force ties; updates raise, lower (below the window: the
+    side heap) and keep keys, and hit the current top half of the time (the spiker's reset: its
+    entry goes stale)."""
     rng = np.random.default_rng(seed)
     m = data.draw(st.integers(1, 400))
     keys = rng.integers(0, distinct, n).astype(np.float64)
@@ -116,8 +117,9 @@ def test_queue_top_is_lowest_key_then_lowest_id(n, data, distinct, seed):
 
 
 def test_portable_build_equals_native_build():
-    """The SIMD paths of cpu_events.cpp (targets hashed eight at a time, group re-scans) against
-    the scalar code of a build without -march=native: the same targets and the same queue tops."""
+    """The SIMD paths of cpu_events.cpp (targets hashed eight at a time and, with
+    AVX512_VP2INTERSECT, de-duplicated sixteen at a time; the window's SIMD sweep) against the
+    scalar code of a build without -march=native: the same targets and the same queue tops."""
     import ctypes
 
     from exodus.backends.cpu import _BASE_FLAGS
@@ -126,7 +128,7 @@ def test_portable_build_equals_native_build():
     portable = ctypes.CDLL(str(build_shared_library("cpu_events.cpp", list(_BASE_FLAGS), "cpu-events-portable")))
     native = _native.load()
     rng = np.random.default_rng(5)
-    for n, k in [(2, 1), (17, 16), (1000, 100), (123_457, 100)]:
+    for n, k in [(2, 1), (17, 16), (300, 299), (1000, 100), (1000, 500), (123_457, 100)]:
         js = rng.integers(0, n, 50).astype(np.int64)
         rows = []
         for library in (native, portable):
@@ -157,10 +159,9 @@ def test_portable_build_equals_native_build():
 @given(n=st.sampled_from([1, 16, 17, 257, 4097, 70000]), batch=st.integers(1, 120), distinct=st.integers(1, 6),
        lower_share=st.sampled_from([0.0, 0.0, 0.1]), seed=st.integers(0, 2 ** 32))
 def test_queue_batched_raises_equal_argmin(n, batch, distinct, lower_share, seed):
-    """Raises of group minima are queued and applied together at the next top (MinTree::update):
-    the top read after every `batch` updates equals numpy's argmin, for batches of raises only
+    """The top read after every `batch` updates equals numpy's argmin, for batches of raises only
     (as between a spike's kicks, half of them aimed at the current top) and with some lowered
-    keys mixed in (which apply the queue first)."""
+    keys mixed in."""
     rng = np.random.default_rng(seed)
     m = 400
     keys = rng.integers(0, distinct, n).astype(np.float64)
@@ -173,6 +174,36 @@ def test_queue_batched_raises_equal_argmin(n, batch, distinct, lower_share, seed
         if (u + 1) % batch == 0 or u == m - 1:
             expected[u] = int(np.argmin(current))
     np.testing.assert_array_equal(_native.queue_replay(keys, ids, new_keys, batch=batch), expected)
+
+
+@pytest.mark.parametrize("n", [2, 300, 5000, 40_000])
+def test_queue_drains_in_key_order_through_many_sweeps(n):
+    """As in a simulation: the top is raised far above every key, again and again, until every
+    neuron was the top once. The tops must come in (key, id) order, through many windows (each
+    sweep collects a few sqrt(N) neurons, so the width adapts several times), with ties and with
+    some other neurons raised on the way (their entries go stale: they come later, at their new key)."""
+    rng = np.random.default_rng(n)
+    keys = np.round(rng.uniform(0.0, 1.0, n), 3)  # ties
+    current = keys.copy()
+    ids, new_keys, expected = [], [], []
+    for _ in range(n):
+        top = int(np.argmin(current))
+        expected.append(top)  # read after the raise of `top` below: the next one
+        ids.append(top)
+        new_keys.append(10.0 + len(ids))  # raised above all: drains one neuron per step
+        current[top] = new_keys[-1]
+        if rng.random() < 0.3:  # a kick on some neuron below 10
+            other = int(rng.integers(0, n))
+            if current[other] < 10.0:
+                ids.append(other)
+                new_keys.append(current[other] + 0.01)
+                current[other] = new_keys[-1]
+    tops = _native.queue_replay(keys, np.array(ids), np.array(new_keys))
+    current = keys.copy()
+    for u, (i, k) in enumerate(zip(ids, new_keys)):
+        current[i] = k
+        assert tops[u] == int(np.argmin(current))
+    assert len(set(expected)) == n
 
 
 def test_queue_replay_rejects_bad_input():
