@@ -282,15 +282,17 @@ class WindowQueue {
     if (new_key < end_) push_side(i, new_key);
   }
 #if defined(__AVX512F__) && defined(__AVX512VL__)
-  // update(ids[l], key[ids[l]] + add[l]) for eight distinct neurons (a random graph's targets), the
-  // keys gathered and scattered at once; returns the new keys.
+  // update(ids[l], key[ids[l]] + add[l]) for eight distinct neurons (a random graph's targets); returns
+  // the new keys. Scalar loads and stores around one vector add and compare: on Zen 5 that beat
+  // the gather + scatter pair (0.25 -> 0.23 us a spike at N = 1e6).
   __m512d add8(const int64_t* ids, __m512d add) {
-    const __m512i id = _mm512_loadu_si512(ids);
-    const __m512d after = _mm512_add_pd(_mm512_i64gather_pd(id, key, 8), add);
-    _mm512_i64scatter_pd(key, id, after, 8);
+    double* const k = key;
+    const __m512d after = _mm512_add_pd(_mm512_set_pd(k[ids[7]], k[ids[6]], k[ids[5]], k[ids[4]], k[ids[3]], k[ids[2]],
+                                                      k[ids[1]], k[ids[0]]), add);
+    alignas(64) double a[8];
+    _mm512_store_pd(a, after);
+    for (int l = 0; l < 8; ++l) k[ids[l]] = a[l];
     if (const __mmask8 near = _mm512_cmp_pd_mask(after, _mm512_set1_pd(end_), _CMP_LT_OQ)) {
-      alignas(64) double a[8];
-      _mm512_store_pd(a, after);
       for (unsigned m = near; m; m &= m - 1) push_side(ids[__builtin_ctz(m)], a[__builtin_ctz(m)]);
     }
     return after;
