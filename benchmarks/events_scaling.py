@@ -1,4 +1,4 @@
-"""Cost per network spike of exodus.events (compiled SparseProp simulator, O(K log N) per spike)
+"""Cost per network spike of exodus.events (compiled SparseProp simulator, O(K) per spike amortised)
 against an O(N) vectorised numpy event simulator and a time-stepped torch simulation of the same
 network (balanced inhibitory LIF, K = 100, DESIGN.md §8), all measured in one run.
 

@@ -1,11 +1,12 @@
-// exodus.events — exact event-based simulation of pulse-coupled networks with O(log N) work per
-// target and spike (SparseProp, Engelken 2023; DESIGN.md §8). Sequential by nature: one thread.
+// exodus.events — exact event-based simulation of pulse-coupled networks (SparseProp, Engelken
+// 2023; DESIGN.md §8) with O(1) amortised queue work per target and spike (class WindowQueue).
+// Sequential by nature: one thread.
 //
 // Homogeneous drive (every neuron has the same speed omega): the phases live in one priority
 // queue (class WindowQueue) as phi~ = phi - Phi (Phi a global offset),
 // keyed by -phi~ (the minimum of -phi~ is the maximum of phi~; LIF: by psi~, see enum Mode). The
 // top is the next spiker j; Phi <- phi_th - phi~_j advances every phase at once; each target's
-// key changes by its PTC (O(log N) update); j resets.
+// key changes by its PTC; j resets.
 // Heterogeneous drive (per-neuron omega_i): each neuron keeps (phase, time of last update);
 // the queue is keyed by the next spike time t_i + (phi_th - phi_i)/omega_i.
 // Ties are broken by the lower neuron id (as numpy's argmax/argmin in the reference).

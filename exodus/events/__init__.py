@@ -3,7 +3,7 @@
 
     import exodus.events as ev
     net = ev.Network(n=100_000, k=100)               # balanced inhibitory LIF network, tau = 10 ms
-    spikes = ev.simulate(net, n_spikes=1_000_000)    # compiled priority queue: O(K log N) per spike
+    spikes = ev.simulate(net, n_spikes=1_000_000)    # compiled priority queue: O(K) per spike, amortised
     spikes.times, spikes.neurons, spikes.mean_rate() # seconds, ids, Hz
 """
 from .adjoint import final_phases, isi_rates, phase_rates, replay, spike_time_jvp, spike_time_vjp, spike_times

@@ -291,7 +291,7 @@ def simulate(network: Network, n_spikes: Optional[int] = None, duration: Optiona
              phase0=None, init_seed: Optional[int] = None, record: bool = True, voltage_times=None,
              voltage_neurons=None, progress: Union[bool, ProgressCallback] = False,
              chunk_spikes: int = 1_000_000) -> Spikes:
-    """Exact event-based simulation with the compiled priority queue (O(K log N) per spike).
+    """Exact event-based simulation with the compiled priority queue (O(K) work per spike, amortised).
 
     Stops after ``n_spikes`` spikes or at ``duration`` seconds, whichever comes first (at least
     one must be given). ``phase0`` (n,) initial phases (default: uniform from ``init_seed``, which
