@@ -1,4 +1,5 @@
-"""Lower bounds behind two speed targets that these CPUs cannot meet (issues 8 and 10).
+"""Lower bounds behind two speed targets: issue 8's, which these CPUs cannot meet, and issue 10's
+(1000x the O(N) event simulator), which leaves exodus little room.
 
 Each subcommand compiles a small C++ kernel that does only the work no exact implementation can
 skip, in cache-friendly form and with nothing else around it, times it, and times the baseline of
