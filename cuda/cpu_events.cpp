@@ -193,12 +193,13 @@ class TargetDraw {
 
 // The priority queue: a sorted window over the keys (class WindowQueue). The keys live in a flat
 // array by neuron id, the simulator's whole state. Only the neurons whose key lies below the
-// window's end E ("near": the next few thousand spikers) are listed, as (key, id) entries sorted
-// by key then id; every other ("far") neuron is in no structure at all. Invariant: every neuron
+// window's end E ("near": about N / K of them, the next spikers) are listed, as (key, id) entries
+// ordered by key then id; every other ("far") neuron is in no structure at all. Invariant: every neuron
 // with key < E has an entry holding its current key (in the sorted list or, if its key changed
 // after the sweep and stayed below E, in a small side heap); an entry whose key no longer equals
 // the neuron's key is stale and skipped. The lowest valid entry is then the lowest key overall
-// (every far key is >= E), ties to the lower id.
+// (every far key is >= E), ties to the lower id. No log N anywhere: a spike costs O(K) plus its
+// share of the sweeps (one per ~N / 2K spikes in the balanced network).
 // A kick is one read-modify-write of the key and one compare of the new key with E; it touches
 // the queue only when the new key is below E (a kick on a near neuron that keeps it near, or
 // excitation), which is rare. The spiker's reset makes its entry stale. When the list and the
