@@ -114,19 +114,15 @@ EVENTS_FLOOR = r"""
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
-static inline uint64_t fmix(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
+#include "cpu_events.cpp"  // TargetDraw and fmix: the simulator's own draw (-I cuda)
+using exodus_events::fmix;
 int main(int argc, char** argv) {
   const int64_t n = atoll(argv[1]);
   const bool distinct = argc > 2 && atoi(argv[2]) != 0;  // the K targets de-duplicated, as the graph spec asks
   const int K = 100, S = 2000000;
   const uint64_t G = 0x9E3779B97F4A7C15ull;
   std::vector<double> state(n, 1.0);
-  std::vector<uint64_t> bits(uint64_t(n + 63) / 64, 0);
-  int64_t targets[2][K + 32];  // the SIMD draws write past K
+  int64_t targets[2][K + 8];  // the eight-wide draw writes up to 104
   const auto draw = [&](int64_t j, int64_t* out) {
     const uint64_t key = fmix(1 ^ fmix(uint64_t(j + 1) * G));
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
@@ -145,49 +141,12 @@ int main(int argc, char** argv) {
     for (int m = 0; m < K; ++m) out[m] = int64_t((unsigned __int128)fmix(key + (m + 1) * G) * uint64_t(n - 1) >> 64);
 #endif
   };
-  // The same draw with repeats removed (the first K distinct candidates), as cuda/cpu_events.cpp
-  // does it: sixteen 32-bit candidates per vector against the earlier vectors with vp2intersect,
-  // or a bit per neuron without that instruction.
+  // The same draw with repeats removed (the first K distinct candidates): exodus's own TargetDraw
+  // (vp2intersect where the CPU has it, else a bit per neuron).
+  exodus_events::TargetDraw distinct_draw(n);
   const auto draw_distinct = [&](int64_t j, int64_t* out) {
-    const uint64_t key = fmix(1 ^ fmix(uint64_t(j + 1) * G));
-#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512CD__) && defined(__AVX512VP2INTERSECT__)
-    const __m512i r = _mm512_set1_epi64(int64_t(n - 1));
-    const auto hash8 = [&](uint64_t m) {
-      __m512i x = _mm512_add_epi64(_mm512_set1_epi64(int64_t(key + m * G)),
-                                   _mm512_mullo_epi64(_mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi64(int64_t(G))));
-      x = _mm512_mullo_epi64(_mm512_xor_si512(x, _mm512_srli_epi64(x, 30)), _mm512_set1_epi64(int64_t(0xBF58476D1CE4E5B9ull)));
-      x = _mm512_mullo_epi64(_mm512_xor_si512(x, _mm512_srli_epi64(x, 27)), _mm512_set1_epi64(int64_t(0x94D049BB133111EBull)));
-      x = _mm512_xor_si512(x, _mm512_srli_epi64(x, 31));
-      const __m512i high = _mm512_mul_epu32(_mm512_srli_epi64(x, 32), r), low = _mm512_mul_epu32(x, r);
-      return _mm512_cvtepi64_epi32(_mm512_srli_epi64(_mm512_add_epi64(high, _mm512_srli_epi64(low, 32)), 32));
-    };
-    __m512i seen[64];
-    int vectors = 0, found = 0;
-    for (uint64_t m = 1; found < K && vectors < 64; m += 16) {
-      const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(hash8(m)), hash8(m + 8), 1);
-      __mmask16 repeat = _mm512_test_epi32_mask(_mm512_conflict_epi32(v), _mm512_set1_epi32(-1));
-      for (int p = 0; p < vectors; ++p) {
-        __mmask16 a, b;
-        _mm512_2intersect_epi32(seen[p], v, &a, &b);
-        repeat |= b;
-      }
-      seen[vectors++] = v;
-      const __m512i kept = _mm512_maskz_compress_epi32(__mmask16(~repeat), v);  // out has room for 16 more
-      _mm512_storeu_si512(out + found, _mm512_cvtepu32_epi64(_mm512_castsi512_si256(kept)));
-      _mm512_storeu_si512(out + found + 8, _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(kept, 1)));
-      found += __builtin_popcount(uint16_t(~repeat));  // beyond K: unused
-    }
-#else
-    int found = 0;
-    for (uint64_t m = 1; found < K; ++m) {
-      const int64_t t = int64_t((unsigned __int128)fmix(key + m * G) * uint64_t(n - 1) >> 64);
-      const uint64_t word = bits[uint64_t(t) >> 6], bit = uint64_t(1) << (t & 63);
-      out[found] = t;
-      found += (word & bit) == 0;
-      bits[uint64_t(t) >> 6] = word | bit;
-    }
-    for (int c = 0; c < K; ++c) bits[uint64_t(out[c]) >> 6] = 0;
-#endif
+    distinct_draw.start(1, n, K, j, out);
+    distinct_draw.finish();
   };
   double best = 1e9;
   for (int rep = 0; rep < 3; ++rep) {
@@ -216,11 +175,13 @@ int main(int argc, char** argv) {
 
 
 def run_floor(source: str, args: list[str]) -> str:
-    """Compiles ``source`` with g++ -O3 -march=native and runs it with ``args``; its stdout."""
+    """Compiles ``source`` with g++ -O3 -march=native (cuda/ on the include path) and runs it with
+    ``args``; its stdout."""
     with tempfile.TemporaryDirectory() as tmp:
         src, exe = Path(tmp) / "floor.cpp", Path(tmp) / "floor"
         src.write_text(source)
-        subprocess.run(["g++", "-O3", "-march=native", "-fopenmp-simd", str(src), "-o", str(exe)], check=True)
+        cuda = Path(__file__).resolve().parent.parent / "cuda"
+        subprocess.run(["g++", "-O3", "-march=native", "-fopenmp-simd", f"-I{cuda}", str(src), "-o", str(exe)], check=True)
         return subprocess.run([str(exe), *args], check=True, capture_output=True, text=True).stdout
 
 

@@ -37,7 +37,8 @@
 
 namespace exodus_events {
 
-#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512CD__) && defined(__AVX512VP2INTERSECT__)
+#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512CD__) && defined(__AVX512VP2INTERSECT__) && \
+    defined(__BMI2__)
 #define EXODUS_EVENTS_VP2INTERSECT 1
 #else
 #define EXODUS_EVENTS_VP2INTERSECT 0
@@ -51,16 +52,16 @@ inline uint64_t fmix(uint64_t z) {
   return z ^ (z >> 31);
 }
 
-// Draws the K random targets of one presynaptic neuron j into out[0 .. k), a few candidates per
-// step (the simulator interleaves the next spiker's draw with this spike's kicks). With AVX-512
+// Draws the K random targets of one presynaptic neuron j into out[0 .. k) (start(), then finish()).
+// With AVX-512
 // the candidates are hashed eight at once; for N - 1 < 2^32 Lemire's 64 x 64 -> high 64 product
 // is exact from two 32 x 32 -> 64 products: with x = x_hi 2^32 + x_lo,
 // floor(x r / 2^64) = (x_hi r + (x_lo r >> 32)) >> 32 (no overflow: x_hi r <= 2^64 - 2^33 + 1).
 // Repeats (rare: about K^2 / 2N per draw) are removed in one of two ways, with the same result:
-//  - with AVX512_VP2INTERSECT (and N - 1 < 2^32), sixteen candidates per step as 32-bit lanes: a
-//    lane repeats if an earlier lane holds its id (vpconflictd) or any earlier step's vector does
+//  - with AVX512_VP2INTERSECT (and N - 1 < 2^32), sixteen candidates a vector as 32-bit lanes: a
+//    lane repeats if an earlier lane holds its id (vpconflictd) or any earlier vector does
 //    (one vp2intersectd per earlier vector, all 16 x 16 pairs at once). No memory is touched:
-//    0.07 us per draw of K = 100 at N = 1e6 against 0.25 us for the bit set on one Zen 5 core,
+//    0.06 us per draw of K = 100 at N = 1e6 against 0.25 us for the bit set on one Zen 5 core,
 //    whose test-and-set stores hold the next loads back. Past MAX_VECTORS vectors (K near N) the
 //    draw restarts with the bit set.
 //  - otherwise one bit per neuron (N/8 bytes: 125 KB at N = 1e6, mostly in L2), cleared word by
@@ -79,16 +80,17 @@ class TargetDraw {
     out_ = out;
     found_ = 0;
     m_ = 1;
-#if EXODUS_EVENTS_VP2INTERSECT
-    vectors_ = 0;
-    by_vectors_ = range_ < (uint64_t(1) << 32);
-#endif
   }
-  bool done() const { return found_ == k_; }
-  int64_t step() {  // the next candidates (up to the K-th distinct target); returns found()
+  void finish() {  // draws the targets whose draw start() began
 #if EXODUS_EVENTS_VP2INTERSECT
-    if (by_vectors_) return step16();
+    if (range_ < (uint64_t(1) << 32) && draw_by_vectors()) return;  // else (K near N) with the bit set
 #endif
+    while (!done()) step();
+  }
+
+ private:
+  bool done() const { return found_ == k_; }
+  int64_t step() {  // the next eight candidates (up to the K-th distinct target); returns found()
     int64_t target[8];
     hash8(target);
     uint64_t* const bits = bits_.data();
@@ -108,65 +110,64 @@ class TargetDraw {
     if (found == k) clear(bits, out, k);
     return found;
   }
-  void finish() {
-    while (!done()) step();
-  }
-
- private:
 #if EXODUS_EVENTS_VP2INTERSECT
-  int64_t step16() {
-    if (vectors_ == MAX_VECTORS) {  // too many repeats (K near N): start over with the bit set
-      by_vectors_ = false;
-      found_ = 0;
-      m_ = 1;
-      return step();
+  // The whole draw, sixteen candidates a vector, in locals (members kept in memory cost 10-15 ns
+  // a draw: the stores to out[] may alias them). False, with nothing drawn, after MAX_VECTORS
+  // vectors without K distinct targets.
+  bool draw_by_vectors() {
+    const uint64_t key = key_, range = range_;
+    const int64_t k = k_, j = j_;
+    int64_t* const out = out_;
+    int64_t found = 0;
+    uint64_t m = 1;
+    for (int vectors = 0; vectors < MAX_VECTORS; ++vectors, m += 16) {
+      const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(hash8_vector(key, m, range, j))),
+                                           _mm512_cvtepi64_epi32(hash8_vector(key, m + 8, range, j)), 1);
+      __mmask16 repeat = _mm512_test_epi32_mask(_mm512_conflict_epi32(v), _mm512_set1_epi32(-1));
+      for (int p = 0; p < vectors; ++p) {
+        __mmask16 in_earlier, in_v;
+        _mm512_2intersect_epi32(vector_[p], v, &in_earlier, &in_v);
+        repeat |= in_v;
+      }
+      vector_[vectors] = v;
+      unsigned fresh = uint16_t(~repeat);
+      const int64_t need = k - found;
+      const bool last = __builtin_popcount(fresh) >= need;
+      if (last) fresh = _pdep_u32((1u << need) - 1, fresh);  // the first `need` of them (need <= 16 here)
+      const int count = __builtin_popcount(fresh);
+      const __m512i kept = _mm512_maskz_compress_epi32(__mmask16(fresh), v);
+      const unsigned lanes = (1u << count) - 1;  // masked stores: out[] has room for k only
+      _mm512_mask_storeu_epi64(out + found, __mmask8(lanes), _mm512_cvtepu32_epi64(_mm512_castsi512_si256(kept)));
+      _mm512_mask_storeu_epi64(out + found + 8, __mmask8(lanes >> 8),
+                               _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(kept, 1)));
+      found += count;
+      if (last) {
+        found_ = found;
+        return true;
+      }
     }
-    const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(hash8_vector(m_))),
-                                         _mm512_cvtepi64_epi32(hash8_vector(m_ + 8)), 1);
-    m_ += 16;
-    __mmask16 repeat = _mm512_test_epi32_mask(_mm512_conflict_epi32(v), _mm512_set1_epi32(-1));
-    for (int p = 0; p < vectors_; ++p) {
-      __mmask16 in_earlier, in_v;
-      _mm512_2intersect_epi32(vector_[p], v, &in_earlier, &in_v);
-      repeat |= in_v;
-    }
-    vector_[vectors_++] = v;
-    unsigned fresh = uint16_t(~repeat);
-    const int64_t need = k_ - found_;
-    while (__builtin_popcount(fresh) > need) fresh &= ~(1u << (31 - __builtin_clz(fresh)));  // the first `need`
-    const int64_t count = __builtin_popcount(fresh);
-    const __m512i kept = _mm512_maskz_compress_epi32(__mmask16(fresh), v);
-    int64_t* const out = out_ + found_;
-    if (count == 16) {
-      _mm512_storeu_si512(out, _mm512_cvtepu32_epi64(_mm512_castsi512_si256(kept)));
-      _mm512_storeu_si512(out + 8, _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(kept, 1)));
-    } else {
-      alignas(64) uint32_t id[16];
-      _mm512_store_si512(id, kept);
-      for (int64_t c = 0; c < count; ++c) out[c] = int64_t(id[c]);
-    }
-    found_ += count;
-    return found_;
+    return false;
   }
 #endif
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
-  __m512i hash8_vector(uint64_t m) const {  // targets of candidates m .. m + 7 (N - 1 < 2^32)
+  // Targets of candidates m .. m + 7 of the draw keyed `key` (range = N - 1 < 2^32, j the spiker).
+  static __m512i hash8_vector(uint64_t key, uint64_t m, uint64_t range, int64_t j) {
     const __m512i lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
-    __m512i z = _mm512_add_epi64(_mm512_set1_epi64(int64_t(key_ + m * GOLDEN)),
+    __m512i z = _mm512_add_epi64(_mm512_set1_epi64(int64_t(key + m * GOLDEN)),
                                  _mm512_mullo_epi64(lane, _mm512_set1_epi64(int64_t(GOLDEN))));
-      z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)), _mm512_set1_epi64(int64_t(0xBF58476D1CE4E5B9ull)));
-      z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)), _mm512_set1_epi64(int64_t(0x94D049BB133111EBull)));
-      z = _mm512_xor_si512(z, _mm512_srli_epi64(z, 31));
-      const __m512i r = _mm512_set1_epi64(int64_t(range_));
-      const __m512i high = _mm512_mul_epu32(_mm512_srli_epi64(z, 32), r), low = _mm512_mul_epu32(z, r);
-      __m512i cand = _mm512_srli_epi64(_mm512_add_epi64(high, _mm512_srli_epi64(low, 32)), 32);
-    return _mm512_mask_add_epi64(cand, _mm512_cmpge_epi64_mask(cand, _mm512_set1_epi64(j_)), cand, _mm512_set1_epi64(1));
+    z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)), _mm512_set1_epi64(int64_t(0xBF58476D1CE4E5B9ull)));
+    z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)), _mm512_set1_epi64(int64_t(0x94D049BB133111EBull)));
+    z = _mm512_xor_si512(z, _mm512_srli_epi64(z, 31));
+    const __m512i r = _mm512_set1_epi64(int64_t(range));
+    const __m512i high = _mm512_mul_epu32(_mm512_srli_epi64(z, 32), r), low = _mm512_mul_epu32(z, r);
+    const __m512i cand = _mm512_srli_epi64(_mm512_add_epi64(high, _mm512_srli_epi64(low, 32)), 32);
+    return _mm512_mask_add_epi64(cand, _mm512_cmpge_epi64_mask(cand, _mm512_set1_epi64(j)), cand, _mm512_set1_epi64(1));
   }
 #endif
   void hash8(int64_t* target) const {  // targets of candidates m_ .. m_ + 7
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
     if (range_ < (uint64_t(1) << 32)) {
-      _mm512_storeu_si512(target, hash8_vector(m_));
+      _mm512_storeu_si512(target, hash8_vector(key_, m_, range_, j_));
       return;
     }
 #endif
@@ -182,8 +183,6 @@ class TargetDraw {
 #if EXODUS_EVENTS_VP2INTERSECT
   static constexpr int MAX_VECTORS = 64;
   __m512i vector_[MAX_VECTORS];  // this draw's candidate vectors so far
-  int vectors_ = 0;
-  bool by_vectors_ = false;
 #endif
   std::vector<uint64_t> bits_;
   uint64_t key_ = 0, range_ = 0, m_ = 1;
@@ -225,6 +224,10 @@ struct EntryAfter {  // min-heap order
   bool operator()(const Entry& a, const Entry& b) const { return before(b.key, b.id, a.key, a.id); }
 };
 inline uintptr_t align_up(uintptr_t raw, uintptr_t bytes) { return (raw + bytes - 1) / bytes * bytes; }
+// The keys in the caller's buffer of n + KEY_PADDING doubles, 64-byte aligned (whole-line SIMD loads).
+inline double* aligned_keys(void* key_buffer) {
+  return reinterpret_cast<double*>(align_up(reinterpret_cast<uintptr_t>(key_buffer), 64));
+}
 
 // Minimum of key[0 .. n) ignoring NaN (+inf if none).
 inline double min_key(const double* key, int64_t n) {
@@ -252,7 +255,7 @@ class WindowQueue {
   // the spikes between two kicks on one neuron: a wider one fills with entries that go stale, a
   // narrower one sweeps more often (measured at N = 1e4 .. 1e6, K = 100: 1-2 N / K is best).
   WindowQueue(void* key_buffer, int64_t n_, double kicks_per_spike = 0.0)
-      : key(reinterpret_cast<double*>(align_up(reinterpret_cast<uintptr_t>(key_buffer), 64))), n(n_) {
+      : key(aligned_keys(key_buffer)), n(n_) {
     const double target = kicks_per_spike >= 1.0 ? double(n) / kicks_per_spike : 8.0 * std::sqrt(double(n));
     target_ = int64_t(std::clamp(target, 64.0, 1e9));
   }
@@ -318,7 +321,7 @@ class WindowQueue {
     side_.push_back({k, i});
     std::push_heap(side_.begin(), side_.end(), EntryAfter());
   }
-  // A new window [E, E + width) (from the minimum key after rebuild()): the entries sorted, the
+  // A new window [E, E + width) (from the minimum key after rebuild()): the entries bucketed, the
   // width adapted towards target_ entries. Returns false when no key is finite.
   bool sweep() {
     double lo = end_;  // every key is >= lo
@@ -548,8 +551,9 @@ int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double
   // the K prefetches cost more than they save (random LIF graph on one Zen 5 core: N = 1e6, 8 MB
   // of keys: 0.24 -> 0.23 us a spike without; N = 1e7: 0.57 with, 0.93 without).
   const bool prefetch_keys = Csr || Mo != LifPsi || net.n > (int64_t(1) << 21);
-  const auto prefetch_targets = [&](const int64_t* tgt, int64_t first, int64_t last) {
-    for (int64_t r = first; r < last; ++r) {
+  const auto prefetch_targets = [&](const TargetList& list) {
+    for (int64_t r = 0; r < list.n; ++r) {
+      const int64_t* const tgt = list.tgt;
       if (prefetch_keys) queue.prefetch(tgt[r]);
       if constexpr (Mo == Hetero) {
         __builtin_prefetch(&s.phase[tgt[r]]);
@@ -614,7 +618,7 @@ int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double
         draw.start(net.seed, net.n, net.k, j, lists[in_use].data());
         draw.finish();
       }
-      prefetch_targets(now.tgt, 0, now.n);
+      prefetch_targets(now);
     }
     predicted = queue.top().id;
     predicted_list = 1 - in_use;
@@ -624,7 +628,7 @@ int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double
       draw.start(net.seed, net.n, net.k, predicted, lists[predicted_list].data());
       draw.finish();
     }
-    prefetch_targets(next.tgt, 0, next.n);
+    prefetch_targets(next);
 
     int32_t status = 0;
     // Locals: the stores to the keys could alias net's fields as far as the compiler knows.
@@ -713,19 +717,18 @@ extern "C" {
 // heterogeneous: s.phase must hold the phases, last_time the start time).
 int32_t exodus_events_init(const EventsNetwork* net, EventsState* s, const double* phase0, double t0) {
   if (net == nullptr || s == nullptr || net->n < 2) return ERR_ARGS;
-  WindowQueue queue(s->key, net->n);
+  double* const key = aligned_keys(s->key);  // run()'s queue lists them at its first top()
   for (int64_t i = 0; i < net->n; ++i) {
     if (net->heterogeneous) {
       s->phase[i] = phase0[i];
       s->last_time[i] = t0;
-      queue.key[i] = t0 + (net->phase_th - phase0[i]) / net->omega[i];
+      key[i] = t0 + (net->phase_th - phase0[i]) / net->omega[i];
     } else if (net->model == LIF) {
-      queue.key[i] = lif_psi_of_phase(phase0[i], net->omega0);
+      key[i] = lif_psi_of_phase(phase0[i], net->omega0);
     } else {
-      queue.key[i] = -phase0[i];
+      key[i] = -phase0[i];
     }
   }
-  queue.rebuild();
   s->offset = 0.0;
   s->time_base = t0;
   s->time = t0;
@@ -783,7 +786,6 @@ int32_t exodus_events_queue_replay(int64_t n, const double* keys0, int64_t m, co
   std::vector<double> keys(size_t(n + KEY_PADDING));
   WindowQueue queue(keys.data(), n);
   std::copy(keys0, keys0 + n, queue.key);
-  queue.rebuild();
   for (int64_t u = 0; u < m; ++u) {
     queue.update(ids[u], new_keys[u]);
     top_ids[u] = (u + 1) % batch == 0 || u == m - 1 ? queue.top().id : -1;
