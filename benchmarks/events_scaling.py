@@ -5,6 +5,10 @@ network (balanced inhibitory LIF, K = 100, DESIGN.md §8), all measured in one r
     python benchmarks/events_scaling.py                      # N = 1e4, 1e5, 1e6
     python benchmarks/events_scaling.py --big                # + N = 1e6 x 1e7 spikes
 
+exodus runs twice per N: on one thread (threads=1, the default) and with its helper thread
+(threads=2: targets drawn ahead and half of each O(N) sweep on the second core; same spikes).
+The O(N) numpy simulator and the torch simulation run on one thread.
+
 Prints microseconds per spike and the ratios; timings on a shared machine are noisy, so the
 ratios (same run) are what to read, each side the fastest of --repeats runs (default 3).
 """
@@ -22,13 +26,13 @@ from exodus.events import _native
 from exodus.events.timestepped import simulate_timestepped
 
 
-def exodus_run(net: ev.Network, n_spikes: int, repeats: int = 1) -> tuple[float, float, float]:
+def exodus_run(net: ev.Network, n_spikes: int, repeats: int = 1, threads: int = 1) -> tuple[float, float, float]:
     """(wall us per spike, CPU us per spike, mean rate Hz) of the compiled event simulator, the
     fastest of `repeats` identical runs."""
     best = (math.inf, math.inf, 0.0)
     for _ in range(repeats):
         cpu = time.process_time()
-        spikes = ev.simulate(net, n_spikes)
+        spikes = ev.simulate(net, n_spikes, threads=threads)
         cpu = time.process_time() - cpu
         best = min(best, (1e6 * spikes.wall_seconds / n_spikes, 1e6 * cpu / n_spikes, spikes.mean_rate()))
     return best
@@ -84,12 +88,13 @@ def main() -> None:
           f"torch threads = 1; stepped dt = {args.dt} tau")
     print(f"us per network spike, wall clock (CPU time of this process in brackets); fastest of {args.repeats} runs each")
     print(f"{'N':>9} {'rate Hz':>8} {'exodus':>14} {'O(N) numpy':>18} {'O(N)/exodus':>12} {'stepped torch':>16} "
-          f"{'stepped/exod.':>13} {'state MB':>9}")
+          f"{'stepped/exod.':>13} {'state MB':>9} {'exodus 2 thr.':>14} {'O(N)/ex. 2 thr.':>15}")
     ex_cost = {}
     for size in args.sizes:
         n = int(size)
         net = ev.Network(n, args.k, seed=1)
         ex_us, ex_cpu, rate = exodus_run(net, args.exodus_spikes, args.repeats)
+        ex2_us, ex2_cpu, _ = exodus_run(net, args.exodus_spikes, args.repeats, threads=2)
         on_us, on_cpu = on_event_run(net, args.on_spikes, args.repeats)
         stepped_us, stepped_cpu = stepped_run(net, args.stepped_duration, args.dt)
         ex_cost[n] = (ex_us, ex_cpu)
@@ -97,7 +102,8 @@ def main() -> None:
         state_mb = (8 * key_count + 8 * n + n / 8) / 1e6  # keys, spike counts, drawn-target bits (+ the window: ~KB)
         print(f"{n:>9,} {rate:>8.3f} {ex_us:>6.2f} ({ex_cpu:>5.2f}) {on_us:>8.1f} ({on_cpu:>7.1f}) "
               f"{on_us / ex_us:>5.0f} ({on_cpu / ex_cpu:>4.0f}) {stepped_us:>7.1f} ({stepped_cpu:>6.1f}) "
-              f"{stepped_us / ex_us:>6.1f} ({stepped_cpu / ex_cpu:>4.1f}) {state_mb:>9.1f}", flush=True)
+              f"{stepped_us / ex_us:>6.1f} ({stepped_cpu / ex_cpu:>4.1f}) {state_mb:>9.1f} "
+              f"{ex2_us:>6.2f} ({ex2_cpu:>5.2f}) {on_us / ex2_us:>6.0f} ({on_cpu / ex2_cpu:>4.0f})", flush=True)
     sizes = sorted(ex_cost)
     if len(sizes) > 1:
         lo, hi = sizes[0], sizes[-1]
@@ -115,12 +121,13 @@ def main() -> None:
                   f"({peak / int(size):.0f} bytes per neuron)")
     if args.big:
         net = ev.Network(1_000_000, args.k, seed=1)
-        cpu = time.process_time()
-        spikes = ev.simulate(net, 10_000_000, record=False)
-        cpu = time.process_time() - cpu
-        print(f"N = 1,000,000 x 10,000,000 spikes (counts only): {spikes.wall_seconds:.1f} s wall ({cpu:.1f} s CPU), "
-              f"{1e6 * spikes.wall_seconds / 1e7:.2f} us/spike, {spikes.duration:.3f} s simulated, "
-              f"rate {spikes.mean_rate():.3f} Hz")
+        for threads in (1, 2):
+            cpu = time.process_time()
+            spikes = ev.simulate(net, 10_000_000, record=False, threads=threads)
+            cpu = time.process_time() - cpu
+            print(f"N = 1,000,000 x 10,000,000 spikes (counts only), threads={threads}: {spikes.wall_seconds:.1f} s wall "
+                  f"({cpu:.1f} s CPU), {1e6 * spikes.wall_seconds / 1e7:.2f} us/spike, {spikes.duration:.3f} s "
+                  f"simulated, rate {spikes.mean_rate():.3f} Hz")
 
 
 if __name__ == "__main__":

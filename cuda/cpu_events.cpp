@@ -1,6 +1,7 @@
 // exodus.events — exact event-based simulation of pulse-coupled networks (SparseProp, Engelken
 // 2023; DESIGN.md §8) with O(1) amortised queue work per target and spike (class WindowQueue).
-// Sequential by nature: one thread.
+// Sequential by nature: one thread simulates. With threads = 2 a helper thread (class Helper) draws
+// the likely next spikers' targets ahead and does half of each O(N) sweep; results are identical.
 //
 // Homogeneous drive (every neuron has the same speed omega): the phases live in one priority
 // queue (class WindowQueue) as phi~ = phi - Phi (Phi a global offset),
@@ -20,10 +21,14 @@
 //   cand_m    = floor(x_m (N - 1) / 2^64) (Lemire's multiply-shift);  target = cand_m + (cand_m >= j)
 //   targets   = the first K distinct targets in draw order; synapse (j, r) is the r-th of them.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
 #include <vector>
-#if defined(__AVX512F__)
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
 
@@ -246,10 +251,177 @@ inline double min_key(const double* key, int64_t n) {
   return m;
 }
 
+// Appends (key[i], i) for every i in [lo, hi) with key[i] < end, in id order (lo a multiple of 8).
+inline void collect_below(const double* key, int64_t lo, int64_t hi, double end, std::vector<Entry>& out) {
+  int64_t i = lo;
+#if defined(__AVX512F__)
+  const __m512d e = _mm512_set1_pd(end);
+  for (; i + 8 <= hi; i += 8) {
+    __mmask8 below = _mm512_cmp_pd_mask(_mm512_load_pd(key + i), e, _CMP_LT_OQ);
+    for (; below; below &= below - 1) out.push_back({key[i + __builtin_ctz(below)], i + __builtin_ctz(below)});
+  }
+#endif
+  for (; i < hi; ++i)
+    if (key[i] < end) out.push_back({key[i], i});
+}
+
+inline void spin_pause() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// The second thread of threads = 2. It changes no result: it only does work the simulating thread
+// would otherwise do itself, and that work has one answer whoever does it.
+//  - Draws ahead. A random graph's targets of neuron j are a pure function of (seed, N, K, j).
+//    The helper draws them for the window's next entries (the likely next spikers, published
+//    by WindowQueue::distribute as a plan) into a small cache of slots keyed by j mod R. The
+//    simulator copies a slot out under a sequence lock (a copy the helper overwrote meanwhile is
+//    detected and dropped) or, on a miss, draws itself.
+//  - Half of each O(N) sweep, while the simulating thread sweeps the other half and then waits:
+//    no key changes meanwhile.
+// The helper spins (with pause) while it waits for work, so it takes a whole core.
+class Helper {
+ public:
+  // k: the random graph's out-degree (0: CSR, no drawing ahead).
+  Helper(int64_t n, int64_t k, uint64_t seed, int64_t plan_capacity)
+      : n_(n), k_(k), seed_(seed), stride_((k + 15) / 16 * 16) {
+    if (k_ > 0 && k_ <= MAX_DRAW_K && n_ - 1 < (int64_t(1) << 31)) {
+      slots_ = std::max<int64_t>(16, std::min<int64_t>(256, (int64_t(1) << 20) / (4 * stride_)));
+      header_.reset(new Header[size_t(slots_)]);
+      data_.assign(size_t(slots_ * stride_), 0);
+      plan_capacity_ = plan_capacity;
+      plan_.reset(new std::atomic<int64_t>[size_t(plan_capacity_)]);
+    }
+    thread_ = std::thread([this] { loop(); });
+  }
+  ~Helper() {
+    stop_.store(true, std::memory_order_relaxed);
+    thread_.join();
+  }
+  Helper(const Helper&) = delete;
+  Helper& operator=(const Helper&) = delete;
+
+  // The simulating thread's side.
+  bool draws_ahead() const { return plan_capacity_ > 0; }
+  // The window's entries in bucket order (the order the simulator will mostly reach them).
+  void publish_plan(const std::vector<Entry>& window) {
+    if (!draws_ahead()) return;
+    const int64_t m = std::min<int64_t>(int64_t(window.size()), plan_capacity_);
+    for (int64_t q = 0; q < m; ++q) plan_[size_t(q)].store(window[size_t(q)].id, std::memory_order_relaxed);
+    plan_size_.store(m, std::memory_order_relaxed);
+    plan_head_.store(0, std::memory_order_relaxed);
+    plan_gen_.store(plan_gen_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+  }
+  void publish_head(int64_t head) { plan_head_.store(head, std::memory_order_relaxed); }
+  // The K targets of j into out, if the helper has them (false: draw them yourself).
+  bool lookup(int64_t j, int64_t* out) const {
+    if (!draws_ahead()) return false;
+    const Header& h = header_[size_t(j % slots_)];
+    const uint64_t before = h.seq.load(std::memory_order_acquire);
+    if ((before & 1) || h.id.load(std::memory_order_relaxed) != j) return false;
+    const int32_t* src = &data_[size_t(j % slots_ * stride_)];
+    int64_t r = 0;
+#if defined(__AVX512F__)
+    for (; r + 16 <= k_; r += 16) {
+      const __m512i v = _mm512_loadu_si512(src + r);
+      _mm512_storeu_si512(out + r, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(v)));
+      _mm512_storeu_si512(out + r + 8, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1)));
+    }
+#endif
+    for (; r < k_; ++r) out[r] = src[r];
+    std::atomic_thread_fence(std::memory_order_acquire);
+    return h.seq.load(std::memory_order_relaxed) == before;  // else overwritten while copied
+  }
+  // Entries of [lo, hi) below end, collected by the helper (start_sweep, then finish_sweep).
+  void start_sweep(const double* key, int64_t lo, int64_t hi, double end) {
+    sweep_key_ = key, sweep_lo_ = lo, sweep_hi_ = hi, sweep_end_ = end;
+    sweep_request_.store(sweep_request_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+  }
+  const std::vector<Entry>& finish_sweep() {
+    const uint64_t request = sweep_request_.load(std::memory_order_relaxed);
+    while (sweep_done_.load(std::memory_order_acquire) != request) spin_pause();
+    return swept_;
+  }
+
+ private:
+  static constexpr int64_t MAX_DRAW_K = 1 << 16;
+  static constexpr int64_t AHEAD = 16;  // plan entries drawn ahead of the simulator's position
+  struct alignas(64) Header {
+    std::atomic<uint64_t> seq{0};  // odd while the slot is written
+    std::atomic<int64_t> id{-1};
+  };
+
+  void loop() {
+    std::unique_ptr<TargetDraw> draw;
+    std::vector<int64_t> drawn;
+    if (draws_ahead()) draw.reset(new TargetDraw(n_)), drawn.resize(size_t(k_));
+    uint64_t done = 0;
+    int64_t gen = -1, q = 0;
+    while (!stop_.load(std::memory_order_relaxed)) {
+      const uint64_t request = sweep_request_.load(std::memory_order_acquire);
+      if (request != done) {
+        swept_.clear();
+        collect_below(sweep_key_, sweep_lo_, sweep_hi_, sweep_end_, swept_);
+        done = request;
+        sweep_done_.store(done, std::memory_order_release);
+        continue;
+      }
+      if (draws_ahead()) {
+        const int64_t g = plan_gen_.load(std::memory_order_acquire);
+        if (g != gen) gen = g, q = 0;
+        const int64_t size = plan_size_.load(std::memory_order_relaxed), head = plan_head_.load(std::memory_order_relaxed);
+        q = std::max(q, head);
+        if (q < size && q < head + AHEAD) {
+          const int64_t j = plan_[size_t(q++)].load(std::memory_order_relaxed);
+          if (j >= 0 && j < n_) fill(*draw, drawn.data(), j);
+          continue;
+        }
+      }
+      spin_pause();
+    }
+  }
+  void fill(TargetDraw& draw, int64_t* drawn, int64_t j) {
+    Header& h = header_[size_t(j % slots_)];
+    if (h.id.load(std::memory_order_relaxed) == j) return;  // there already
+    draw.start(seed_, n_, k_, j, drawn);
+    draw.finish();
+    const uint64_t seq = h.seq.load(std::memory_order_relaxed);
+    h.seq.store(seq + 1, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_release);
+    h.id.store(j, std::memory_order_relaxed);
+    int32_t* dst = &data_[size_t(j % slots_ * stride_)];
+    for (int64_t r = 0; r < k_; ++r) dst[r] = int32_t(drawn[r]);
+    h.seq.store(seq + 2, std::memory_order_release);
+  }
+
+  const int64_t n_, k_;
+  const uint64_t seed_;
+  const int64_t stride_;
+  int64_t slots_ = 0, plan_capacity_ = 0;
+  std::unique_ptr<Header[]> header_;
+  std::vector<int32_t> data_;  // (slots, stride) targets (N - 1 < 2^31)
+  std::unique_ptr<std::atomic<int64_t>[]> plan_;
+  alignas(64) std::atomic<int64_t> plan_gen_{0};
+  std::atomic<int64_t> plan_size_{0};
+  alignas(64) std::atomic<int64_t> plan_head_{0};  // written every spike: a line of its own
+  alignas(64) std::atomic<uint64_t> sweep_request_{0};
+  const double* sweep_key_ = nullptr;
+  int64_t sweep_lo_ = 0, sweep_hi_ = 0;
+  double sweep_end_ = 0.0;
+  alignas(64) std::atomic<uint64_t> sweep_done_{0};
+  std::vector<Entry> swept_;
+  alignas(64) std::atomic<bool> stop_{false};
+  std::thread thread_;  // last: starts once everything above is built
+};
+
 class WindowQueue {
  public:
   double* const key;  // (n,) by neuron id: the caller's buffer, aligned here
   const int64_t n;
+  Helper* helper = nullptr;  // threads = 2 (see class Helper)
 
   // kicks_per_spike: the mean out-degree (0: unknown). The window aims at N / K entries, about
   // the spikes between two kicks on one neuron: a wider one fills with entries that go stale, a
@@ -278,6 +450,7 @@ class WindowQueue {
       if (!sweep()) return {INFINITY, 0};
     }
     if (head_ + PREFETCH_AHEAD < near_.size()) __builtin_prefetch(&key[near_[head_ + PREFETCH_AHEAD].id]);
+    if (helper) helper->publish_head(int64_t(head_));
     if (head_ == near_.size()) return side_.front();
     if (!side_.empty() && EntryBefore()(side_.front(), near_[head_])) return side_.front();
     return near_[head_];
@@ -362,6 +535,7 @@ class WindowQueue {
     near_.swap(scratch_);
     head_ = sorted_end_ = 0;
     next_bucket_ = 0;
+    if (helper) helper->publish_plan(near_);
   }
   void sort_next_bucket() {  // [sorted_end_, end of the next non-empty bucket) sorted by (key, id)
     while (bucket_end_[next_bucket_] == int64_t(sorted_end_)) ++next_bucket_;
@@ -371,16 +545,12 @@ class WindowQueue {
   }
   void collect() {  // the entries of the neurons with key < end_, in id order
     near_.clear();
-    int64_t i = 0;
-#if defined(__AVX512F__)
-    const __m512d end = _mm512_set1_pd(end_);
-    for (; i + 8 <= n; i += 8) {
-      __mmask8 below = _mm512_cmp_pd_mask(_mm512_load_pd(key + i), end, _CMP_LT_OQ);
-      for (; below; below &= below - 1) near_.push_back({key[i + __builtin_ctz(below)], i + __builtin_ctz(below)});
-    }
-#endif
-    for (; i < n; ++i)
-      if (key[i] < end_) near_.push_back({key[i], i});
+    const int64_t half = n / 2 / 64 * 64;  // the helper takes [half, n)
+    if (helper == nullptr || half == 0) return collect_below(key, 0, n, end_, near_);
+    helper->start_sweep(key, half, n, end_);
+    collect_below(key, 0, half, end_, near_);
+    const std::vector<Entry>& rest = helper->finish_sweep();
+    near_.insert(near_.end(), rest.begin(), rest.end());
   }
   double initial_width(double m) const {  // from a strided sample: its (target / n) quantile above m
     std::vector<double> sample;
@@ -531,10 +701,24 @@ void write_samples_before(const EventsNetwork& net, const EventsState& s, const 
 
 template <int M, int Mo, bool Csr>
 int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double t_end, double* out_time,
-            int64_t* out_id, EventsSamples* smp) {
+            int64_t* out_id, EventsSamples* smp, int32_t threads) {
+  std::unique_ptr<Helper> helper;  // threads = 2 (declared first: it outlives the queue's pointer)
+  if (threads >= 2) {
+    try {
+      helper.reset(new Helper(net.n, Csr ? 0 : net.k, net.seed, std::min<int64_t>(net.n, 4 * net.n / std::max<int64_t>(1, net.k) + 4096)));
+    } catch (...) {  // no thread: simulate alone
+      helper.reset();
+    }
+  }
   WindowQueue queue(s.key, net.n, Csr ? double(net.csr_indptr[net.n]) / double(net.n) : double(net.k));
+  queue.helper = helper.get();
   const EifTable table{net.eif_v, net.eif_slope, net.eif_n, net.eif_phase_lo, net.eif_step};
   TargetDraw draw(Csr ? 1 : net.n);
+  const auto draw_targets = [&](int64_t j, int64_t* out) {  // from the helper if it has them
+    if (helper && helper->lookup(j, out)) return;
+    draw.start(net.seed, net.n, net.k, j, out);
+    draw.finish();
+  };
   // Targets of a presynaptic neuron: a CSR row, or the random draw into one of two lists (the
   // current spiker's and the predicted next spiker's).
   struct TargetList {
@@ -614,20 +798,14 @@ int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double
     const int in_use = j == predicted ? predicted_list : 1 - predicted_list;
     const TargetList now = list_targets(j, in_use);
     if (j != predicted) {  // mispredicted (rare): draw now
-      if constexpr (!Csr) {
-        draw.start(net.seed, net.n, net.k, j, lists[in_use].data());
-        draw.finish();
-      }
+      if constexpr (!Csr) draw_targets(j, lists[in_use].data());
       prefetch_targets(now);
     }
     predicted = queue.top().id;
     predicted_list = 1 - in_use;
     const TargetList next = list_targets(predicted, predicted_list);
     __builtin_prefetch(&s.spike_count[predicted]);
-    if constexpr (!Csr) {  // drawn whole before the kicks (interleaved with them it was 10 % slower)
-      draw.start(net.seed, net.n, net.k, predicted, lists[predicted_list].data());
-      draw.finish();
-    }
+    if constexpr (!Csr) draw_targets(predicted, lists[predicted_list].data());  // whole, before the kicks (interleaved: 10 % slower)
     prefetch_targets(next);
 
     int32_t status = 0;
@@ -696,17 +874,17 @@ int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double
 
 template <int M, int Mo>
 int32_t dispatch_graph(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double t_end, double* out_time,
-                       int64_t* out_id, EventsSamples* smp) {
-  return net.csr_indptr ? run<M, Mo, true>(net, s, max_spikes, t_end, out_time, out_id, smp)
-                        : run<M, Mo, false>(net, s, max_spikes, t_end, out_time, out_id, smp);
+                       int64_t* out_id, EventsSamples* smp, int32_t threads) {
+  return net.csr_indptr ? run<M, Mo, true>(net, s, max_spikes, t_end, out_time, out_id, smp, threads)
+                        : run<M, Mo, false>(net, s, max_spikes, t_end, out_time, out_id, smp, threads);
 }
 
 template <int M>
 int32_t dispatch_model(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double t_end, double* out_time,
-                       int64_t* out_id, EventsSamples* smp) {
-  if (net.heterogeneous) return dispatch_graph<M, Hetero>(net, s, max_spikes, t_end, out_time, out_id, smp);
-  if constexpr (M == LIF) return dispatch_graph<M, LifPsi>(net, s, max_spikes, t_end, out_time, out_id, smp);
-  else return dispatch_graph<M, Phase>(net, s, max_spikes, t_end, out_time, out_id, smp);
+                       int64_t* out_id, EventsSamples* smp, int32_t threads) {
+  if (net.heterogeneous) return dispatch_graph<M, Hetero>(net, s, max_spikes, t_end, out_time, out_id, smp, threads);
+  if constexpr (M == LIF) return dispatch_graph<M, LifPsi>(net, s, max_spikes, t_end, out_time, out_id, smp, threads);
+  else return dispatch_graph<M, Phase>(net, s, max_spikes, t_end, out_time, out_id, smp, threads);
 }
 
 }  // namespace
@@ -738,15 +916,16 @@ int32_t exodus_events_init(const EventsNetwork* net, EventsState* s, const doubl
 
 // Simulates up to max_spikes spikes or until the next spike would come after t_end. Writes the
 // spikes to out_time / out_id (may be null) and returns a Status; *n_done = spikes simulated.
+// threads: 1, or 2 for a helper thread (class Helper; the same results).
 int32_t exodus_events_run(const EventsNetwork* net, EventsState* s, int64_t max_spikes, double t_end,
-                          double* out_time, int64_t* out_id, EventsSamples* samples, int64_t* n_done) {
-  if (net == nullptr || s == nullptr || n_done == nullptr || max_spikes < 0) return ERR_ARGS;
+                          double* out_time, int64_t* out_id, EventsSamples* samples, int32_t threads, int64_t* n_done) {
+  if (net == nullptr || s == nullptr || n_done == nullptr || max_spikes < 0 || threads < 1) return ERR_ARGS;
   const int64_t before = s->n_spikes;  // run() adds the spikes it simulated
   int32_t status;
   switch (net->model) {
-    case LIF: status = dispatch_model<LIF>(*net, *s, max_spikes, t_end, out_time, out_id, samples); break;
-    case QIF: status = dispatch_model<QIF>(*net, *s, max_spikes, t_end, out_time, out_id, samples); break;
-    case EIF: status = dispatch_model<EIF>(*net, *s, max_spikes, t_end, out_time, out_id, samples); break;
+    case LIF: status = dispatch_model<LIF>(*net, *s, max_spikes, t_end, out_time, out_id, samples, threads); break;
+    case QIF: status = dispatch_model<QIF>(*net, *s, max_spikes, t_end, out_time, out_id, samples, threads); break;
+    case EIF: status = dispatch_model<EIF>(*net, *s, max_spikes, t_end, out_time, out_id, samples, threads); break;
     default: return ERR_ARGS;
   }
   *n_done = s->n_spikes - before;

@@ -289,6 +289,33 @@ def test_simulator_equals_reference_n1000_long_lif():
     assert_same_spikes(got, expected)
 
 
+@pytest.mark.parametrize("model,drive,graph", CASES + [("lif", "homogeneous", "balanced")])
+def test_helper_thread_gives_the_same_spikes_bit_for_bit(model, drive, graph):
+    """threads=2 (a helper draws targets ahead and sweeps half the keys) changes no bit of the
+    result: spike times, ids, counts, voltages, also across chunks."""
+    if graph == "balanced":  # the default network, large enough for many sweeps and draws ahead
+        net, n_spikes, neurons = ev.Network(20_000, 100, seed=2), 60_000, np.array([0, 19_999])
+    else:
+        net, n_spikes, neurons = make_network(model, drive, graph), 1500 if model == "lif" else 400, np.array([3, 599])
+    sample_times = np.linspace(0.0, 0.01, 4)
+    one = ev.simulate(net, n_spikes, voltage_times=sample_times, voltage_neurons=neurons)
+    two = ev.simulate(net, n_spikes, voltage_times=sample_times, voltage_neurons=neurons, threads=2)
+    assert_same_spikes(two, one, tol=0.0)
+    np.testing.assert_array_equal(two.voltage, one.voltage)
+    chunked = ev.simulate(net, n_spikes, threads=2, chunk_spikes=n_spikes // 7)
+    assert_same_spikes(chunked, one, tol=0.0)
+
+
+@settings(max_examples=25)
+@given(n=st.integers(2, 3000), data=st.data(), seed=st.integers(0, 2 ** 32))
+def test_helper_thread_same_spikes_any_size(n, data, seed):
+    k = data.draw(st.integers(1, min(n - 1, 300)))
+    net = ev.Network(n, k, seed=seed, j0=0.5)
+    one, two = ev.simulate(net, 2000), ev.simulate(net, 2000, threads=2)
+    np.testing.assert_array_equal(two.neurons, one.neurons)
+    np.testing.assert_array_equal(two.times, one.times)
+
+
 def test_duration_stop_and_chunks():
     net = make_network("lif", "heterogeneous", "random", n=300, k=20)
     whole = ev.simulate(net, duration=0.3)
@@ -588,12 +615,16 @@ def test_bad_simulate_arguments():
         ev.simulate(net, 10, voltage_times=[0.2, 0.1])
     with pytest.raises(ValueError, match="voltage_neurons"):
         ev.simulate(net, 10, voltage_times=[0.1], voltage_neurons=[25])
+    for threads in (0, 3, 1.5, True):
+        with pytest.raises(ValueError, match="threads"):
+            ev.simulate(net, 10, threads=threads)
 
 
 def test_excitatory_crossing_is_reported():
     net = ev.Network(20, 5, j0=-5.0, i_ext=0.1)  # strong excitation: kicks cross the LIF threshold
-    with pytest.raises(ValueError, match="across threshold"):
-        ev.simulate(net, 100)
+    for threads in (1, 2):  # with a helper thread it is stopped on the error path too
+        with pytest.raises(ValueError, match="across threshold"):
+            ev.simulate(net, 100, threads=threads)
     with pytest.raises(ValueError, match="across threshold"):
         ev.simulate_reference(net, 100)
     qif = ev.Network(20, 5, j0=-5.0, i_ext=0.1, model="qif")  # QIF phases never cross: fine

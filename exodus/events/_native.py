@@ -2,7 +2,8 @@
 
 Built at first use through exodus.backends.sources.build_shared_library with the CPU backend's
 flag sets (tried in order; -ffp-contract=off in all of them), cached in ``~/.cache/exodus``.
-The simulation is sequential: no OpenMP is used even where the flags allow it.
+The simulation is sequential (no OpenMP, even where the flags allow it); ``threads=2`` adds one
+std::thread helper that draws targets ahead and shares the O(N) sweeps (same results).
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def load() -> ctypes.CDLL:
             raise BuildError(_error)
         errors = []
         for flags in _FLAG_SETS:
-            flags = [f for f in flags if f != "-fopenmp"]
+            flags = [f for f in flags if f != "-fopenmp"] + ["-pthread"]
             try:
                 library = ctypes.CDLL(str(build_shared_library("cpu_events.cpp", flags, "cpu-events")))
             except (BuildError, OSError) as error:
@@ -62,7 +63,7 @@ def load() -> ctypes.CDLL:
             library.exodus_events_init.argtypes = [ctypes.POINTER(EventsNetwork), ctypes.POINTER(EventsState), _P, _F64]
             library.exodus_events_run.restype = _I32
             library.exodus_events_run.argtypes = [ctypes.POINTER(EventsNetwork), ctypes.POINTER(EventsState), _I64,
-                                                  _F64, _P, _P, ctypes.POINTER(EventsSamples),
+                                                  _F64, _P, _P, ctypes.POINTER(EventsSamples), _I32,
                                                   ctypes.POINTER(_I64)]
             library.exodus_events_targets.restype = _I32
             library.exodus_events_targets.argtypes = [ctypes.c_uint64, _I64, _I64, _I64, _P]
