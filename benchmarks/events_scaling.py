@@ -6,7 +6,7 @@ network (balanced inhibitory LIF, K = 100, DESIGN.md §8), all measured in one r
     python benchmarks/events_scaling.py --big                # + N = 1e6 x 1e7 spikes
 
 exodus runs twice per N: on one thread (threads=1, the default) and with its helper thread
-(threads=2: targets drawn ahead and half of each O(N) sweep on the second core; same spikes).
+(threads=2: the likely next spikers' targets drawn ahead on the second core; same spikes).
 The O(N) numpy simulator and the torch simulation run on one thread.
 
 Prints microseconds per spike and the ratios; timings on a shared machine are noisy, so the

@@ -1,7 +1,7 @@
 // exodus.events — exact event-based simulation of pulse-coupled networks (SparseProp, Engelken
 // 2023; DESIGN.md §8) with O(1) amortised queue work per target and spike (class WindowQueue).
 // Sequential by nature: one thread simulates. With threads = 2 a helper thread (class Helper) draws
-// the likely next spikers' targets ahead and does half of each O(N) sweep; results are identical.
+// the likely next spikers' random targets ahead; results are identical.
 //
 // Homogeneous drive (every neuron has the same speed omega): the phases live in one priority
 // queue (class WindowQueue) as phi~ = phi - Phi (Phi a global offset),
@@ -273,29 +273,25 @@ inline void spin_pause() {
 #endif
 }
 
-// The second thread of threads = 2. It changes no result: it only does work the simulating thread
-// would otherwise do itself, and that work has one answer whoever does it.
-//  - Draws ahead. A random graph's targets of neuron j are a pure function of (seed, N, K, j).
-//    The helper draws them for the window's next entries (the likely next spikers, published
-//    by WindowQueue::distribute as a plan) into a small cache of slots keyed by j mod R. The
-//    simulator copies a slot out under a sequence lock (a copy the helper overwrote meanwhile is
-//    detected and dropped) or, on a miss, draws itself.
-//  - Half of each O(N) sweep, while the simulating thread sweeps the other half and then waits:
-//    no key changes meanwhile.
-// The helper spins (with pause) while it waits for work, so it takes a whole core.
+// The second thread of threads = 2 (random graphs only): it draws targets ahead. The targets of
+// neuron j are a pure function of (seed, N, K, j), so who draws them changes no result. The
+// helper draws them for the window's next entries (the likely next spikers, published by
+// WindowQueue::distribute as a plan, with the simulator's position) into a small cache of slots
+// keyed by j mod R. The simulator copies a slot out under a sequence lock (a copy the helper
+// overwrote meanwhile is detected and dropped) or, on a miss, draws itself: it never waits for
+// the helper. The helper spins (with pause) while it has nothing to draw, so it takes a core.
+// (Also tried: sharing each O(N) sweep between the threads. No gain at N = 1e6 -- the helper
+// stops drawing while it sweeps -- and a loss below 2 MB of keys, which sit modified in the
+// simulator's L2; it also made the simulator wait for the helper.)
 class Helper {
  public:
-  // k: the random graph's out-degree (0: CSR, no drawing ahead).
+  static bool useful(int64_t n, int64_t k) { return k > 0 && k <= MAX_DRAW_K && n - 1 < (int64_t(1) << 31); }
   Helper(int64_t n, int64_t k, uint64_t seed, int64_t plan_capacity)
-      : n_(n), k_(k), seed_(seed), stride_((k + 15) / 16 * 16) {
-    if (k_ > 0 && k_ <= MAX_DRAW_K && n_ - 1 < (int64_t(1) << 31)) {
-      slots_ = std::max<int64_t>(16, std::min<int64_t>(256, (int64_t(1) << 20) / (4 * stride_)));
-      header_.reset(new Header[size_t(slots_)]);
-      data_.assign(size_t(slots_ * stride_), 0);
-      plan_capacity_ = plan_capacity;
-      plan_.reset(new std::atomic<int64_t>[size_t(plan_capacity_)]);
-    }
-    thread_ = std::thread([this] { loop(); });
+      : n_(n), k_(k), seed_(seed), stride_((k + 15) / 16 * 16),
+        slots_(std::max<int64_t>(16, std::min<int64_t>(256, (int64_t(1) << 20) / (4 * stride_)))),
+        plan_capacity_(plan_capacity), header_(new Header[size_t(slots_)]), data_(size_t(slots_ * stride_), 0),
+        plan_(new std::atomic<int64_t>[size_t(plan_capacity_)]) {
+    thread_ = std::thread([this] { loop(); });  // every member is built by now
   }
   ~Helper() {
     stop_.store(true, std::memory_order_relaxed);
@@ -305,10 +301,8 @@ class Helper {
   Helper& operator=(const Helper&) = delete;
 
   // The simulating thread's side.
-  bool draws_ahead() const { return plan_capacity_ > 0; }
   // The window's entries in bucket order (the order the simulator will mostly reach them).
   void publish_plan(const std::vector<Entry>& window) {
-    if (!draws_ahead()) return;
     const int64_t m = std::min<int64_t>(int64_t(window.size()), plan_capacity_);
     for (int64_t q = 0; q < m; ++q) plan_[size_t(q)].store(window[size_t(q)].id, std::memory_order_relaxed);
     plan_size_.store(m, std::memory_order_relaxed);
@@ -318,7 +312,6 @@ class Helper {
   void publish_head(int64_t head) { plan_head_.store(head, std::memory_order_relaxed); }
   // The K targets of j into out, if the helper has them (false: draw them yourself).
   bool lookup(int64_t j, int64_t* out) const {
-    if (!draws_ahead()) return false;
     const Header& h = header_[size_t(j % slots_)];
     const uint64_t before = h.seq.load(std::memory_order_acquire);
     if ((before & 1) || h.id.load(std::memory_order_relaxed) != j) return false;
@@ -335,16 +328,6 @@ class Helper {
     std::atomic_thread_fence(std::memory_order_acquire);
     return h.seq.load(std::memory_order_relaxed) == before;  // else overwritten while copied
   }
-  // Entries of [lo, hi) below end, collected by the helper (start_sweep, then finish_sweep).
-  void start_sweep(const double* key, int64_t lo, int64_t hi, double end) {
-    sweep_key_ = key, sweep_lo_ = lo, sweep_hi_ = hi, sweep_end_ = end;
-    sweep_request_.store(sweep_request_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
-  }
-  const std::vector<Entry>& finish_sweep() {
-    const uint64_t request = sweep_request_.load(std::memory_order_relaxed);
-    while (sweep_done_.load(std::memory_order_acquire) != request) spin_pause();
-    return swept_;
-  }
 
  private:
   static constexpr int64_t MAX_DRAW_K = 1 << 16;
@@ -355,32 +338,20 @@ class Helper {
   };
 
   void loop() {
-    std::unique_ptr<TargetDraw> draw;
-    std::vector<int64_t> drawn;
-    if (draws_ahead()) draw.reset(new TargetDraw(n_)), drawn.resize(size_t(k_));
-    uint64_t done = 0;
+    TargetDraw draw(n_);
+    std::vector<int64_t> drawn(static_cast<size_t>(k_));
     int64_t gen = -1, q = 0;
     while (!stop_.load(std::memory_order_relaxed)) {
-      const uint64_t request = sweep_request_.load(std::memory_order_acquire);
-      if (request != done) {
-        swept_.clear();
-        collect_below(sweep_key_, sweep_lo_, sweep_hi_, sweep_end_, swept_);
-        done = request;
-        sweep_done_.store(done, std::memory_order_release);
-        continue;
+      const int64_t g = plan_gen_.load(std::memory_order_acquire);
+      if (g != gen) gen = g, q = 0;  // a new window
+      const int64_t size = plan_size_.load(std::memory_order_relaxed), head = plan_head_.load(std::memory_order_relaxed);
+      q = std::max(q, head);
+      if (q < size && q < head + AHEAD) {
+        const int64_t j = plan_[size_t(q++)].load(std::memory_order_relaxed);
+        if (j >= 0 && j < n_) fill(draw, drawn.data(), j);
+      } else {
+        spin_pause();
       }
-      if (draws_ahead()) {
-        const int64_t g = plan_gen_.load(std::memory_order_acquire);
-        if (g != gen) gen = g, q = 0;
-        const int64_t size = plan_size_.load(std::memory_order_relaxed), head = plan_head_.load(std::memory_order_relaxed);
-        q = std::max(q, head);
-        if (q < size && q < head + AHEAD) {
-          const int64_t j = plan_[size_t(q++)].load(std::memory_order_relaxed);
-          if (j >= 0 && j < n_) fill(*draw, drawn.data(), j);
-          continue;
-        }
-      }
-      spin_pause();
     }
   }
   void fill(TargetDraw& draw, int64_t* drawn, int64_t j) {
@@ -399,20 +370,13 @@ class Helper {
 
   const int64_t n_, k_;
   const uint64_t seed_;
-  const int64_t stride_;
-  int64_t slots_ = 0, plan_capacity_ = 0;
+  const int64_t stride_, slots_, plan_capacity_;
   std::unique_ptr<Header[]> header_;
   std::vector<int32_t> data_;  // (slots, stride) targets (N - 1 < 2^31)
   std::unique_ptr<std::atomic<int64_t>[]> plan_;
   alignas(64) std::atomic<int64_t> plan_gen_{0};
   std::atomic<int64_t> plan_size_{0};
   alignas(64) std::atomic<int64_t> plan_head_{0};  // written every spike: a line of its own
-  alignas(64) std::atomic<uint64_t> sweep_request_{0};
-  const double* sweep_key_ = nullptr;
-  int64_t sweep_lo_ = 0, sweep_hi_ = 0;
-  double sweep_end_ = 0.0;
-  alignas(64) std::atomic<uint64_t> sweep_done_{0};
-  std::vector<Entry> swept_;
   alignas(64) std::atomic<bool> stop_{false};
   std::thread thread_;  // last: starts once everything above is built
 };
@@ -421,7 +385,7 @@ class WindowQueue {
  public:
   double* const key;  // (n,) by neuron id: the caller's buffer, aligned here
   const int64_t n;
-  Helper* helper = nullptr;  // threads = 2 (see class Helper)
+  Helper* helper = nullptr;  // threads = 2: told the plan and the position (see class Helper)
 
   // kicks_per_spike: the mean out-degree (0: unknown). The window aims at N / K entries, about
   // the spikes between two kicks on one neuron: a wider one fills with entries that go stale, a
@@ -543,14 +507,9 @@ class WindowQueue {
     std::sort(near_.begin() + std::ptrdiff_t(sorted_end_), near_.begin() + std::ptrdiff_t(end), EntryBefore());
     sorted_end_ = end;
   }
-  void collect() {  // the entries of the neurons with key < end_, in id order
+  void collect() {  // the entries of the neurons with key < end_
     near_.clear();
-    const int64_t half = n / 2 / 64 * 64;  // the helper takes [half, n)
-    if (helper == nullptr || half == 0) return collect_below(key, 0, n, end_, near_);
-    helper->start_sweep(key, half, n, end_);
-    collect_below(key, 0, half, end_, near_);
-    const std::vector<Entry>& rest = helper->finish_sweep();
-    near_.insert(near_.end(), rest.begin(), rest.end());
+    collect_below(key, 0, n, end_, near_);
   }
   double initial_width(double m) const {  // from a strided sample: its (target / n) quantile above m
     std::vector<double> sample;
@@ -699,14 +658,16 @@ void write_samples_before(const EventsNetwork& net, const EventsState& s, const 
   }
 }
 
+constexpr int64_t LOOKUP_BLOCK = 256, LOOKUP_PAUSE = 8192;  // draws (threads = 2, see run())
+
 template <int M, int Mo, bool Csr>
 int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double t_end, double* out_time,
             int64_t* out_id, EventsSamples* smp, int32_t threads) {
   std::unique_ptr<Helper> helper;  // threads = 2 (declared first: it outlives the queue's pointer)
-  if (threads >= 2) {
-    try {
-      helper.reset(new Helper(net.n, Csr ? 0 : net.k, net.seed, std::min<int64_t>(net.n, 4 * net.n / std::max<int64_t>(1, net.k) + 4096)));
-    } catch (...) {  // no thread: simulate alone
+  if (!Csr && threads >= 2 && Helper::useful(net.n, net.k)) {
+    try {  // the plan: the first entries of a window (4 N / K: twice the largest the width aims at)
+      helper.reset(new Helper(net.n, net.k, net.seed, std::min<int64_t>(net.n, 4 * (net.n / net.k) + 4096)));
+    } catch (...) {  // no thread (or no memory for its slots): simulate alone
       helper.reset();
     }
   }
@@ -714,8 +675,21 @@ int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double
   queue.helper = helper.get();
   const EifTable table{net.eif_v, net.eif_slope, net.eif_n, net.eif_phase_lo, net.eif_step};
   TargetDraw draw(Csr ? 1 : net.n);
-  const auto draw_targets = [&](int64_t j, int64_t* out) {  // from the helper if it has them
-    if (helper && helper->lookup(j, out)) return;
+  // From the helper if it has them. A miss still reads the slot's line from the helper's core,
+  // so when most lookups miss (the helper's core is busy with other work) they pause for a while.
+  int64_t lookups = 0, misses = 0, pause_lookups = 0;
+  const auto draw_targets = [&](int64_t j, int64_t* out) {
+    if (helper && pause_lookups == 0) {
+      const bool hit = helper->lookup(j, out);
+      misses += !hit;
+      if (++lookups == LOOKUP_BLOCK) {
+        if (2 * misses > LOOKUP_BLOCK) pause_lookups = LOOKUP_PAUSE;
+        lookups = misses = 0;
+      }
+      if (hit) return;
+    } else if (pause_lookups > 0) {
+      --pause_lookups;
+    }
     draw.start(net.seed, net.n, net.k, j, out);
     draw.finish();
   };

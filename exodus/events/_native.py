@@ -3,7 +3,7 @@
 Built at first use through exodus.backends.sources.build_shared_library with the CPU backend's
 flag sets (tried in order; -ffp-contract=off in all of them), cached in ``~/.cache/exodus``.
 The simulation is sequential (no OpenMP, even where the flags allow it); ``threads=2`` adds one
-std::thread helper that draws targets ahead and shares the O(N) sweeps (same results).
+std::thread helper that draws the likely next spikers' random targets ahead (same results).
 """
 from __future__ import annotations
 

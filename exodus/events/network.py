@@ -299,9 +299,10 @@ def simulate(network: Network, n_spikes: Optional[int] = None, duration: Optiona
     ``voltage_times`` (ascending, seconds) and ``voltage_neurons`` (default all) sample voltages.
     ``progress``: True prints to stderr after every ``chunk_spikes`` spikes, or a callable receiving
     {"spikes", "time", "wall", "us_per_spike"}. Deterministic for given network and seeds.
-    ``threads=2`` runs a helper thread beside the simulating one (it draws the likely next
-    spikers' random targets ahead and does half of each O(N) sweep; it spins while idle, so it
-    takes a whole core): the same spikes, bit for bit, in less wall time.
+    ``threads=2`` runs a helper thread beside the simulating one (random graphs only; it draws
+    the likely next spikers' targets ahead and spins while idle, so it wants a free core): the
+    same spikes, bit for bit, in less wall time (N = 1e6: about 20 % less; on a core shared
+    with other work it is slower than ``threads=1``).
     """
     if not isinstance(network, Network):
         raise TypeError(f"network must be an exodus.events.Network, got {type(network).__name__}")
