@@ -332,6 +332,7 @@ class Helper {
  private:
   static constexpr int64_t MAX_DRAW_K = 1 << 16;
   static constexpr int64_t AHEAD = 16;  // plan entries drawn ahead of the simulator's position
+  static constexpr int64_t IDLE_SPINS = 64;  // pauses (about 1 us in all) before the helper yields its core
   struct alignas(64) Header {
     std::atomic<uint64_t> seq{0};  // odd while the slot is written
     std::atomic<int64_t> id{-1};
@@ -340,7 +341,7 @@ class Helper {
   void loop() {
     TargetDraw draw(n_);
     std::vector<int64_t> drawn(static_cast<size_t>(k_));
-    int64_t gen = -1, q = 0;
+    int64_t gen = -1, q = 0, idle = 0;
     while (!stop_.load(std::memory_order_relaxed)) {
       const int64_t g = plan_gen_.load(std::memory_order_acquire);
       if (g != gen) gen = g, q = 0;  // a new window
@@ -349,8 +350,12 @@ class Helper {
       if (q < size && q < head + AHEAD) {
         const int64_t j = plan_[size_t(q++)].load(std::memory_order_relaxed);
         if (j >= 0 && j < n_) fill(draw, drawn.data(), j);
-      } else {
+        idle = 0;
+      } else if (++idle < IDLE_SPINS) {
         spin_pause();
+      } else {  // idle a while: let a thread sharing this core run (the simulator, if the OS put it here)
+        std::this_thread::yield();
+        idle = 0;
       }
     }
   }
