@@ -22,6 +22,7 @@
 //   targets   = the first K distinct targets in draw order; synapse (j, r) is the r-th of them.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -310,6 +311,8 @@ class Helper {
     plan_gen_.store(plan_gen_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
   }
   void publish_head(int64_t head) { plan_head_.store(head, std::memory_order_relaxed); }
+  // Off: the helper sleeps (see HelperSchedule); the simulator then draws everything itself.
+  void set_active(bool on) { active_.store(on, std::memory_order_relaxed); }
   // The K targets of j into out, if the helper has them (false: draw them yourself).
   bool lookup(int64_t j, int64_t* out) const {
     const Header& h = header_[size_t(j % slots_)];
@@ -343,6 +346,10 @@ class Helper {
     std::vector<int64_t> drawn(static_cast<size_t>(k_));
     int64_t gen = -1, q = 0, idle = 0;
     while (!stop_.load(std::memory_order_relaxed)) {
+      if (!active_.load(std::memory_order_relaxed)) {
+        std::this_thread::sleep_for(std::chrono::microseconds(100));
+        continue;
+      }
       const int64_t g = plan_gen_.load(std::memory_order_acquire);
       if (g != gen) gen = g, q = 0;  // a new window
       const int64_t size = plan_size_.load(std::memory_order_relaxed), head = plan_head_.load(std::memory_order_relaxed);
@@ -382,7 +389,7 @@ class Helper {
   alignas(64) std::atomic<int64_t> plan_gen_{0};
   std::atomic<int64_t> plan_size_{0};
   alignas(64) std::atomic<int64_t> plan_head_{0};  // written every spike: a line of its own
-  alignas(64) std::atomic<bool> stop_{false};
+  alignas(64) std::atomic<bool> stop_{false}, active_{true};
   std::thread thread_;  // last: starts once everything above is built
 };
 
@@ -665,6 +672,44 @@ void write_samples_before(const EventsNetwork& net, const EventsState& s, const 
 
 constexpr int64_t LOOKUP_BLOCK = 256, LOOKUP_PAUSE = 8192;  // draws (threads = 2, see run())
 
+// threads = 2: is the helper worth its core here? A helper on a free core saves the simulator its
+// draws (N = 1e6: 0.21 -> 0.17 us a spike); on a busy core, or on an SMT sibling of the
+// simulator's (a VM's two vCPUs can be), it slowed the simulator down (0.23 -> 0.31 measured).
+// So the simulator times one block of spikes with the helper and one without, keeps the faster
+// way for the next KEEP blocks, then tries both again. Results never depend on it.
+class HelperSchedule {
+ public:
+  static constexpr int64_t BLOCK = int64_t(1) << 15;  // spikes (about 6 ms at N = 1e6)
+  explicit HelperSchedule(Helper* helper) : helper_(helper), on_(helper != nullptr) {}
+  bool on() const { return on_; }
+  void at_block() {  // call every BLOCK spikes (a no-op without a helper)
+    if (helper_ == nullptr) return;
+    const auto now = std::chrono::steady_clock::now();
+    const double took = std::chrono::duration<double>(now - last_).count();
+    last_ = now;
+    switch (phase_) {
+      case Warmup: phase_ = TryOn; break;  // the first block (first sweep, cold caches) is not timed
+      case TryOn: with_ = took, phase_ = TryOff, set(false); break;
+      case TryOff: set(with_ <= took), phase_ = Keep, left_ = KEEP; break;
+      case Keep: if (--left_ == 0) phase_ = TryOn, set(true); break;
+    }
+  }
+
+ private:
+  static constexpr int KEEP = 8;
+  enum Phase { Warmup, TryOn, TryOff, Keep };
+  void set(bool on) {
+    on_ = on;
+    helper_->set_active(on);
+  }
+  Helper* const helper_;
+  bool on_;
+  Phase phase_ = Warmup;
+  int left_ = 0;
+  double with_ = 0.0;
+  std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
+};
+
 template <int M, int Mo, bool Csr>
 int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double t_end, double* out_time,
             int64_t* out_id, EventsSamples* smp, int32_t threads) {
@@ -682,9 +727,10 @@ int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double
   TargetDraw draw(Csr ? 1 : net.n);
   // From the helper if it has them. A miss still reads the slot's line from the helper's core,
   // so when most lookups miss (the helper's core is busy with other work) they pause for a while.
+  HelperSchedule schedule(helper.get());
   int64_t lookups = 0, misses = 0, pause_lookups = 0;
   const auto draw_targets = [&](int64_t j, int64_t* out) {
-    if (helper && pause_lookups == 0) {
+    if (schedule.on() && pause_lookups == 0) {
       const bool hit = helper->lookup(j, out);
       misses += !hit;
       if (++lookups == LOOKUP_BLOCK) {
@@ -736,6 +782,7 @@ int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double
   const double psi_th = lif_psi_of_phase(net.phase_th, omega0);  // LifPsi: psi at threshold and reset
   const double psi_reset = lif_psi_of_phase(net.phase_reset, omega0);
   for (int64_t count = 0; count < max_spikes; ++count) {
+    if ((count & (HelperSchedule::BLOCK - 1)) == 0) schedule.at_block();
     const Entry top = queue.top();
     const int64_t j = top.id;
     double t, offset = 0.0;

@@ -10,6 +10,9 @@ max difference 1.2e-15 s, measured) and compared over 1500.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -314,6 +317,22 @@ def test_helper_thread_same_spikes_any_size(n, data, seed):
     one, two = ev.simulate(net, 2000), ev.simulate(net, 2000, threads=2)
     np.testing.assert_array_equal(two.neurons, one.neurons)
     np.testing.assert_array_equal(two.times, one.times)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity (Linux)")
+def test_helper_thread_sharing_one_core_gives_the_same_spikes():
+    """threads=2 squeezed onto one core (the helper yields it when idle, lookups miss and pause):
+    still the same spikes as threads=1, and it finishes."""
+    code = (
+        "import os, numpy as np, exodus.events as ev\n"
+        "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+        "net = ev.Network(50_000, 100, seed=5)\n"
+        "one, two = ev.simulate(net, 200_000), ev.simulate(net, 200_000, threads=2)\n"
+        "assert np.array_equal(one.neurons, two.neurons) and np.array_equal(one.times, two.times)\n"
+        "print('same')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "same"
 
 
 def test_duration_stop_and_chunks():
