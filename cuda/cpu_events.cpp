@@ -696,7 +696,7 @@ class HelperSchedule {
   }
 
  private:
-  static constexpr int KEEP = 8;
+  static constexpr int KEEP = 16;
   enum Phase { Warmup, TryOn, TryOff, Keep };
   void set(bool on) {
     on_ = on;
