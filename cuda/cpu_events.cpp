@@ -676,7 +676,8 @@ constexpr int64_t LOOKUP_BLOCK = 256, LOOKUP_PAUSE = 8192;  // draws (threads = 
 // draws (N = 1e6: 0.21 -> 0.17 us a spike); on a busy core, or on an SMT sibling of the
 // simulator's (a VM's two vCPUs can be), it slowed the simulator down (0.23 -> 0.31 measured).
 // So the simulator times one block of spikes with the helper and one without, keeps the faster
-// way for the next KEEP blocks, then tries both again. Results never depend on it.
+// way for the next 16 blocks (twice as many each time the same way wins again, up to 128), then
+// tries both again. Results never depend on it.
 class HelperSchedule {
  public:
   static constexpr int64_t BLOCK = int64_t(1) << 15;  // spikes (about 6 ms at N = 1e6)
@@ -690,13 +691,19 @@ class HelperSchedule {
     switch (phase_) {
       case Warmup: phase_ = TryOn; break;  // the first block (first sweep, cold caches) is not timed
       case TryOn: with_ = took, phase_ = TryOff, set(false); break;
-      case TryOff: set(with_ <= took), phase_ = Keep, left_ = KEEP; break;
+      case TryOff: {  // the same choice again: keep it twice as long (up to MAX_KEEP blocks)
+        const bool on = with_ <= took;
+        keep_ = on == on_before_ ? std::min(2 * keep_, MAX_KEEP) : MIN_KEEP;
+        on_before_ = on;
+        set(on), phase_ = Keep, left_ = keep_;
+        break;
+      }
       case Keep: if (--left_ == 0) phase_ = TryOn, set(true); break;
     }
   }
 
  private:
-  static constexpr int KEEP = 16;
+  static constexpr int MIN_KEEP = 16, MAX_KEEP = 128;
   enum Phase { Warmup, TryOn, TryOff, Keep };
   void set(bool on) {
     on_ = on;
@@ -705,7 +712,8 @@ class HelperSchedule {
   Helper* const helper_;
   bool on_;
   Phase phase_ = Warmup;
-  int left_ = 0;
+  int left_ = 0, keep_ = MIN_KEEP;
+  bool on_before_ = true;
   double with_ = 0.0;
   std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
 };
