@@ -25,7 +25,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -252,20 +251,6 @@ inline double min_key(const double* key, int64_t n) {
   return m;
 }
 
-// Appends (key[i], i) for every i in [lo, hi) with key[i] < end, in id order (lo a multiple of 8).
-inline void collect_below(const double* key, int64_t lo, int64_t hi, double end, std::vector<Entry>& out) {
-  int64_t i = lo;
-#if defined(__AVX512F__)
-  const __m512d e = _mm512_set1_pd(end);
-  for (; i + 8 <= hi; i += 8) {
-    __mmask8 below = _mm512_cmp_pd_mask(_mm512_load_pd(key + i), e, _CMP_LT_OQ);
-    for (; below; below &= below - 1) out.push_back({key[i + __builtin_ctz(below)], i + __builtin_ctz(below)});
-  }
-#endif
-  for (; i < hi; ++i)
-    if (key[i] < end) out.push_back({key[i], i});
-}
-
 inline void spin_pause() {
 #if defined(__x86_64__) || defined(__i386__)
   _mm_pause();
@@ -280,10 +265,10 @@ inline void spin_pause() {
 // WindowQueue::distribute as a plan, with the simulator's position) into a small cache of slots
 // keyed by j mod R. The simulator copies a slot out under a sequence lock (a copy the helper
 // overwrote meanwhile is detected and dropped) or, on a miss, draws itself: it never waits for
-// the helper. The helper spins (with pause) while it has nothing to draw, so it takes a core.
-// (Also tried: sharing each O(N) sweep between the threads. No gain at N = 1e6 -- the helper
-// stops drawing while it sweeps -- and a loss below 2 MB of keys, which sit modified in the
-// simulator's L2; it also made the simulator wait for the helper.)
+// the helper. The helper spins (with pause) while it has nothing to draw and yields its core
+// after ~1 us of that; while HelperSchedule has it off, it sleeps.
+// (Also tried, docs/events.md: sharing each O(N) sweep between the threads, and the helper
+// listing the next window ahead while the simulator changes keys. Neither gained at N = 1e6.)
 class Helper {
  public:
   static bool useful(int64_t n, int64_t k) { return k > 0 && k <= MAX_DRAW_K && n - 1 < (int64_t(1) << 31); }
@@ -519,9 +504,18 @@ class WindowQueue {
     std::sort(near_.begin() + std::ptrdiff_t(sorted_end_), near_.begin() + std::ptrdiff_t(end), EntryBefore());
     sorted_end_ = end;
   }
-  void collect() {  // the entries of the neurons with key < end_
+  void collect() {  // the entries of the neurons with key < end_, in id order
     near_.clear();
-    collect_below(key, 0, n, end_, near_);
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    const __m512d end = _mm512_set1_pd(end_);
+    for (; i + 8 <= n; i += 8) {
+      __mmask8 below = _mm512_cmp_pd_mask(_mm512_load_pd(key + i), end, _CMP_LT_OQ);
+      for (; below; below &= below - 1) near_.push_back({key[i + __builtin_ctz(below)], i + __builtin_ctz(below)});
+    }
+#endif
+    for (; i < n; ++i)
+      if (key[i] < end_) near_.push_back({key[i], i});
   }
   double initial_width(double m) const {  // from a strided sample: its (target / n) quantile above m
     std::vector<double> sample;
