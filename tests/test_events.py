@@ -158,6 +158,27 @@ def test_portable_build_equals_native_build():
         np.testing.assert_array_equal(tops[0], tops[1])
 
 
+def test_portable_build_simulates_the_same_spikes(monkeypatch):
+    """A build without -march=native (scalar draws, sweeps, kicks and slot copies), on one thread
+    and with the helper: the same spikes as the native build."""
+    import ctypes
+
+    from exodus.backends.sources import build_shared_library
+    from exodus.backends.cpu import _BASE_FLAGS
+
+    native = _native.load()
+    portable = ctypes.CDLL(str(build_shared_library("cpu_events.cpp", [*_BASE_FLAGS, "-pthread"],
+                                                     "cpu-events-portable")))
+    for name in ("exodus_events_init", "exodus_events_run", "exodus_events_key_count"):
+        getattr(portable, name).restype = getattr(native, name).restype
+        getattr(portable, name).argtypes = getattr(native, name).argtypes
+    net = ev.Network(30_000, 100, seed=8)
+    expected = ev.simulate(net, 100_000)
+    monkeypatch.setattr(_native, "_library", portable)
+    for threads in (1, 2):
+        assert_same_spikes(ev.simulate(net, 100_000, threads=threads), expected, tol=0.0)
+
+
 @settings(max_examples=60)
 @given(n=st.sampled_from([1, 16, 17, 257, 4097, 70000]), batch=st.integers(1, 120), distinct=st.integers(1, 6),
        lower_share=st.sampled_from([0.0, 0.0, 0.1]), seed=st.integers(0, 2 ** 32))
