@@ -95,7 +95,7 @@ class TargetDraw {
 
  private:
   bool done() const { return found_ == k_; }
-  int64_t step() {  // the next eight candidates (up to the K-th distinct target); returns found()
+  void step() {  // the next eight candidates (up to the K-th distinct target)
     int64_t target[8];
     hash8(target);
     uint64_t* const bits = bits_.data();
@@ -113,7 +113,6 @@ class TargetDraw {
     m_ += uint64_t(l);
     found_ = found;
     if (found == k) clear(bits, out, k);
-    return found;
   }
 #if EXODUS_EVENTS_VP2INTERSECT
   // The whole draw, sixteen candidates a vector, in locals (members kept in memory cost 10-15 ns

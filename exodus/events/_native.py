@@ -31,7 +31,8 @@ class EventsNetwork(ctypes.Structure):
 
 
 class EventsState(ctypes.Structure):
-    _fields_ = [("key", _P), ("phase", _P), ("last_time", _P), ("spike_count", _P), ("offset", _F64), ("time_base", _F64), ("time", _F64), ("n_spikes", _I64)]
+    _fields_ = [("key", _P), ("phase", _P), ("last_time", _P), ("spike_count", _P), ("offset", _F64),
+                ("time_base", _F64), ("time", _F64), ("n_spikes", _I64)]
 
 
 class EventsSamples(ctypes.Structure):

@@ -300,9 +300,10 @@ def simulate(network: Network, n_spikes: Optional[int] = None, duration: Optiona
     ``progress``: True prints to stderr after every ``chunk_spikes`` spikes, or a callable receiving
     {"spikes", "time", "wall", "us_per_spike"}. Deterministic for given network and seeds.
     ``threads=2`` runs a helper thread beside the simulating one (random graphs only; it draws
-    the likely next spikers' targets ahead and spins while idle, so it wants a free core): the
-    same spikes, bit for bit, in less wall time (N = 1e6: about 20 % less; on a core shared
-    with other work it is slower than ``threads=1``).
+    the likely next spikers' targets ahead): the same spikes, bit for bit, in less wall time on a
+    free second core (N = 1e6: 0.21 -> 0.17-0.18 us a spike) for about twice the CPU time. The
+    simulator times blocks of spikes with and without the helper and keeps the faster way, so on
+    a busy core it runs about as fast as ``threads=1``.
     """
     if not isinstance(network, Network):
         raise TypeError(f"network must be an exodus.events.Network, got {type(network).__name__}")
