@@ -668,52 +668,61 @@ void write_samples_before(const EventsNetwork& net, const EventsState& s, const 
 // simulator's (a VM's two vCPUs can be), it slowed the simulator down (0.23 -> 0.31 measured).
 // So the simulator times one block of spikes with the helper and one without, keeps the faster
 // way for the next 16 blocks (twice as many each time the same way wins again, up to 128), then
-// tries both again. Results never depend on it.
+// tries both again. Results never depend on it. ScheduleRule is the decision alone, without the
+// clock (exodus_events_schedule_replay replays it for the tests); HelperSchedule times the blocks.
+class ScheduleRule {
+ public:
+  static constexpr int MIN_KEEP = 16, MAX_KEEP = 128;  // blocks
+  bool on() const { return on_; }
+  // The block just ended took `seconds` (`disturbed`: it held an O(N) renormalisation, ~20 %
+  // longer whoever draws: not a fair trial). Returns whether the helper works in the next block.
+  bool next(double seconds, bool disturbed) {
+    if (disturbed && (phase_ == TryOn || phase_ == TryOff)) return phase_ = TryOn, on_ = true;  // try again
+    switch (phase_) {
+      case Warmup: phase_ = TryOn; break;  // the run's first block (first sweep, cold caches): not a trial
+      case TryOn: with_ = seconds, phase_ = TryOff, on_ = false; break;
+      case TryOff: {  // the same choice again: keep it twice as long (up to MAX_KEEP blocks)
+        const bool on = with_ <= seconds;
+        keep_ = on == on_before_ ? std::min(2 * keep_, MAX_KEEP) : MIN_KEEP;
+        on_before_ = on;
+        on_ = on, phase_ = Keep, left_ = keep_;
+        break;
+      }
+      case Keep: if (--left_ == 0) phase_ = TryOn, on_ = true; break;
+    }
+    return on_;
+  }
+
+ private:
+  enum Phase { Warmup, TryOn, TryOff, Keep };
+  bool on_ = true;
+  Phase phase_ = Warmup;
+  int left_ = 0, keep_ = MIN_KEEP;
+  bool on_before_ = true;
+  double with_ = 0.0;
+};
+
 class HelperSchedule {
  public:
   static constexpr int64_t BLOCK = int64_t(1) << 15;  // spikes (about 6 ms at N = 1e6)
   explicit HelperSchedule(Helper* helper) : helper_(helper), on_(helper != nullptr) {}
   bool on() const { return on_; }
-  // A block with an O(N) renormalisation in it takes ~20 % longer whoever draws: not a fair trial.
-  void disturbed() { disturbed_ = true; }
+  void disturbed() { disturbed_ = true; }  // this block holds an O(N) renormalisation
   void at_block() {  // call every BLOCK spikes (a no-op without a helper)
     if (helper_ == nullptr) return;
     const auto now = std::chrono::steady_clock::now();
-    const double took = std::chrono::duration<double>(now - last_).count();
+    const bool on = rule_.next(std::chrono::duration<double>(now - last_).count(), disturbed_);
     last_ = now;
-    const bool disturbed = disturbed_;
     disturbed_ = false;
-    if (disturbed && (phase_ == TryOn || phase_ == TryOff)) {  // try again
-      phase_ = TryOn, set(true);
-      return;
-    }
-    switch (phase_) {
-      case Warmup: phase_ = TryOn; break;  // the run's first block (first sweep, cold caches): not a trial
-      case TryOn: with_ = took, phase_ = TryOff, set(false); break;
-      case TryOff: {  // the same choice again: keep it twice as long (up to MAX_KEEP blocks)
-        const bool on = with_ <= took;
-        keep_ = on == on_before_ ? std::min(2 * keep_, MAX_KEEP) : MIN_KEEP;
-        on_before_ = on;
-        set(on), phase_ = Keep, left_ = keep_;
-        break;
-      }
-      case Keep: if (--left_ == 0) phase_ = TryOn, set(true); break;
-    }
+    if (on != on_) helper_->set_active(on);
+    on_ = on;
   }
 
  private:
-  static constexpr int MIN_KEEP = 16, MAX_KEEP = 128;
-  enum Phase { Warmup, TryOn, TryOff, Keep };
-  void set(bool on) {
-    on_ = on;
-    helper_->set_active(on);
-  }
   Helper* const helper_;
   bool on_;
-  Phase phase_ = Warmup;
-  int left_ = 0, keep_ = MIN_KEEP;
-  bool on_before_ = true, disturbed_ = false;
-  double with_ = 0.0;
+  bool disturbed_ = false;
+  ScheduleRule rule_;
   std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
 };
 
@@ -993,6 +1002,21 @@ int32_t exodus_events_queue_replay(int64_t n, const double* keys0, int64_t m, co
   for (int64_t u = 0; u < m; ++u) {
     queue.update(ids[u], new_keys[u]);
     top_ids[u] = (u + 1) % batch == 0 || u == m - 1 ? queue.top().id : -1;
+  }
+  return OK_MAX_SPIKES;
+}
+
+// HelperSchedule's rule alone (for the tests), m blocks: the helper works in block 0; block b
+// takes seconds_on[b] if the helper works in it, else seconds_off[b] (disturbed[b] != 0: it held a
+// renormalisation); on[b] = 1 if the helper works in block b.
+int32_t exodus_events_schedule_replay(int64_t m, const double* seconds_on, const double* seconds_off,
+                                      const int32_t* disturbed, int32_t* on) {
+  if (m < 0 || (m > 0 && (seconds_on == nullptr || seconds_off == nullptr || disturbed == nullptr || on == nullptr)))
+    return ERR_ARGS;
+  ScheduleRule rule;
+  for (int64_t b = 0; b < m; ++b) {
+    on[b] = rule.on();
+    rule.next(rule.on() ? seconds_on[b] : seconds_off[b], disturbed[b] != 0);
   }
   return OK_MAX_SPIKES;
 }

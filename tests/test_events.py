@@ -315,7 +315,7 @@ def test_simulator_equals_reference_n1000_long_lif():
 
 @pytest.mark.parametrize("model,drive,graph", CASES + [("lif", "homogeneous", "balanced")])
 def test_helper_thread_gives_the_same_spikes_bit_for_bit(model, drive, graph):
-    """threads=2 (a helper draws targets ahead and sweeps half the keys) changes no bit of the
+    """threads=2 (a helper draws the likely next spikers' targets ahead) changes no bit of the
     result: spike times, ids, counts, voltages, also across chunks."""
     if graph == "balanced":  # the default network, large enough for many sweeps and draws ahead
         net, n_spikes, neurons = ev.Network(20_000, 100, seed=2), 60_000, np.array([0, 19_999])
@@ -342,8 +342,8 @@ def test_helper_thread_same_spikes_any_size(n, data, seed):
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity (Linux)")
 def test_helper_thread_sharing_one_core_gives_the_same_spikes():
-    """threads=2 squeezed onto one core (the helper yields it when idle, lookups miss and pause):
-    still the same spikes as threads=1, and it finishes."""
+    """threads=2 squeezed onto one core (the helper yields it when idle; the schedule may turn
+    the helper off): still the same spikes as threads=1, and it finishes."""
     code = (
         "import os, numpy as np, exodus.events as ev\n"
         "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
@@ -354,6 +354,56 @@ def test_helper_thread_sharing_one_core_gives_the_same_spikes():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "same"
+
+
+def _off_runs(on):
+    """Lengths of the runs of consecutive blocks without the helper."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], (~on).astype(np.int8), [0]])))
+    return edges[1::2] - edges[0::2]
+
+
+def test_schedule_keeps_a_helper_that_pays():
+    """Helper blocks 1.0 s, blocks without 1.3 s: after the warm-up block and the first pair of
+    trials the helper stays on, for 32, 64, then 128 blocks between single trial blocks without it."""
+    on = _native.schedule_replay(np.full(1000, 1.0), np.full(1000, 1.3))
+    assert on[:2].all() and not on[2]  # warm-up (not a trial), trial with, trial without
+    on_runs = np.diff(np.flatnonzero(~on)) - 1  # blocks with the helper between two without
+    assert on_runs[:4].tolist() == [32 + 1, 64 + 1, 128 + 1, 128 + 1]  # kept, then the next trial with it
+    assert _off_runs(on).max() == 1 and (~on).sum() == len(on_runs) + 1
+
+
+def test_schedule_turns_off_a_helper_that_slows():
+    """Helper blocks 1.3 s, blocks without 1.0 s (a busy or SMT-sibling core): the helper is off
+    but for single trial blocks, 16, 32, 64, 128 blocks apart."""
+    on = _native.schedule_replay(np.full(1000, 1.3), np.full(1000, 1.0))
+    assert on[:2].all() and not on[2:19].any() and on[19]
+    off_runs = _off_runs(on)
+    assert off_runs[:5].tolist() == [1 + 16, 1 + 32, 1 + 64, 1 + 128, 1 + 128]
+    assert on[2:].sum() == len(off_runs) - 1
+
+
+def test_schedule_follows_a_change_of_cores():
+    """The second core turns busy after 500 blocks: within one keep period (at most 128 blocks and
+    a trial pair) the helper is off, and it comes back when the core is free again."""
+    blocks = np.arange(1500)
+    busy = (blocks >= 500) & (blocks < 1000)
+    on = _native.schedule_replay(np.where(busy, 1.5, 1.0), np.full(1500, 1.2))
+    assert on[:500].mean() > 0.95
+    assert on[500 + 131:1000].mean() < 0.05
+    assert on[1000 + 131:].mean() > 0.95
+
+
+def test_schedule_retries_a_disturbed_trial():
+    """A trial block holding an O(N) renormalisation is no evidence: the trials are repeated. Here
+    the first block without the helper is slow only because of it; the helper slows otherwise."""
+    seconds_off = np.full(100, 1.0)
+    seconds_off[2] = 5.0
+    disturbed = np.zeros(100, np.int32)
+    disturbed[2] = 1
+    on = _native.schedule_replay(np.full(100, 1.3), seconds_off, disturbed)
+    assert on[:2].all() and not on[2] and on[3] and not on[4:21].any()
+    undisturbed = _native.schedule_replay(np.full(100, 1.3), seconds_off)  # taken as evidence: kept on
+    assert undisturbed[3:35].all()
 
 
 def test_duration_stop_and_chunks():

@@ -72,6 +72,8 @@ def load() -> ctypes.CDLL:
             library.exodus_events_targets_many.argtypes = [ctypes.c_uint64, _I64, _I64, _P, _I64, _P]
             library.exodus_events_queue_replay.restype = _I32
             library.exodus_events_queue_replay.argtypes = [_I64, _P, _I64, _P, _P, _I64, _P]
+            library.exodus_events_schedule_replay.restype = _I32
+            library.exodus_events_schedule_replay.argtypes = [_I64, _P, _P, _P, _P]
             library.exodus_events_key_count.restype = _I64
             library.exodus_events_key_count.argtypes = [_I64]
             library.exodus_events_ptc.restype = _I32
@@ -117,6 +119,26 @@ def queue_replay(keys0, ids, new_keys, batch: int = 1):
     if status != 0:
         raise ValueError(f"exodus_events_queue_replay: bad arguments (status {status})")
     return out
+
+
+def schedule_replay(seconds_on, seconds_off, disturbed=None):
+    """Whether the helper thread works in each block (bool (m,)) under the compiled schedule rule,
+    when block b takes ``seconds_on[b]`` with the helper and ``seconds_off[b]`` without
+    (``disturbed[b]``: the block held an O(N) renormalisation) (for the tests)."""
+    import numpy as np
+
+    seconds_on = np.ascontiguousarray(seconds_on, np.float64)
+    seconds_off = np.ascontiguousarray(seconds_off, np.float64)
+    disturbed = (np.zeros(seconds_on.shape, np.int32) if disturbed is None
+                 else np.ascontiguousarray(disturbed, np.int32))
+    if seconds_on.ndim != 1 or seconds_off.shape != seconds_on.shape or disturbed.shape != seconds_on.shape:
+        raise ValueError("schedule_replay: seconds_on, seconds_off and disturbed of one shape (m,)")
+    on = np.empty(seconds_on.size, np.int32)
+    status = load().exodus_events_schedule_replay(seconds_on.size, seconds_on.ctypes.data, seconds_off.ctypes.data,
+                                                  disturbed.ctypes.data, on.ctypes.data)
+    if status != 0:
+        raise ValueError(f"exodus_events_schedule_replay: bad arguments (status {status})")
+    return on.astype(bool)
 
 
 def available() -> bool:
