@@ -273,7 +273,7 @@ class Helper {
   static bool useful(int64_t n, int64_t k) { return k > 0 && k <= MAX_DRAW_K && n - 1 < (int64_t(1) << 31); }
   Helper(int64_t n, int64_t k, uint64_t seed, int64_t plan_capacity)
       : n_(n), k_(k), seed_(seed), stride_((k + 15) / 16 * 16),
-        slots_(std::max<int64_t>(16, std::min<int64_t>(256, (int64_t(1) << 20) / (4 * stride_)))),
+        slots_(slot_count(stride_)),
         plan_capacity_(plan_capacity), header_(new Header[size_t(slots_)]), data_(size_t(slots_ * stride_), 0),
         plan_(new std::atomic<int64_t>[size_t(plan_capacity_)]) {
     thread_ = std::thread([this] { loop(); });  // every member is built by now
@@ -299,10 +299,10 @@ class Helper {
   void set_active(bool on) { active_.store(on, std::memory_order_relaxed); }
   // The K targets of j into out, if the helper has them (false: draw them yourself).
   bool lookup(int64_t j, int64_t* out) const {
-    const Header& h = header_[size_t(j % slots_)];
+    const Header& h = header_[size_t(j & (slots_ - 1))];
     const uint64_t before = h.seq.load(std::memory_order_acquire);
     if ((before & 1) || h.id.load(std::memory_order_relaxed) != j) return false;
-    const int32_t* src = &data_[size_t(j % slots_ * stride_)];
+    const int32_t* src = &data_[size_t((j & (slots_ - 1)) * stride_)];
     int64_t r = 0;
 #if defined(__AVX512F__)
     for (; r + 16 <= k_; r += 16) {
@@ -320,6 +320,11 @@ class Helper {
   static constexpr int64_t MAX_DRAW_K = 1 << 16;
   static constexpr int64_t AHEAD = 16;  // plan entries drawn ahead of the simulator's position
   static constexpr int64_t IDLE_SPINS = 64;  // pauses (about 1 us in all) before the helper yields its core
+  static int64_t slot_count(int64_t stride) {  // a power of two in [16, 256], about 1 MB of slots at most
+    int64_t slots = 16;
+    while (slots < 256 && 2 * slots * 4 * stride <= (int64_t(1) << 20)) slots *= 2;
+    return slots;
+  }
   struct alignas(64) Header {
     std::atomic<uint64_t> seq{0};  // odd while the slot is written
     std::atomic<int64_t> id{-1};
@@ -351,7 +356,7 @@ class Helper {
     }
   }
   void fill(TargetDraw& draw, int64_t* drawn, int64_t j) {
-    Header& h = header_[size_t(j % slots_)];
+    Header& h = header_[size_t(j & (slots_ - 1))];
     if (h.id.load(std::memory_order_relaxed) == j) return;  // there already
     draw.start(seed_, n_, k_, j, drawn);
     draw.finish();
@@ -359,7 +364,7 @@ class Helper {
     h.seq.store(seq + 1, std::memory_order_relaxed);
     std::atomic_thread_fence(std::memory_order_release);
     h.id.store(j, std::memory_order_relaxed);
-    int32_t* dst = &data_[size_t(j % slots_ * stride_)];
+    int32_t* dst = &data_[size_t((j & (slots_ - 1)) * stride_)];
     for (int64_t r = 0; r < k_; ++r) dst[r] = int32_t(drawn[r]);
     h.seq.store(seq + 2, std::memory_order_release);
   }
@@ -887,6 +892,7 @@ int32_t run(const EventsNetwork& net, EventsState& s, int64_t max_spikes, double
       s.n_spikes += count + 1;
       return status;
     }
+
     if constexpr (Mo != Hetero) {
       if (offset > renormalise_at) {  // the same map for every key: the order is unchanged
         const double scale = 1.0 / inv_scale;  // LifPsi: psi~ <- psi~ exp(-Phi/omega); Phase: -phi~ <- -phi~ - Phi
