@@ -710,22 +710,21 @@ class ScheduleRule {
 class HelperSchedule {
  public:
   static constexpr int64_t BLOCK = int64_t(1) << 15;  // spikes (about 6 ms at N = 1e6)
-  explicit HelperSchedule(Helper* helper) : helper_(helper), on_(helper != nullptr) {}
-  bool on() const { return on_; }
+  explicit HelperSchedule(Helper* helper) : helper_(helper) {}
+  bool on() const { return helper_ != nullptr && rule_.on(); }
   void disturbed() { disturbed_ = true; }  // this block holds an O(N) renormalisation
   void at_block() {  // call every BLOCK spikes (a no-op without a helper)
     if (helper_ == nullptr) return;
     const auto now = std::chrono::steady_clock::now();
+    const bool was_on = rule_.on();
     const bool on = rule_.next(std::chrono::duration<double>(now - last_).count(), disturbed_);
     last_ = now;
     disturbed_ = false;
-    if (on != on_) helper_->set_active(on);
-    on_ = on;
+    if (on != was_on) helper_->set_active(on);
   }
 
  private:
   Helper* const helper_;
-  bool on_;
   bool disturbed_ = false;
   ScheduleRule rule_;
   std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();

@@ -166,12 +166,8 @@ def test_portable_build_simulates_the_same_spikes(monkeypatch):
     from exodus.backends.sources import build_shared_library
     from exodus.backends.cpu import _BASE_FLAGS
 
-    native = _native.load()
-    portable = ctypes.CDLL(str(build_shared_library("cpu_events.cpp", [*_BASE_FLAGS, "-pthread"],
-                                                     "cpu-events-portable")))
-    for name in ("exodus_events_init", "exodus_events_run", "exodus_events_key_count"):
-        getattr(portable, name).restype = getattr(native, name).restype
-        getattr(portable, name).argtypes = getattr(native, name).argtypes
+    portable = _native.bind(ctypes.CDLL(str(build_shared_library("cpu_events.cpp", [*_BASE_FLAGS, "-pthread"],
+                                                                 "cpu-events-portable"))))
     net = ev.Network(30_000, 100, seed=8)
     expected = ev.simulate(net, 100_000)
     monkeypatch.setattr(_native, "_library", portable)

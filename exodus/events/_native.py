@@ -60,28 +60,34 @@ def load() -> ctypes.CDLL:
             except (BuildError, OSError) as error:
                 errors.append(str(error))
                 continue
-            library.exodus_events_init.restype = _I32
-            library.exodus_events_init.argtypes = [ctypes.POINTER(EventsNetwork), ctypes.POINTER(EventsState), _P, _F64]
-            library.exodus_events_run.restype = _I32
-            library.exodus_events_run.argtypes = [ctypes.POINTER(EventsNetwork), ctypes.POINTER(EventsState), _I64,
-                                                  _F64, _P, _P, ctypes.POINTER(EventsSamples), _I32,
-                                                  ctypes.POINTER(_I64)]
-            library.exodus_events_targets.restype = _I32
-            library.exodus_events_targets.argtypes = [ctypes.c_uint64, _I64, _I64, _I64, _P]
-            library.exodus_events_targets_many.restype = _I32
-            library.exodus_events_targets_many.argtypes = [ctypes.c_uint64, _I64, _I64, _P, _I64, _P]
-            library.exodus_events_queue_replay.restype = _I32
-            library.exodus_events_queue_replay.argtypes = [_I64, _P, _I64, _P, _P, _I64, _P]
-            library.exodus_events_schedule_replay.restype = _I32
-            library.exodus_events_schedule_replay.argtypes = [_I64, _P, _P, _P, _P]
-            library.exodus_events_key_count.restype = _I64
-            library.exodus_events_key_count.argtypes = [_I64]
-            library.exodus_events_ptc.restype = _I32
-            library.exodus_events_ptc.argtypes = [_I32, _I64, _P, _P, _P, _P, _P, _P, _I64, _F64, _F64]
+            bind(library)
             _library = library
             return library
         _error = "the exodus.events simulator (cuda/cpu_events.cpp) could not be built:\n" + "\n".join(errors)
         raise BuildError(_error)
+
+
+def bind(library: ctypes.CDLL) -> ctypes.CDLL:
+    """Sets the argument and result types of cpu_events.cpp's C API on ``library`` (any build of it)."""
+    library.exodus_events_init.restype = _I32
+    library.exodus_events_init.argtypes = [ctypes.POINTER(EventsNetwork), ctypes.POINTER(EventsState), _P, _F64]
+    library.exodus_events_run.restype = _I32
+    library.exodus_events_run.argtypes = [ctypes.POINTER(EventsNetwork), ctypes.POINTER(EventsState), _I64,
+                                          _F64, _P, _P, ctypes.POINTER(EventsSamples), _I32,
+                                          ctypes.POINTER(_I64)]
+    library.exodus_events_targets.restype = _I32
+    library.exodus_events_targets.argtypes = [ctypes.c_uint64, _I64, _I64, _I64, _P]
+    library.exodus_events_targets_many.restype = _I32
+    library.exodus_events_targets_many.argtypes = [ctypes.c_uint64, _I64, _I64, _P, _I64, _P]
+    library.exodus_events_queue_replay.restype = _I32
+    library.exodus_events_queue_replay.argtypes = [_I64, _P, _I64, _P, _P, _I64, _P]
+    library.exodus_events_schedule_replay.restype = _I32
+    library.exodus_events_schedule_replay.argtypes = [_I64, _P, _P, _P, _P]
+    library.exodus_events_key_count.restype = _I64
+    library.exodus_events_key_count.argtypes = [_I64]
+    library.exodus_events_ptc.restype = _I32
+    library.exodus_events_ptc.argtypes = [_I32, _I64, _P, _P, _P, _P, _P, _P, _I64, _F64, _F64]
+    return library
 
 
 def ptc(model: int, phase, c, omega, table=None):
