@@ -117,34 +117,20 @@ EVENTS_FLOOR = r"""
 #include <vector>
 #include "cpu_events.cpp"  // TargetDraw and fmix: the simulator's own draw (-I cuda)
 using exodus_events::fmix;
+using exodus_events::TargetDraw;
 int main(int argc, char** argv) {
   const int64_t n = atoll(argv[1]);
   const bool distinct = argc > 2 && atoi(argv[2]) != 0;  // the K targets de-duplicated, as the graph spec asks
   const int K = 100, S = 2000000;
-  const uint64_t G = 0x9E3779B97F4A7C15ull;
   std::vector<double> state(n, 1.0);
   int64_t targets[2][K + 8];  // the eight-wide draw writes up to 104
-  const auto draw = [&](int64_t j, int64_t* out) {
-    const uint64_t key = fmix(1 ^ fmix(uint64_t(j + 1) * G));
-#if defined(__AVX512F__) && defined(__AVX512DQ__)
-    // as cuda/cpu_events.cpp's TargetDraw: eight hashes at once, Lemire's product from 32-bit halves
-    const __m512i r = _mm512_set1_epi64(int64_t(n - 1)), step = _mm512_set1_epi64(int64_t(8 * G));
-    __m512i z = _mm512_add_epi64(_mm512_set1_epi64(int64_t(key + G)),
-                                 _mm512_mullo_epi64(_mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi64(int64_t(G))));
-    for (int m = 0; m < K; m += 8, z = _mm512_add_epi64(z, step)) {
-      __m512i x = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)), _mm512_set1_epi64(int64_t(0xBF58476D1CE4E5B9ull)));
-      x = _mm512_mullo_epi64(_mm512_xor_si512(x, _mm512_srli_epi64(x, 27)), _mm512_set1_epi64(int64_t(0x94D049BB133111EBull)));
-      x = _mm512_xor_si512(x, _mm512_srli_epi64(x, 31));
-      const __m512i high = _mm512_mul_epu32(_mm512_srli_epi64(x, 32), r), low = _mm512_mul_epu32(x, r);
-      _mm512_storeu_si512(out + m, _mm512_srli_epi64(_mm512_add_epi64(high, _mm512_srli_epi64(low, 32)), 32));
-    }
-#else
-    for (int m = 0; m < K; ++m) out[m] = int64_t((unsigned __int128)fmix(key + (m + 1) * G) * uint64_t(n - 1) >> 64);
-#endif
+  const auto draw = [&](int64_t j, int64_t* out) {  // the graph's first K candidates, repeats kept
+    const uint64_t key = TargetDraw::draw_key(1, j);
+    for (int m = 0; m < K; m += 8) TargetDraw::candidates8(key, uint64_t(m + 1), uint64_t(n - 1), j, out + m);
   };
   // The same draw with repeats removed (the first K distinct candidates): exodus's own TargetDraw
   // (vp2intersect where the CPU has it, else a bit per neuron).
-  exodus_events::TargetDraw distinct_draw(n);
+  TargetDraw distinct_draw(n);
   const auto draw_distinct = [&](int64_t j, int64_t* out) {
     distinct_draw.start(1, n, K, j, out);
     distinct_draw.finish();

@@ -77,8 +77,22 @@ class TargetDraw {
   void reserve(int64_t n) {  // room for ids < n (the bits beyond the old size start clear)
     if (bits_.size() < uint64_t(n + 63) / 64) bits_.resize(uint64_t(n + 63) / 64, 0);
   }
+  static uint64_t draw_key(uint64_t seed, int64_t j) { return fmix(seed ^ fmix(uint64_t(j + 1) * GOLDEN)); }
+  // Targets of candidates m .. m + 7 of the draw keyed `key` (draw_key), repeats kept (range = N - 1).
+  static void candidates8(uint64_t key, uint64_t m, uint64_t range, int64_t j, int64_t* target) {
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+    if (range < (uint64_t(1) << 32)) {
+      _mm512_storeu_si512(target, hash8_vector(key, m, range, j));
+      return;
+    }
+#endif
+    for (int l = 0; l < 8; ++l) {
+      const int64_t cand = int64_t((unsigned __int128)fmix(key + (m + uint64_t(l)) * GOLDEN) * range >> 64);
+      target[l] = cand + (cand >= j);
+    }
+  }
   void start(uint64_t seed, int64_t n, int64_t k, int64_t j, int64_t* out) {
-    key_ = fmix(seed ^ fmix(uint64_t(j + 1) * GOLDEN));
+    key_ = draw_key(seed, j);
     range_ = uint64_t(n - 1);
     k_ = k;
     j_ = j;
@@ -168,18 +182,7 @@ class TargetDraw {
     return _mm512_mask_add_epi64(cand, _mm512_cmpge_epi64_mask(cand, _mm512_set1_epi64(j)), cand, _mm512_set1_epi64(1));
   }
 #endif
-  void hash8(int64_t* target) const {  // targets of candidates m_ .. m_ + 7
-#if defined(__AVX512F__) && defined(__AVX512DQ__)
-    if (range_ < (uint64_t(1) << 32)) {
-      _mm512_storeu_si512(target, hash8_vector(key_, m_, range_, j_));
-      return;
-    }
-#endif
-    for (int l = 0; l < 8; ++l) {
-      const int64_t cand = int64_t((unsigned __int128)fmix(key_ + (m_ + uint64_t(l)) * GOLDEN) * range_ >> 64);
-      target[l] = cand + (cand >= j_);
-    }
-  }
+  void hash8(int64_t* target) const { candidates8(key_, m_, range_, j_, target); }  // candidates m_ .. m_ + 7
   // One store per target: a vectorised scatter is slower here.
   __attribute__((optimize("no-tree-vectorize"))) static void clear(uint64_t* bits, const int64_t* out, int64_t k) {
     for (int64_t r = 0; r < k; ++r) bits[uint64_t(out[r]) >> 6] = 0;
